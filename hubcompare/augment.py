@@ -37,4 +37,4 @@ def pad_crop_flip(
     if flip:
         mask = torch.rand(b, generator=generator) < 0.5
         x = torch.where(mask.view(b, 1, 1, 1), x.flip(3), x)
-    return x.contiguous()
+    return x

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -34,7 +35,7 @@ def _friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HubcompareError as e:
-            err_console.print(f"[bold red]Error ({type(e).__name__}):[/] {e}")
+            err_console.print(f"[bold red]Error ({type(e).__name__}):[/] {escape(str(e))}", soft_wrap=True, highlight=False)
             raise typer.Exit(code=2) from None
 
     return wrapper

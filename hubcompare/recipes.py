@@ -39,10 +39,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "schedule": (str, "cosine"),
         "seed": (int, 0),
         "eval_batch_size": (int, 500),
+        "precision": (str, "fp32"),
     },
 }
 SCHEDULES = ("cosine", "constant")
 PAD_MODES = ("reflect", "constant", "replicate")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ def _validate(raw: Any, source: str) -> Recipe:
         raise RecipeError(f"{where}: 'train.schedule' must be one of {SCHEDULES}")
     if t["lr"] <= 0 or t["weight_decay"] < 0 or not 0 <= t["momentum"] < 1:
         raise RecipeError(f"{where}: need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
+    if t["precision"] not in PRECISIONS:
+        raise RecipeError(f"{where}: 'train.precision' must be one of {PRECISIONS} (auto: bf16 autocast where the CPU has native bf16)")
     if sections["augment"]["pad_mode"] not in PAD_MODES or sections["augment"]["pad"] < 0:
         raise RecipeError(f"{where}: 'augment.pad' must be >= 0 and 'augment.pad_mode' one of {PAD_MODES}")
     return Recipe(name=str(raw.get("name", Path(source).stem if source else "recipe")),

@@ -91,6 +91,13 @@ def build_model(recipe: Recipe, data: ImageDataset) -> torch.nn.Module:
     )
 
 
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bf16' where the CPU runs bf16 convolutions natively (AVX512-BF16/AMX), else 'fp32'."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_avx512_bf16_supported() else "fp32"
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     # weight decay on conv and dense kernels only, never on biases or BN parameters
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -125,7 +132,8 @@ def train(
     train_data = stratified_subset(train_full, recipe["data"]["fraction"], seed)
 
     torch.manual_seed(seed)
-    model = build_model(recipe, train_data)
+    # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN); weights are saved contiguous
+    model = build_model(recipe, train_data).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         _param_groups(model, float(t["weight_decay"])), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
     )
@@ -135,6 +143,7 @@ def train(
         state = _load_resume(resume_path, model, optimizer, generator, recipe)
         state["resumed_at"].append(state["epochs_done"])
 
+    precision = resolve_precision(t["precision"])  # bf16: autocast (fp32 master weights), as on TPUs
     n, bs, epochs = len(train_data), t["batch_size"], t["epochs"]
     steps = math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a trailing batch of 1 would break batch norm
     images, labels = train_data.images, train_data.labels
@@ -151,9 +160,11 @@ def train(
         for step in range(steps):
             idx = order[step * bs : (step + 1) * bs]
             x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"])
+            x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower train.lr "
@@ -176,6 +187,7 @@ def train(
         emit(TrainEvent("epoch", epoch + 1, epochs, steps, steps, loss_sum / seen, correct / seen, lr))
 
     emit(TrainEvent("evaluate", epochs, epochs))
+    model = model.to(memory_format=torch.contiguous_format)
     preds = predict(model, test, batch_size=t["eval_batch_size"])
     last = state["history"][-1]
     meta = {
@@ -199,6 +211,7 @@ def train(
         "history": state["history"],
         "wall_time_s": round(state["elapsed_s"], 2),
         "resumed_at_epochs": state["resumed_at"],
+        "precision": precision,
         "torch_threads": torch.get_num_threads(),
         "package_versions": package_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

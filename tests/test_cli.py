@@ -1,0 +1,36 @@
+"""The command line as a user drives it: train, info, eval, layers, and the errors they print."""
+
+import json
+
+from typer.testing import CliRunner
+
+from hubcompare.cli import app
+
+runner = CliRunner()
+
+
+def test_train_info_eval_layers(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "digits", "--depth", "8", "--epochs", "3", "--seed", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and "epoch    3/3" in r.output
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "ResNet-8 (1x) on digits, seed 2" in r.output and "depth-8" in r.output
+    r = runner.invoke(app, ["info", str(out), "--json"])
+    assert json.loads(r.output)["seed"] == 2
+    r = runner.invoke(app, ["eval", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1.0000" in r.output  # argmax agreement with the stored predictions
+    r = runner.invoke(app, ["layers", str(out), "--layers", "*.out"])
+    assert r.exit_code == 0 and "stage3.block1.out" in r.output and "stage1.block1.branch" not in r.output
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    r = runner.invoke(app, ["train", "digits", "--depth", "21", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert "6n+2" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "--data-dir" in r.output
+    r = runner.invoke(app, ["info", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output

@@ -1,0 +1,121 @@
+"""Training: real accuracy on digits, seeded reproducibility, resume after interruption, the recipe's schedule."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import small_recipe
+from hubcompare.errors import RecipeError, TrainingError
+from hubcompare.recipes import load_recipe
+from hubcompare.train import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
+from hubcompare.data import load_dataset
+
+
+def weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_digits_training_reaches_real_accuracy(trained_run):
+    from hubcompare.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(trained_run).meta
+    assert meta["test_accuracy"] > 0.8  # chance is 0.1
+    assert meta["history"][-1]["epoch"] == 6 and len(meta["history"]) == 6
+    assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
+
+
+def test_same_seed_same_weights_different_seed_different(tmp_path, trained_run):
+    train(small_recipe(), tmp_path / "again")
+    a, b = weights(trained_run), weights(tmp_path / "again")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    train(small_recipe(**{"train.seed": 1}), tmp_path / "seed1")
+    c = weights(tmp_path / "seed1")
+    assert not torch.equal(a["fc.weight"], c["fc.weight"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, trained_run):
+    out = tmp_path / "interrupted"
+
+    def stop_after_epoch_3(e):
+        if e.kind == "epoch" and e.epoch == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(small_recipe(), out, on_event=stop_after_epoch_3)
+    assert (out / RESUME_DIR).is_dir() and not (out / "config.json").exists()
+    starts = []
+    result = train(small_recipe(), out, on_event=lambda e: starts.append(e.resumed_from) if e.kind == "start" else None)
+    assert starts == [3]
+    assert result.meta["resumed_at_epochs"] == [3]
+    assert not (out / RESUME_DIR).exists()
+    a, b = weights(trained_run), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same as the uninterrupted run
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    out = tmp_path / "run"
+
+    def stop(e):
+        if e.kind == "epoch":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(small_recipe(), out, on_event=stop)
+    with pytest.raises(TrainingError, match="different recipe"):
+        train(small_recipe(**{"train.lr": 0.01}), out)
+
+
+def test_finished_output_is_not_overwritten_silently(trained_run):
+    with pytest.raises(TrainingError, match="--overwrite"):
+        train(small_recipe(), trained_run)
+
+
+def test_schedule_warmup_then_cosine():
+    r = load_recipe("digits", {"train.epochs": 10, "train.warmup_epochs": 2, "train.lr": 0.1})
+    lrs = [lr_at_epoch(e, r) for e in range(10)]
+    assert lrs[:2] == pytest.approx([0.05, 0.1])
+    assert lrs[2] == pytest.approx(0.1)
+    assert lrs[6] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert all(x > y for x, y in zip(lrs[2:], lrs[3:]))  # decays monotonically after warm-up
+
+
+def test_weight_decay_only_on_kernels():
+    r = load_recipe("digits")
+    model = build_model(r, load_dataset("digits", "test"))
+    decay, no_decay = _param_groups(model, 2e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.ndim == 4 or names[id(p)] == "fc.weight" for p in decay["params"])
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"weight", "bias"}  # BN weights, biases
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_paper_recipe_values():
+    t = load_recipe("cifar10")["train"]
+    assert (t["lr"], t["momentum"], t["batch_size"], t["epochs"], t["schedule"]) == (0.01, 0.9, 128, 300, "cosine")
+    aug = load_recipe("cifar10")["augment"]
+    assert aug == {"pad": 4, "pad_mode": "reflect", "flip": True}
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [({"model.depth": 15}, "6n\\+2"), ({"train.schedule": "step"}, "schedule"), ({"data.dataset": "mnist"}, "unknown dataset"),
+     ({"data.fraction": "2"}, "fraction"), ({"train.batch_size": 1}, "batch_size")],
+)
+def test_bad_recipe_values(overrides, match):
+    with pytest.raises((RecipeError, ValueError), match=match):
+        load_recipe("digits", overrides)
+
+
+def test_unknown_recipe_key(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("model: {depth: 20, width: 1, dropout: 0.1}\ndata: {dataset: digits}\ntrain: {epochs: 1, batch_size: 8, lr: 0.1}\n")
+    with pytest.raises(RecipeError, match="dropout"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no-such-recipe")
