@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cli_common import DataDir, RunDir, Threads, console
+from .cli_common import friendly_errors as _friendly_errors
+from .cli_common import set_threads as _set_threads
 from .errors import HubcompareError
 
 app = typer.Typer(
@@ -23,37 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _friendly_errors(fn):
-    """Turn hubcompare's typed errors into one red line and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except HubcompareError as e:
-            err_console.print(f"[bold red]Error ({type(e).__name__}):[/] {escape(str(e))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
-
-
-def _set_threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-RunDir = Annotated[Path, typer.Argument(help="A checkpoint folder written by `hubcompare train`.")]
-DataDir = Annotated[
-    Optional[Path],
-    typer.Option("--data-dir", help="Local data: a torchvision root, a folder with train.npz/test.npz, or an image folder."),
-]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")]
 
 
 @app.command()

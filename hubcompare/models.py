@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -163,11 +163,18 @@ class CifarResNet(nn.Module):
         names = list(names) if names is not None else self.tap_names
         return [i for i in range(1, len(names)) if stage[names[i]] != stage[names[i - 1]]]
 
-    def forward_taps(self, x: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    def forward_taps(
+        self,
+        x: torch.Tensor,
+        names: Iterable[str] | None = None,
+        on_tap: Callable[[str, torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One forward pass returning the requested intermediates (default: all), in forward order.
 
         Computation stops after the last requested layer. Spatial taps are (B, C, H, W); ``pool`` is
-        (B, C) and ``logits`` (B, num_classes).
+        (B, C) and ``logits`` (B, num_classes). With ``on_tap``, each activation is handed to the
+        callback as soon as it is produced and not kept (the dict comes back empty), so a caller can
+        reduce it (e.g. to a Gram matrix) without holding every layer of the batch in memory.
         """
         want = self.tap_names if names is None else list(names)
         unknown = [n for n in want if n not in set(self.tap_names)]
@@ -182,7 +189,10 @@ class CifarResNet(nn.Module):
         def keep(name: str, value: torch.Tensor) -> bool:
             nonlocal remaining
             if name in wanted:
-                out[name] = value
+                if on_tap is not None:
+                    on_tap(name, value)
+                else:
+                    out[name] = value
                 remaining -= 1
             return remaining == 0
 
