@@ -125,8 +125,8 @@ def detect_blocks(
 @torch.no_grad()
 def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 1024, chunk: int = 256) -> PCAnalysis:
     """Exact PC1 variance fraction per layer and |cosine| between layers' first PCs on a fixed sample."""
-    cap = LayerCapture(model.model, model.layers)
-    spec = InputSpec.from_model(model.model)
+    spec = InputSpec.from_model(model.model, dataset.image_shape)
+    cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2]))
     n = min(num_examples, len(dataset))
     # the n x n Gram of the centred sample needs all n rows of a layer at once: collect flattened
     # activations layer by layer across chunks in float32, then reduce and drop them

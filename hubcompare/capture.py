@@ -49,9 +49,10 @@ class InputSpec:
     interpolation: str = "bilinear"
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "InputSpec":
+    def from_model(cls, model: nn.Module, data_shape: Sequence[int]) -> "InputSpec":
+        """From the model's timm ``pretrained_cfg``; a model without one takes the data as it is."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        c, h, w = cfg.get("input_size", (getattr(model, "in_chans", 3), 32, 32))
+        c, h, w = cfg.get("input_size", (getattr(model, "in_chans", data_shape[0]), *data_shape[1:]))
         mean = tuple(cfg.get("mean", (0.0,) * c))
         std = tuple(cfg.get("std", (1.0,) * c))
         interp = cfg.get("interpolation", "bilinear")
@@ -89,7 +90,15 @@ class _StopForward(Exception):
 class LayerCapture:
     """Runs ``model`` on a batch and passes each selected layer's activation to ``sink(index, act)``."""
 
-    def __init__(self, model: nn.Module, patterns: Sequence[str] | None = None, exclude: Sequence[str] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        patterns: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        example: torch.Tensor | None = None,
+    ):
+        """``example``: a small input batch the model accepts; hook-based capture runs it once to put
+        the selected layers in forward order (default: zeros shaped by the model's pretrained_cfg)."""
         self.model = model.eval()
         self.native = hasattr(model, "forward_taps") and hasattr(model, "taps")
         available = self.available(model)
@@ -109,7 +118,7 @@ class LayerCapture:
             raise LayerSelectionError("no layers left to compare after exclusions")
         self.layers = chosen
         if not self.native:
-            self.layers = self._forward_order(chosen)
+            self.layers = self._forward_order(chosen, example)
 
     # --- which layers exist -------------------------------------------------------------------
     @staticmethod
@@ -134,12 +143,15 @@ class LayerCapture:
         top = {n for n, _ in model.named_children()}
         return [l for l in available if l.name in top] + [available[-1]]
 
-    def _forward_order(self, chosen: list[LayerInfo]) -> list[LayerInfo]:
+    def _forward_order(self, chosen: list[LayerInfo], example: torch.Tensor | None) -> list[LayerInfo]:
         order: list[str] = []
-        spec = InputSpec.from_model(self.model)
-        x = torch.zeros(2, spec.channels, *spec.size)
+        if example is None:
+            cfg = getattr(self.model, "pretrained_cfg", None) or {}
+            example = torch.zeros(2, *cfg.get("input_size", (getattr(self.model, "in_chans", 3), 32, 32)))
+        x = example
         names = [l.name for l in chosen]
-        self._run_hooks(x, names, lambda i, a: order.append(names[i]), stop_early=False)
+        with torch.no_grad():
+            self._run_hooks(x, names, lambda i, a: order.append(names[i]), stop_early=False)
         missing = [n for n in names if n not in order]
         if missing:
             raise LayerSelectionError(f"layer(s) {missing} produce no tensor output in a forward pass and cannot be compared")

@@ -128,8 +128,9 @@ def compare(
                 f"{m.ref}: its head has {num_classes} classes, {dataset.name} has {dataset.num_classes}; CKA does not "
                 "need the head, so its output layer is left out and hidden layers are compared."
             )
-        captures.append(LayerCapture(m.model, m.layers, exclude=exclude))
-        specs.append(InputSpec.from_model(m.model))
+        spec = InputSpec.from_model(m.model, dataset.image_shape)
+        captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(dataset.images[:2])))
+        specs.append(spec)
     sizes = [len(c.layers) for c in captures]
     offsets = [0, *np.cumsum(sizes).tolist()]
     acc = MinibatchCKA(offsets[-1])

@@ -1,0 +1,218 @@
+"""CKA correctness against an independent float64 implementation written here, and the promised errors."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hubcompare  # noqa: F401
+from hubcompare.capture import LayerSelectionError
+from hubcompare.cka import MinibatchCKA, cka, gram, u_center
+from hubcompare.compare import CompareError, CompareModel, compare
+from hubcompare.data import ImageDataset
+from hubcompare.models import CifarResNet
+
+
+# ---- independent reference: numpy float64, the recipe's three-term formula ------------------
+def ref_hsic1(K, L):
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one = np.ones(n)
+    return (np.trace(K @ L) + one @ K @ one * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+
+def ref_minibatch_cka(X, Y, batches):
+    """sum_b n_b HSIC(K_b, L_b) / sqrt(sum_b n_b HSIC(K_b, K_b) * sum_b n_b HSIC(L_b, L_b)), raw (uncentred) Grams."""
+    xy = xx = yy = 0.0
+    for idx in batches:
+        K = X[idx] @ X[idx].T
+        L = Y[idx] @ Y[idx].T
+        n = len(idx)
+        xy += n * ref_hsic1(K, L)
+        xx += n * ref_hsic1(K, K)
+        yy += n * ref_hsic1(L, L)
+    return xy / np.sqrt(xx * yy)
+
+
+def stream(xs, batches):
+    acc = MinibatchCKA(len(xs))
+    for idx in batches:
+        acc.update(torch.stack([u_center(gram(torch.as_tensor(x[idx]), torch.float64 if x.dtype == np.float64 else torch.float32)) for x in xs]))
+    return acc.compute()
+
+
+rng = np.random.default_rng(0)
+
+
+def relu_features(n, p, offset=5.0):
+    """Post-ReLU-like activations: large common offset, the case where float32 three-term HSIC loses digits."""
+    return (np.maximum(rng.standard_normal((n, p)), 0) * 3 + offset).astype(np.float32)
+
+
+def test_one_batch_equals_direct_formula():
+    X, Y = rng.standard_normal((40, 30)), rng.standard_normal((40, 12))
+    Y[:, :5] += X[:, :5]
+    expected = ref_minibatch_cka(X, Y, [np.arange(40)])
+    assert cka(torch.tensor(X), torch.tensor(Y)).item() == pytest.approx(expected, abs=1e-12)
+    est = stream([X, Y], [np.arange(40)])
+    assert est.value[0, 1].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_streaming_float32_agrees_with_float64_reference_to_1e6():
+    X = relu_features(512, 2048)
+    Y = (X[:, :1024] @ rng.standard_normal((1024, 700)).astype(np.float32) * 0.05 + relu_features(512, 700)).astype(np.float32)
+    batches = np.array_split(rng.permutation(512), 4)
+    expected = ref_minibatch_cka(X.astype(np.float64), Y.astype(np.float64), batches)
+    got = stream([X, Y], batches).value[0, 1].item()
+    assert abs(got - expected) < 1e-6
+
+
+def test_short_last_batch_is_weighted_by_its_size():
+    X, Y = rng.standard_normal((70, 20)), rng.standard_normal((70, 9))
+    Y += X[:, :9]
+    batches = [np.arange(0, 32), np.arange(32, 64), np.arange(64, 70)]
+    assert stream([X, Y], batches).value[0, 1].item() == pytest.approx(ref_minibatch_cka(X, Y, batches), abs=1e-12)
+
+
+def test_self_similarity_symmetry_and_invariances():
+    X = rng.standard_normal((64, 50))
+    Q, _ = np.linalg.qr(rng.standard_normal((50, 50)))
+    Y = rng.standard_normal((64, 20)) + X[:, :20]
+    batches = np.array_split(np.arange(64), 2)
+    est = stream([X, X @ Q * 7.5, Y], batches).value.numpy()
+    assert est[0, 0] == pytest.approx(1.0, abs=1e-12)
+    assert est[0, 1] == pytest.approx(1.0, abs=1e-10)  # orthogonal transform + isotropic scaling
+    assert est[0, 2] == pytest.approx(est[1, 2], abs=1e-10)
+    assert np.allclose(est, est.T)
+
+
+def test_jackknife_standard_error_matches_explicit_leave_one_out():
+    X, Y = rng.standard_normal((96, 16)), rng.standard_normal((96, 8))
+    Y += 0.5 * X[:, :8]
+    batches = np.array_split(np.arange(96), 6)
+    est = stream([X, Y], batches)
+    loo = [ref_minibatch_cka(X, Y, [b for j, b in enumerate(batches) if j != i]) for i in range(6)]
+    expected = np.sqrt(5 / 6 * np.sum((np.array(loo) - np.mean(loo)) ** 2))
+    assert est.se[0, 1].item() == pytest.approx(expected, rel=1e-9)
+    assert est.se[0, 0].item() < 1e-12
+
+
+def test_negative_batch_hsic_is_not_clamped():
+    # unrelated features: per-batch HSIC can be negative; CKA must be able to go below 0
+    values = [stream([rng.standard_normal((8, 3)), rng.standard_normal((8, 3))], [np.arange(8)]).value[0, 1].item() for _ in range(20)]
+    assert min(values) < 0
+
+
+def test_minimum_batch_size():
+    with pytest.raises(ValueError, match="at least 4"):
+        u_center(torch.ones(3, 3))
+
+
+# ---- the engine on real models ------------------------------------------------------------
+def synthetic_dataset(n=96, classes=10, size=8, channels=1):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    return ImageDataset("synthetic", "test", images, labels, [str(c) for c in range(classes)], [f"x{i}" for i in range(n)])
+
+
+def make_resnet(seed, width=1):
+    torch.manual_seed(seed)
+    return CifarResNet(depth=8, width=width, in_chans=1, num_classes=10).eval()
+
+
+def activations(model, ds, names):
+    with torch.no_grad():
+        acts = model.forward_taps(ds.images.float() / 255, names)
+    return [acts[n].reshape(len(ds), -1).double().numpy() for n in names]
+
+
+def test_engine_matches_reference_and_joint_matrix():
+    ds = synthetic_dataset()
+    a, b = make_resnet(0), make_resnet(1, width=2)
+    names = ["stem", "stage1.block1.out", "stage2.block1.out", "stage3.block1.out", "pool"]
+    comp = compare([CompareModel("A", a, layers=names), CompareModel("B", b, layers=names)], ds, batch_size=32, passes=2, seed=3)
+    # the documented batch plan: one seeded permutation per pass, cut into batch_size chunks
+    g = torch.Generator().manual_seed(3)
+    batches = [perm[i : i + 32].numpy() for perm in (torch.randperm(96, generator=g) for _ in range(2)) for i in range(0, 96, 32)]
+    xa, xb = activations(a, ds, names), activations(b, ds, names)
+    cross = comp.pair(0, 1)
+    expected = np.array([[ref_minibatch_cka(x, y, batches) for y in xb] for x in xa])
+    assert np.abs(cross.value - expected).max() < 1e-6
+    # cross matrix = off-diagonal block of the joint within-model matrix of both models
+    assert np.array_equal(cross.value, comp.value[:5, 5:])
+    within_a = comp.pair(0, 0)
+    assert np.allclose(np.diag(within_a.value), 1.0)
+    assert np.allclose(within_a.value, within_a.value.T)
+
+
+def test_self_comparison_diagonal_is_one_with_shuffling():
+    ds = synthetic_dataset()
+    a = make_resnet(0)
+    comp = compare([CompareModel("A", a), CompareModel("A-again", a)], ds, batch_size=16, passes=3, seed=1)
+    assert np.allclose(np.diag(comp.pair(0, 1).value), 1.0, atol=1e-12)
+
+
+def test_bad_inputs_get_clear_errors():
+    ds = synthetic_dataset()
+    a = make_resnet(0)
+    with pytest.raises(CompareError, match="n > 3"):
+        compare([CompareModel("A", a)], ds, batch_size=3)
+    with pytest.raises(LayerSelectionError, match="match no layer"):
+        compare([CompareModel("A", a, layers=["layer9.*"])], ds)
+
+    class Broken(nn.Module):
+        num_classes = 10
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.head = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.head((self.conv(x) * float("nan")).mean((2, 3)))
+
+    with pytest.raises(CompareError, match="layer head produced NaN/inf"):
+        compare([CompareModel("broken", Broken())], ds, batch_size=32)
+
+
+def test_head_mismatch_proceeds_on_hidden_layers():
+    ds = synthetic_dataset(classes=5)
+    a = make_resnet(0)  # 10-class head
+    comp = compare([CompareModel("A", a)], ds, batch_size=32)
+    assert "logits" not in comp.captures[0].names and "pool" in comp.captures[0].names
+    assert any("CKA does not need the head" in w for w in comp.warnings)
+    with pytest.raises(CompareError, match="drop 'logits'"):
+        compare([CompareModel("A", a, layers=["logits"])], ds, batch_size=32)
+
+
+def test_constant_layer_is_reported_not_hidden():
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.live = nn.Conv2d(1, 4, 3)
+            self.dead = nn.ReLU()
+
+        def forward(self, x):
+            h = self.live(x)
+            return self.dead(h * 0 - 1).flatten(1)
+
+    comp = compare([CompareModel("dead", Dead(), layers=["live", "dead"])], synthetic_dataset(), batch_size=32)
+    r = comp.pair(0, 0)
+    assert np.isnan(r.value[1]).all() and r.value[0, 0] == pytest.approx(1.0)
+    assert any("constant on every example" in w for w in comp.warnings)
+
+
+def test_timm_model_with_its_own_preprocessing():
+    import timm
+
+    ds = synthetic_dataset(n=32)
+    community = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()  # ImageNet-shaped
+    comp = compare([CompareModel("cifar", make_resnet(0)), CompareModel("timm:resnet18", community)], ds, batch_size=16)
+    seen = comp.settings["inputs"]["timm:resnet18"]
+    assert seen["size"] == (224, 224) and seen["channels"] == 3 and seen["resized"] and seen["channels_adapted"]
+    assert comp.settings["inputs"]["cifar"]["resized"] is False
+    assert comp.captures[1].names[:2] == ["act1", "layer1"] and "output" not in comp.captures[1].names
+    assert np.isfinite(comp.pair(0, 1).value).all()
