@@ -10,10 +10,15 @@ so the detector requires both:
    (default 1) layers below it inside the run (the residual checkerboard); the run starts and
    ends on a dominant layer;
 2. **similarity**: the run has at least ``min_size`` layers (default 4) and the mean
-   off-diagonal CKA inside its square is at least ``cka_threshold`` (default 0.8).
+   off-diagonal CKA inside its square is at least ``cka_threshold`` (default 0.8);
+3. **carried by PC1** (when the PC1-removed CKA is given, as :func:`analyze_blocks` does): the
+   mean CKA inside drops by at least ``min_pc1_drop`` (default 0.1) once each layer's first
+   principal component is removed -- the paper's test that the block *is* the dominant PC.
+   Stage-aligned bright squares from the residual paths survive PC1 removal and are not blocks.
 
-Each block is reported with its mean CKA inside, mean CKA to the layers outside, contrast
-(inside - outside) and mean PC1 fraction. The same inputs always give the same blocks.
+Each block is reported with its mean CKA inside (with and without PC1), mean CKA to the layers
+outside, contrast (inside - outside) and mean PC1 fraction. The same inputs always give the same
+blocks.
 PC1 fractions are exact on a fixed sample (the first ``pc_examples`` examples in dataset order):
 ``s1^2 / ||X_c||_F^2`` from the eigenvalues of the centred Gram matrix, which equal the
 squared singular values of the centred activations.
@@ -47,6 +52,7 @@ class Block:
     outside_cka: float
     contrast: float
     mean_pc1: float
+    mean_cka_pc1_removed: float | None = None
 
     @property
     def size(self) -> int:
@@ -92,6 +98,8 @@ def detect_blocks(
     cka_threshold: float = 0.8,
     min_size: int = 4,
     max_gap: int = 1,
+    cka_pc1_removed: np.ndarray | None = None,
+    min_pc1_drop: float = 0.1,
 ) -> list[Block]:
     """Blocks of a within-model CKA matrix (L, L) given per-layer PC1 fractions (L,). See module doc."""
     cka, frac = np.asarray(cka, dtype=float), np.asarray(pc1_fraction, dtype=float)
@@ -113,12 +121,18 @@ def detect_blocks(
         mean_in = float(np.nanmean(off))
         if not mean_in >= cka_threshold:
             continue
+        mean_removed = None
+        if cka_pc1_removed is not None:
+            removed = np.asarray(cka_pc1_removed, dtype=float)[start : end + 1, start : end + 1]
+            mean_removed = float(np.nanmean(removed[~np.eye(size, dtype=bool)]))
+            if not mean_in - mean_removed >= min_pc1_drop:
+                continue
         mask = np.ones(n, dtype=bool)
         mask[start : end + 1] = False
         outside = cka[start : end + 1][:, mask]
         mean_out = float(np.nanmean(outside)) if outside.size else float("nan")
         blocks.append(Block(start, end, layers[start : end + 1], mean_in, mean_out, mean_in - mean_out,
-                            float(np.nanmean(frac[start : end + 1]))))
+                            float(np.nanmean(frac[start : end + 1])), mean_removed))
     return blocks
 
 
@@ -158,6 +172,7 @@ def analyze_blocks(
     cka_threshold: float = 0.8,
     min_size: int = 4,
     max_gap: int = 1,
+    min_pc1_drop: float = 0.1,
     on_batch=None,
 ) -> BlockReport:
     """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model."""
@@ -166,7 +181,10 @@ def analyze_blocks(
     comp = compare([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch)
     cka = comp.pair(0, 0)
     pcs = pc_analysis(model, dataset, pc_examples)
-    params = dict(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size, max_gap=max_gap, pc_examples=pcs.num_examples)
-    blocks = detect_blocks(cka.value, pcs.fraction, cka.layers_a, pc1_threshold, cka_threshold, min_size, max_gap)
+    params = dict(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size, max_gap=max_gap,
+                  min_pc1_drop=min_pc1_drop, pc_examples=pcs.num_examples)
+    removed = comp.pc1_removed[0]
+    blocks = detect_blocks(cka.value, pcs.fraction, cka.layers_a, pc1_threshold, cka_threshold, min_size, max_gap,
+                           removed.value, min_pc1_drop)
     cka.provenance["block_detection"] = params
-    return BlockReport(model.ref, blocks, cka, comp.pc1_removed[0], pcs, params)
+    return BlockReport(model.ref, blocks, cka, removed, pcs, params)

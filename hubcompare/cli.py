@@ -13,7 +13,6 @@ from rich.table import Table
 from .cli_common import DataDir, RunDir, Threads, console
 from .cli_common import friendly_errors as _friendly_errors
 from .cli_common import set_threads as _set_threads
-from .errors import HubcompareError
 
 app = typer.Typer(
     name="hubcompare",
@@ -78,8 +77,12 @@ def train(
         elif e.kind == "evaluate":
             progress.update(task, description="evaluating on the test split")
 
-    with progress:
-        result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite)
+    try:
+        with progress:
+            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]Interrupted.[/] Completed epochs are saved in {out / '.resume'}: rerun the same command to resume.")
+        raise typer.Exit(code=130) from None
     console.print(
         f"[bold green]Done:[/] test accuracy [bold]{result.test_accuracy:.4f}[/] (train {result.train_accuracy:.4f}), "
         f"{result.wall_time_s:.1f} s of training. Checkpoint: {result.run_dir}"
@@ -156,30 +159,21 @@ def info(
     console.print(table)
 
 
-@app.command()
-@_friendly_errors
-def layers(
-    run_dir: RunDir,
-    patterns: Annotated[Optional[list[str]], typer.Option("--layers", help="Glob pattern(s), e.g. '*.out'.")] = None,
-) -> None:
-    """List the named layers a comparison can tap, in forward order, with their shapes."""
-    import torch
+from . import cli_hub  # noqa: E402
 
-    from .checkpoint import load_checkpoint
-    from .models import match_taps
+app.add_typer(cli_hub.hub_app, name="hub")
+app.add_typer(cli_hub.registry_app, name="registry")
+app.command("push")(cli_hub.push)
+app.command("push-population")(cli_hub.push_population)
+app.command("pull")(cli_hub.pull)
 
-    model = load_checkpoint(run_dir).model
-    if not hasattr(model, "forward_taps"):
-        raise HubcompareError(f"{run_dir} holds a {type(model).__name__}, which has no named taps.")
-    chosen = match_taps(model.taps, patterns)
-    c, h, w = model.pretrained_cfg["input_size"]
-    with torch.no_grad():
-        acts = model.forward_taps(torch.zeros(1, c, h, w), [t.name for t in chosen])
-    table = Table("#", "layer", "stage", "kind", "shape (per example)", "features")
-    for i, t in enumerate(chosen):
-        shape = tuple(acts[t.name].shape[1:])
-        table.add_row(str(i), t.name, str(t.stage), t.kind, "x".join(map(str, shape)), str(int(torch.tensor(shape).prod())))
-    console.print(table)
+
+from . import cli_compare  # noqa: E402
+
+app.command("layers")(cli_compare.layers)
+app.command("cross-cka")(cli_compare.cross_cka)
+app.command("cka")(cli_compare.cka)
+app.command("blocks")(cli_compare.blocks)
 
 
 def main() -> None:  # pragma: no cover

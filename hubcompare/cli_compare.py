@@ -78,7 +78,9 @@ def _warn(warnings: list[str]) -> None:
 
 def _summary_table(result, top: int = 40) -> Table:
     s = result.summary()
-    t = Table(title=f"{result.ref_a} (A) vs {result.ref_b} (B): mean diagonal CKA {s['mean_diagonal_cka']:.4f} ({s['diagonal']})")
+    console.print(f"[bold]{result.ref_a}[/] (A) vs [bold]{result.ref_b}[/] (B): mean diagonal CKA "
+                  f"[bold]{s['mean_diagonal_cka']:.4f}[/] ({s['diagonal']})", soft_wrap=True)
+    t = Table()
     t.add_column("layer of A")
     t.add_column("best match in B")
     t.add_column("CKA ± SE", justify="right")
@@ -206,6 +208,7 @@ def blocks(
     cka_threshold: Annotated[float, typer.Option(help="Minimum mean CKA inside a block.")] = 0.8,
     min_size: Annotated[int, typer.Option(help="Minimum layers in a block.")] = 4,
     max_gap: Annotated[int, typer.Option(help="Non-dominated layers tolerated inside a block (checkerboard).")] = 1,
+    min_pc1_drop: Annotated[float, typer.Option(help="Required drop of the mean CKA inside when PC1 is removed.")] = 0.1,
     out: Out = None,
     threads: Threads = None,
 ) -> None:
@@ -221,15 +224,15 @@ def blocks(
     with _progress() as p:
         task = p.add_task(f"CKA on {ds.name} {split}", total=None)
         rep = analyze_blocks(m, ds, batch_size, passes, seed, examples, pc_examples, pc1_threshold, cka_threshold, min_size,
-                             max_gap, on_batch=lambda d, n: p.update(task, completed=d, total=n))
+                             max_gap, min_pc1_drop, on_batch=lambda d, n: p.update(task, completed=d, total=n))
     _warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]
-    t = Table("block", "layers", "size", "mean CKA inside", "mean CKA to outside", "mean PC1 share",
+    t = Table("block", "layers", "size", "mean CKA inside", "inside, PC1 removed", "mean CKA to outside", "mean PC1 share",
               title=f"{ref}: {len(rep.blocks)} block(s)  (PC1 >= {pc1_threshold}, CKA >= {cka_threshold}, >= {min_size} layers)")
     for k, b in enumerate(rep.blocks):
         t.add_row(str(k + 1), f"{b.start}-{b.stop}: {b.layers[0]} .. {b.layers[-1]}", str(b.size), f"{b.mean_cka:.3f}",
-                  f"{b.outside_cka:.3f}", f"{b.mean_pc1:.3f}")
+                  f"{b.mean_cka_pc1_removed:.3f}", f"{b.outside_cka:.3f}", f"{b.mean_pc1:.3f}")
     console.print(t)
     fr = rep.pcs.fraction
     console.print(f"PC1 share of variance per layer ({rep.pcs.num_examples} examples): max {fr.max():.3f} at "

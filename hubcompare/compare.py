@@ -9,7 +9,6 @@ within- and cross-model layer pair, for any number of models.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 

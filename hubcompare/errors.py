@@ -52,3 +52,59 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 class TrainingError(HubcompareError, RuntimeError):
     """A training run that cannot start, resume or continue (existing output, diverged loss)."""
+
+
+class InvalidReferenceError(HubcompareError, ValueError):
+    """A model reference that is malformed or ambiguous; the message lists the accepted forms."""
+
+
+class ReferenceNotFoundError(HubcompareError, LookupError):
+    """A well-formed reference that names nothing: no such folder, registry name or timm model."""
+
+
+class HubError(HubcompareError):
+    """Base class for failures talking to a Hugging Face Hub (or the local Hub-protocol server)."""
+
+
+class HubRepoNotFoundError(HubError, LookupError):
+    """The Hub has no repo of that name (or it is private and the token cannot see it)."""
+
+
+class HubRevisionNotFoundError(HubError, LookupError):
+    """The repo exists but the branch, tag or commit does not."""
+
+
+class HubFileNotFoundError(HubError, FileNotFoundError):
+    """A file the model needs is not in the repo at that revision."""
+
+
+class HubUnavailableError(HubError, ConnectionError):
+    """The Hub did not answer (timeouts, connection errors, 5xx) after every retry."""
+
+
+class NotInCacheError(HubError, FileNotFoundError):
+    """Offline (HF_HUB_OFFLINE=1 or no connection) and the model is not in the local Hugging Face cache."""
+
+
+class PickleWeightsRefusedError(HubError, ValueError):
+    """The repo offers only pickled weights (pytorch_model.bin, .pth): loading them can run arbitrary code."""
+
+
+class PushError(HubError):
+    """A push (or part of a population push) failed; ``failures`` maps run folders to their errors."""
+
+    def __init__(self, message: str, failures: dict | None = None):
+        super().__init__(message)
+        self.failures = failures or {}
+
+
+class RegistryError(HubcompareError):
+    """Base class for registry problems (bad entries, unknown names, conflicts)."""
+
+
+class RegistryEntryNotFoundError(RegistryError, LookupError):
+    """No registry entry has that name."""
+
+
+class RegistryConflictError(RegistryError, ValueError):
+    """An entry of that name exists with another reference, or a curated entry would be changed."""

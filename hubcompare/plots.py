@@ -42,8 +42,7 @@ def _heatmap(fig, ax, value, names_a, names_b, bounds_a, bounds_b, label_a, labe
              blocks=(), cbar_label="CKA"):
     import matplotlib as mpl
 
-    cmap = mpl.colormaps["magma"].copy()
-    cmap.set_bad("#bbbbbb")
+    cmap = mpl.colormaps["magma"].with_extremes(bad="#bbbbbb")
     im = ax.imshow(np.ma.masked_invalid(value), origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                    interpolation="nearest")
     for b in bounds_a:

@@ -1,12 +1,38 @@
-"""Shared fixtures: small digits checkpoints trained once per session (seconds on 2 cores)."""
+"""Shared fixtures: small digits checkpoints trained once per session (seconds on 2 cores).
+
+The Hub client reads ``HF_ENDPOINT`` (and the cache paths) once, when ``huggingface_hub`` is first
+imported, and hubcompare's own modules import it: so the local Hub-protocol server's address and a
+throw-away cache are set here, before any other import. The ``hub`` fixture starts the server.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import socket
+import tempfile
 
-import pytest
-import torch
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_HUB_PORT = _free_port()
+_HUB_TMP = tempfile.mkdtemp(prefix="hubcompare-tests-")
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_HUB_PORT}"
+os.environ["HF_HOME"] = os.path.join(_HUB_TMP, "hf-home")
+os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_TMP, "hf-home", "hub")
+os.environ["HF_TOKEN"] = "hf_hubcompare_tests_dummy_token"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "0"
+os.environ["HUBCOMPARE_HOME"] = os.path.join(_HUB_TMP, "hubcompare-home")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -36,3 +62,13 @@ def cifar10_jpeg() -> Path:
     if not (CIFAR10_JPEG / "test.npz").is_file():
         pytest.skip("../shared/data/cifar10-jpeg is not on this machine")
     return CIFAR10_JPEG
+
+
+@pytest.fixture(scope="session")
+def hub():
+    """The project's Hub-protocol server on HF_ENDPOINT's port, data in a temp folder, for the whole session."""
+    from hubcompare.hub_server import HubServer
+
+    with HubServer(os.path.join(_HUB_TMP, "hub-data"), port=_HUB_PORT) as server:
+        assert server.endpoint == os.environ["HF_ENDPOINT"]
+        yield server

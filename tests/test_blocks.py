@@ -1,0 +1,114 @@
+"""Block-structure detection: planted blocks found exactly, none where none exist, exact PC1 fractions."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hubcompare  # noqa: F401
+from hubcompare.blocks import analyze_blocks, detect_blocks, pc_analysis
+from hubcompare.compare import CompareModel
+from hubcompare.data import ImageDataset
+
+
+def toy_dataset(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    return ImageDataset("toy", "test", images, torch.arange(n) % 10, [str(i) for i in range(10)], [f"t{i}" for i in range(n)])
+
+
+class Projection(nn.Module):
+    """relu(x W) (+ a planted rank-1 component shared across the block: same example scores, own direction)."""
+
+    def __init__(self, g, planted: bool, shared: torch.Tensor, strength: float):
+        super().__init__()
+        self.register_buffer("w", torch.randn(64, 48, generator=g) / 8)
+        self.register_buffer("direction", torch.randn(48, generator=g))
+        self.register_buffer("shared", shared)
+        self.planted, self.strength = planted, strength
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w)
+        if self.planted:
+            h = h + self.strength * (x @ self.shared)[:, None] * self.direction
+        return h
+
+
+class Planted(nn.Module):
+    """Twelve 'layers' computed from the flattened input; layers in ``block`` share a dominant component."""
+
+    def __init__(self, block=(4, 8), strength=3.0, seed=0, num_layers=12):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        shared = torch.randn(64, generator=g)
+        lo, hi = block if block else (num_layers, -1)
+        self.layers = nn.ModuleList(Projection(g, lo <= i <= hi, shared, strength) for i in range(num_layers))
+
+    def forward(self, x):
+        x = x.flatten(1) - 0.5
+        return torch.stack([layer(x) for layer in self.layers]).sum(0)
+
+
+def test_detector_on_constructed_matrices():
+    L = 14
+    frac = np.full(L, 0.15)
+    frac[5:11] = [0.8, 0.9, 0.3, 0.85, 0.9, 0.7]  # one checkerboard dip at 7
+    cka = np.full((L, L), 0.5)
+    cka[5:11, 5:11] = 0.95
+    np.fill_diagonal(cka, 1.0)
+    (b,) = detect_blocks(cka, frac)
+    assert (b.start, b.stop, b.size) == (5, 10, 6)
+    assert b.mean_cka == pytest.approx(0.95) and b.outside_cka == pytest.approx(0.5)
+    # without gap tolerance the dip splits it into runs of 2 and 3 layers, both below min_size
+    assert detect_blocks(cka, frac, max_gap=0) == []
+    assert [(x.start, x.stop) for x in detect_blocks(cka, frac, max_gap=0, min_size=3)] == [(8, 10)]
+    # no PC1 dominance: a bright square alone is not a block (the stage-square trap)
+    assert detect_blocks(cka, np.full(L, 0.2)) == []
+    # PC1 dominance without similarity is not a block either
+    assert detect_blocks(np.eye(L) * 0.5 + 0.3, frac) == []
+    # a bright square that survives removing PC1 is residual/stage structure, not a block
+    assert detect_blocks(cka, frac, cka_pc1_removed=cka) == []
+    removed = cka.copy()
+    removed[5:11, 5:11] = 0.6
+    (b,) = detect_blocks(cka, frac, cka_pc1_removed=removed)
+    assert b.mean_cka_pc1_removed == pytest.approx(0.6)
+    # too short
+    short = np.full(L, 0.1)
+    short[2:5] = 0.9
+    assert detect_blocks(cka, short) == []
+
+
+def test_gap_tolerance_is_exact():
+    L = 12
+    frac = np.full(L, 0.1)
+    frac[[2, 3, 5, 6, 9]] = 0.9  # gap of one at 4 (bridged), gap of two at 7-8 (not bridged)
+    cka = np.full((L, L), 0.9)
+    blocks = detect_blocks(cka, frac, min_size=2)
+    assert [(b.start, b.stop) for b in blocks] == [(2, 6)]
+    assert [(b.start, b.stop) for b in detect_blocks(cka, frac, min_size=2, max_gap=2)] == [(2, 9)]
+
+
+def test_pc1_fraction_is_exact():
+    ds = toy_dataset(128)
+    model = Planted(block=(3, 5))
+    pcs = pc_analysis(CompareModel("planted", model, layers=["layers.*"]), ds, num_examples=128)
+    with torch.no_grad():
+        x = ds.images.float().div(255).flatten(1) - 0.5
+        for i in (0, 4):
+            a = model.layers[i](x).double()
+            s = torch.linalg.svdvals(a - a.mean(0))
+            assert pcs.fraction[i] == pytest.approx(float(s[0] ** 2 / (s**2).sum()), rel=1e-5)
+
+
+def test_planted_block_found_exactly_and_none_without():
+    ds = toy_dataset()
+    rep = analyze_blocks(CompareModel("planted", Planted(block=(4, 8)), layers=["layers.*"]), ds, batch_size=64, pc_examples=256)
+    assert [(b.start, b.stop) for b in rep.blocks] == [(4, 8)]
+    assert rep.blocks[0].layers == [f"layers.{i}" for i in range(4, 9)]
+    assert rep.pcs.fraction[4:9].min() > 0.5 > rep.pcs.fraction[[0, 1, 2, 3, 9, 10, 11]].max()
+    # the block is carried by the first PC: removing it drops the similarity inside the block
+    inside = lambda m: m[4:9, 4:9][~np.eye(5, dtype=bool)].mean()  # noqa: E731
+    assert inside(rep.cka_pc1_removed.value) < inside(rep.cka.value) - 0.3
+    assert rep.pcs.cosine[4:9, 4:9].min() > 0.9
+    none = analyze_blocks(CompareModel("plain", Planted(block=None), layers=["layers.*"]), ds, batch_size=64, pc_examples=256)
+    assert none.blocks == []

@@ -1,0 +1,51 @@
+"""The comparison commands as a user runs them on checkpoint folders: files written, provenance, errors."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from hubcompare.cli import app
+from hubcompare.results import CKAResult
+
+runner = CliRunner()
+
+
+def test_cross_cka_writes_heatmap_and_provenance(trained_run, tmp_path):
+    out = tmp_path / "cross"
+    r = runner.invoke(app, ["cross-cka", str(trained_run), f"local-dir:{trained_run}", "--layers", "stem", "--layers", "*.out",
+                            "--batch-size", "100", "--passes", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "mean diagonal CKA" in r.output
+    assert (out / "cka.png").stat().st_size > 10_000
+    res = CKAResult.load(out / "cka.json")
+    assert res.layers_a == ["stem", "stage1.block1.out", "stage2.block1.out", "stage3.block1.out"]
+    assert np.allclose(np.diag(res.value), 1.0)  # the same model twice, shuffled passes
+    prov = json.loads((out / "cka.json").read_text())["provenance"]
+    assert prov["dataset"]["name"] == "digits" and len(prov["dataset"]["fingerprint"]) == 16
+    assert prov["batch_size"] == 100 and prov["passes"] == 2 and prov["num_batches"] == 10
+    assert prov["models"][0]["weights_sha256"] and prov["models"][0]["ref"] == str(trained_run)
+    assert "torch" in prov["package_versions"]
+
+
+def test_cka_and_blocks_commands(trained_run, tmp_path):
+    r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "within")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "within" / "cka.png").is_file()
+    r = runner.invoke(app, ["blocks", str(trained_run), "--batch-size", "128", "--pc-examples", "256", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "b" / "blocks.json").read_text())
+    assert len(report["pc1_fraction"]) == len(report["layers"]) == 4  # stem + 3 block outputs of a ResNet-8
+    assert all(0 < f < 1 for f in report["pc1_fraction"])
+    assert (tmp_path / "b" / "blocks.png").is_file()
+
+
+def test_compare_errors(trained_run, tmp_path):
+    r = runner.invoke(app, ["cross-cka", str(trained_run), str(trained_run), "--batch-size", "3"])
+    assert r.exit_code == 2 and "n > 3" in r.output
+    r = runner.invoke(app, ["cka", str(trained_run), "--layers", "layer4.*"])
+    assert r.exit_code == 2 and "match no layer" in r.output
+    r = runner.invoke(app, ["cross-cka", str(trained_run)])
+    assert r.exit_code == 2 and "at least two" in r.output
+    r = runner.invoke(app, ["layers", str(trained_run), "--layers", "*.branch"])
+    assert r.exit_code == 0 and "stage3.block1.branch" in r.output and "stage1.block1.out" not in r.output

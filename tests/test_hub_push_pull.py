@@ -1,0 +1,223 @@
+"""Push a checkpoint, find it by tags, pull it pinned into a fresh cache, load it; offline, pickles, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _outputs(model, seed=0):
+    c, h, w = model.pretrained_cfg["input_size"]
+    x = torch.rand(4, c, h, w, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, trained_run):
+    from hubcompare.hub import push
+
+    return push(trained_run, "alice/digits-r8")
+
+
+def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, tmp_path):
+    from huggingface_hub import HfApi
+
+    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.hub import pull
+
+    assert len(pushed.commit_sha) == 40 and not pushed.skipped
+    record = json.loads((trained_run / ".hub" / "pushes.json").read_text())
+    assert record[f"{hub.endpoint}/alice/digits-r8"]["commit_sha"] == pushed.commit_sha
+
+    meta = load_checkpoint(trained_run).meta
+    found = list(HfApi().list_models(author="alice", filter=["hubcompare", "depth-8", "width-1", "dataset-digits",
+                                                             f"seed-{meta['seed']}", "fraction-1"], cardData=True))
+    assert [m.id for m in found] == ["alice/digits-r8"]
+    assert found[0].card_data.to_dict()["hubcompare"]["test_accuracy"] == pytest.approx(meta["test_accuracy"], abs=1e-6)
+
+    pulled = pull("alice/digits-r8", cache_dir=tmp_path / "fresh-cache")
+    assert pulled.commit_sha == pushed.commit_sha and str(pulled.path).startswith(str(tmp_path / "fresh-cache"))
+    assert pulled.path.name == pushed.commit_sha
+    local, remote = load_checkpoint(trained_run).model, load_checkpoint(pulled.path).model
+    assert torch.equal(_outputs(local), _outputs(remote))
+    assert (pulled.path / "predictions.safetensors").read_bytes() == (trained_run / "predictions.safetensors").read_bytes()
+
+
+def test_push_same_content_is_skipped_without_a_new_commit(pushed, trained_run):
+    from huggingface_hub import HfApi
+
+    from hubcompare.hub import push
+
+    before = len(HfApi().list_repo_commits("alice/digits-r8"))
+    again = push(trained_run, "alice/digits-r8")
+    assert again.skipped and again.commit_sha == pushed.commit_sha
+    assert len(HfApi().list_repo_commits("alice/digits-r8")) == before
+
+
+def test_pushed_model_loads_with_plain_timm(pushed, trained_run):
+    import timm
+
+    import hubcompare  # noqa: F401
+    from hubcompare.checkpoint import load_checkpoint
+
+    model = timm.create_model("hf-hub:alice/digits-r8", pretrained=True)
+    assert torch.equal(_outputs(model), _outputs(load_checkpoint(trained_run).model))
+
+
+def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
+    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.hub import pull, push
+    from hubcompare.train import train
+
+    from conftest import small_recipe
+
+    first = push(trained_run, "alice/pinned")
+    other = tmp_path / "other-seed"
+    train(small_recipe(**{"train.epochs": 1, "train.warmup_epochs": 0, "train.seed": 7}), other)
+    second = push(other, "alice/pinned")
+    assert second.commit_sha != first.commit_sha and not second.skipped
+
+    old = pull("alice/pinned", first.commit_sha)
+    new = pull("alice/pinned")
+    assert (old.commit_sha, new.commit_sha) == (first.commit_sha, second.commit_sha)
+    assert torch.equal(_outputs(load_checkpoint(old.path).model), _outputs(load_checkpoint(trained_run).model))
+    assert torch.equal(_outputs(load_checkpoint(new.path).model), _outputs(load_checkpoint(other).model))
+    # a reference pinned with @sha resolves to the old weights too
+    from hubcompare.references import resolve_reference
+
+    resolved = resolve_reference(f"hf-hub:alice/pinned@{first.commit_sha}")
+    assert resolved.commit_sha == first.commit_sha and resolved.meta["seed"] == load_checkpoint(trained_run).meta["seed"]
+
+
+def test_offline_pull_from_cache(pushed, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from hubcompare.errors import NotInCacheError
+    from hubcompare.hub import pull
+
+    cache = tmp_path / "cache"
+    online = pull("alice/digits-r8", cache_dir=cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = pull("alice/digits-r8", cache_dir=cache)
+    assert offline.offline and offline.commit_sha == online.commit_sha and offline.path == online.path
+    with pytest.raises(NotInCacheError, match="alice/never-pulled"):
+        pull("alice/never-pulled", cache_dir=cache)
+
+
+def test_offline_cli_pull_with_hf_hub_offline_env_and_no_server(pushed, tmp_path):
+    """HF_HUB_OFFLINE=1 as a user sets it, with the Hub unreachable: served from the cache."""
+    from hubcompare.hub import pull
+
+    pull("alice/digits-r8")  # into the session cache
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", HUBCOMPARE_HOME=str(tmp_path))
+    cli = Path(sys.executable).parent / "hubcompare"
+    out = subprocess.run([str(cli), "pull", "hf-hub:alice/digits-r8", "--name", "offline-r8"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert pushed.commit_sha in out.stdout.replace("\n", "")
+    out = subprocess.run([str(cli), "pull", "hf-hub:alice/not-cached"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "NotInCacheError" in out.stderr and "alice/not-cached" in out.stderr
+
+
+def test_pickle_only_repo_is_refused(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    from hubcompare.errors import PickleWeightsRefusedError
+    from hubcompare.hub import pull
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 10}))
+    HfApi().create_repo("mallory/pickled")
+    HfApi().upload_folder(repo_id="mallory/pickled", folder_path=folder)
+    cache = tmp_path / "cache"
+    with pytest.raises(PickleWeightsRefusedError, match="pytorch_model.bin") as e:
+        pull("mallory/pickled", cache_dir=cache)
+    assert "safetensors" in str(e.value)
+    assert not list(cache.rglob("pytorch_model.bin"))
+
+
+def test_missing_repo_revision_and_file_name_the_culprit(pushed):
+    from huggingface_hub import HfApi
+
+    from hubcompare.errors import HubFileNotFoundError, HubRepoNotFoundError, HubRevisionNotFoundError
+    from hubcompare.hub import pull
+
+    with pytest.raises(HubRepoNotFoundError, match="alice/no-such-model"):
+        pull("alice/no-such-model")
+    with pytest.raises(HubRevisionNotFoundError, match="'no-such-branch'") as e:
+        pull("alice/digits-r8", "no-such-branch")
+    assert "alice/digits-r8" in str(e.value)
+    HfApi().create_repo("alice/empty")
+    with pytest.raises(HubFileNotFoundError, match="alice/empty.*model.safetensors"):
+        pull("alice/empty")
+
+
+def test_concurrent_pulls_of_one_model_share_a_sound_cache(pushed, tmp_path):
+    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.hub import pull
+
+    cache, results, errors = tmp_path / "cache", [], []
+
+    def one():
+        try:
+            results.append(pull("alice/digits-r8", cache_dir=cache))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len({r.path for r in results}) == 1
+    load_checkpoint(results[0].path).model  # weights hash verified on load
+    assert not list(cache.rglob("*.incomplete"))
+
+
+def test_timm_pushed_model_can_be_registered_and_loaded(hub, tmp_path):
+    """A model published by timm's own push_to_hf_hub (both safetensors and pickle files)."""
+    import timm
+    from timm.models import push_to_hf_hub
+
+    from hubcompare.references import resolve_reference
+    from hubcompare.registry import Registry, entry_from_meta
+
+    model = timm.create_model("cifar_resnet", depth=14, width=2, num_classes=10).eval()
+    push_to_hf_hub(model, "bob/timm-r14", model_args={"depth": 14, "width": 2})
+    registry = Registry(tmp_path / "r.sqlite", curated_dirs=[])
+    resolved = resolve_reference("hf-hub:bob/timm-r14", registry)
+    registry.add(entry_from_meta("bob-r14", str(resolved.pinned), resolved.config, resolved.commit_sha))
+    assert not (resolved.path / "pytorch_model.bin").exists()  # the pickle was never downloaded
+    entry = registry.get("bob-r14")
+    assert (entry.depth, entry.width, entry.architecture) == (14, 2, "cifar_resnet")
+    again = resolve_reference("bob-r14", registry)
+    assert again.registry_name == "bob-r14" and again.commit_sha == resolved.commit_sha
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), model(x))
+
+
+def test_timm_reference_loads_timm_pretrained_weights_from_the_hub(hub):
+    """timm:NAME follows timm's pretrained config to its Hub repo (here the local hub) and loads safetensors."""
+    import timm
+    from timm.models import push_to_hf_hub
+
+    from hubcompare.references import resolve_reference
+
+    original = timm.create_model("test_resnet.r160_in1k").eval()
+    push_to_hf_hub(original, "timm/test_resnet.r160_in1k")
+    resolved = resolve_reference("timm:test_resnet.r160_in1k")
+    assert len(resolved.commit_sha) == 40 and resolved.config["architecture"] == "test_resnet"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(resolved.model(x), original(x))

@@ -1,0 +1,77 @@
+"""The reference parser: every accepted form, and the promised errors for malformed or ambiguous ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubcompare.errors import InvalidReferenceError, ReferenceNotFoundError, RegistryEntryNotFoundError
+from hubcompare.references import ACCEPTED_FORMS, Reference, parse_reference, resolve_reference
+
+
+def test_accepted_forms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "r14").mkdir(parents=True)
+    assert parse_reference("hf-hub:alice/digits-r14") == Reference("hf-hub", "alice/digits-r14")
+    sha = "a" * 40
+    ref = parse_reference(f"hf-hub:alice/digits-r14@{sha}")
+    assert (ref.target, ref.revision, str(ref)) == ("alice/digits-r14", sha, f"hf-hub:alice/digits-r14@{sha}")
+    assert parse_reference("hf-hub:alice/x@v1.0").revision == "v1.0"
+    assert parse_reference("local-dir:runs/r14") == Reference("local-dir", "runs/r14")
+    assert parse_reference("runs/r14") == Reference("local-dir", "runs/r14")
+    assert parse_reference("timm:resnet18.a1_in1k") == Reference("timm", "resnet18.a1_in1k")
+    assert parse_reference("my-model_1") == Reference("registry", "my-model_1")
+    assert parse_reference("hf-hub:alice/x").pinned(sha) == Reference("hf-hub", "alice/x", sha)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "empty"),
+    ("hf-hub:", "nothing follows"),
+    ("hf-hub:alice", "not a Hub repo id"),
+    ("hf-hub:alice/x/y", "not a Hub repo id"),
+    ("hf-hub:alice/x@v1@v2", "one '@' at most"),
+    ("hf-hub:alice/bad--name", "not a Hub repo id"),
+    ("hf:alice/x", "unknown scheme 'hf:'"),
+    ("timm:org/model", "no '/'"),
+    ("alice/digits-r14", "hf-hub:alice/digits-r14"),
+    ("no such folder!", "not a registry name"),
+])
+def test_malformed_references_list_the_accepted_forms(text, why, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidReferenceError) as e:
+        parse_reference(text)
+    assert why in str(e.value) and ACCEPTED_FORMS in str(e.value)
+
+
+def test_folder_that_is_also_a_registry_name_is_ambiguous(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r14").mkdir()
+    with pytest.raises(InvalidReferenceError, match="both a folder and a registry name.*local-dir:r14"):
+        parse_reference("r14", registry_names={"r14"})
+    assert parse_reference("local-dir:r14", registry_names={"r14"}).kind == "local-dir"
+
+
+def test_references_that_name_nothing(tmp_path):
+    from hubcompare.registry import Registry
+
+    registry = Registry(tmp_path / "r.sqlite", curated_dirs=[])
+    with pytest.raises(RegistryEntryNotFoundError, match="no registry entry 'nobody'.*registry add nobody"):
+        resolve_reference("nobody", registry)
+    with pytest.raises(ReferenceNotFoundError, match="no checkpoint folder"):
+        resolve_reference(f"local-dir:{tmp_path / 'missing'}", registry)
+    with pytest.raises(ReferenceNotFoundError, match="timm has no architecture 'not_a_model'"):
+        resolve_reference("timm:not_a_model", registry)
+
+
+def test_timm_weights_only_published_as_pickles_are_refused():
+    from hubcompare.errors import PickleWeightsRefusedError
+    from timm.models import get_pretrained_cfg
+
+    name = next(n for n in __import__("timm").list_models(pretrained=True)
+                if (c := get_pretrained_cfg(n)) is not None and c.url and not c.hf_hub_id)
+    with pytest.raises(PickleWeightsRefusedError, match="only loads safetensors"):
+        resolve_reference(f"timm:{name}")
+
+
+def test_local_folder_resolves_to_its_model(trained_run):
+    resolved = resolve_reference(str(trained_run))
+    assert resolved.commit_sha is None and resolved.path == trained_run and resolved.meta["depth"] == 8
