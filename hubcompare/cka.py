@@ -37,11 +37,24 @@ def _check_n(n: int) -> None:
         raise ValueError(f"the unbiased HSIC estimator needs at least {MIN_BATCH} examples per batch, got {n}")
 
 
+GRAM_CHUNK_ELEMENTS = 1 << 20  # centred copy made per feature chunk: at most 4 MiB of float32 at a time
+
+
 def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Linear Gram matrix (n, n) of ``x`` (n, ...) flattened per example, after centring the features."""
-    x = x.reshape(x.shape[0], -1).to(dtype)
-    x = x - x.mean(0, keepdim=True)
-    return x @ x.T
+    """Linear Gram matrix (n, n) of ``x`` (n, ...) flattened per example, after centring the features.
+
+    Centring is per feature, so it is done on feature chunks: the extra memory is one chunk, never
+    a full copy of the activation.
+    """
+    x = x.reshape(x.shape[0], -1)
+    n, p = x.shape
+    step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
+    k = torch.zeros(n, n, dtype=dtype)
+    for j in range(0, p, step):
+        c = x[:, j : j + step].to(dtype)
+        c = c - c.mean(0, keepdim=True)
+        k.addmm_(c, c.T)
+    return k
 
 
 def u_center(k: torch.Tensor) -> torch.Tensor:

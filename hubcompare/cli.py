@@ -176,5 +176,11 @@ app.command("cka")(cli_compare.cka)
 app.command("blocks")(cli_compare.blocks)
 
 
+from . import cli_population  # noqa: E402
+
+app.command("agreement")(cli_population.agreement)
+app.command("class-diff")(cli_population.class_diff)
+
+
 def main() -> None:  # pragma: no cover
     app()

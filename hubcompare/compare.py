@@ -153,12 +153,13 @@ def compare(
                 pc_grams = []
 
                 def sink(li: int, act: torch.Tensor, mi=mi, cap=cap, pc_grams=pc_grams) -> None:
-                    if not torch.isfinite(act).all():
-                        raise CompareError(
-                            f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations on pass {p + 1}, "
-                            f"examples {lo}-{hi - 1} of the shuffled order; check the model's weights and input preprocessing."
-                        )
                     k = gram(act)
+                    if not torch.isfinite(k).all():  # NaN/inf anywhere in the activations reaches the Gram matrix
+                        raise CompareError(
+                            f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations (or ones whose products "
+                            f"overflow float32) on pass {p + 1}, examples {lo}-{hi - 1} of the shuffled order; check the "
+                            "model's weights and input preprocessing."
+                        )
                     u_all[offsets[mi] + li] = u_center(k)
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k)))

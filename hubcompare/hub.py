@@ -28,7 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-import httpx2
+try:  # the HTTP client huggingface_hub 2.4 uses; earlier 1.x/2.x releases used httpx
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,

@@ -112,3 +112,19 @@ def test_planted_block_found_exactly_and_none_without():
     assert rep.pcs.cosine[4:9, 4:9].min() > 0.9
     none = analyze_blocks(CompareModel("plain", Planted(block=None), layers=["layers.*"]), ds, batch_size=64, pc_examples=256)
     assert none.blocks == []
+
+
+def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
+    """A small model that fits its data shows no block (the paper's and this project's measurements)."""
+    from conftest import small_recipe
+    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.data import load_dataset
+    from hubcompare.train import train
+
+    run = train(small_recipe(**{"model.depth": 20, "train.epochs": 8}), tmp_path / "r20").run_dir
+    ckpt = load_checkpoint(run)
+    assert ckpt.meta["test_accuracy"] > 0.8
+    rep = analyze_blocks(CompareModel(str(run), ckpt.model), load_dataset("digits", "test"), batch_size=250, pc_examples=500)
+    assert rep.cka.layers_a[0] == "stem" and len(rep.cka.layers_a) == 10  # stem + 9 block outputs
+    assert rep.blocks == []
+    assert rep.pcs.fraction.max() < 0.5
