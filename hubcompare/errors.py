@@ -108,3 +108,23 @@ class RegistryEntryNotFoundError(RegistryError, LookupError):
 
 class RegistryConflictError(RegistryError, ValueError):
     """An entry of that name exists with another reference, or a curated entry would be changed."""
+
+
+class PopulationError(HubcompareError):
+    """Base class for problems naming or aligning the models of a population comparison."""
+
+
+class EmptyPopulationError(PopulationError, LookupError):
+    """A population query, Hub tag or collection that names no model."""
+
+
+class DatasetMismatchError(PopulationError, ValueError):
+    """Models whose predictions are about different data (fingerprints or example ids differ)."""
+
+
+class TooFewModelsError(PopulationError, ValueError):
+    """A statistic that needs more models per side than were given."""
+
+
+class PredictionsUnavailableError(PopulationError):
+    """A model has no stored predictions for the dataset and they cannot be computed (no dataset, wrong head)."""
