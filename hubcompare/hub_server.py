@@ -56,16 +56,27 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _card_data(readme: bytes) -> dict | None:
-    """The YAML front matter of a README (model card metadata), or None."""
+FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*(\n|$)", re.S)
+
+
+def _front_matter(text: str):
+    """The parsed YAML front matter of a README, or None if it has none (raises yaml.YAMLError).
+
+    The Hub derives tags and cardData from it, so the server must read YAML: PyYAML is already a
+    dependency of hubcompare and of huggingface_hub; the HTTP side is standard library only.
+    """
     import yaml
 
-    text = readme.decode("utf-8", errors="replace")
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not m:
-        return None
+    m = FRONT_MATTER.match(text)
+    return yaml.safe_load(m.group(1)) if m else None
+
+
+def _card_data(readme: bytes) -> dict | None:
+    """The model card metadata of a README, or None (missing or malformed front matter)."""
+    import yaml
+
     try:
-        data = yaml.safe_load(m.group(1))
+        data = _front_matter(readme.decode("utf-8", errors="replace"))
     except yaml.YAMLError:
         return None
     return data if isinstance(data, dict) else None
@@ -397,10 +408,8 @@ def validate_yaml(h: Handler):
     """The client sends the whole README; its YAML front matter must be a mapping."""
     import yaml
 
-    text = h.json_body().get("content") or ""
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
     try:
-        data = yaml.safe_load(m.group(1)) if m else None
+        data = _front_matter(h.json_body().get("content") or "")
     except yaml.YAMLError as e:
         return h._json({"errors": [{"message": f"Invalid YAML: {e}"}], "warnings": []}, 400)
     if data is not None and not isinstance(data, dict):
