@@ -8,7 +8,6 @@ forward order (see :meth:`CifarResNet.forward_taps`).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -18,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .errors import InvalidArchitectureError
 
-__all__ = ["CifarResNet", "Tap", "cifar_resnet", "check_architecture", "stage_channels", "match_taps"]
+__all__ = ["CifarResNet", "Tap", "cifar_resnet", "check_architecture", "stage_channels"]
 
 ARCHITECTURE = "cifar_resnet"
 BN_MOMENTUM = 0.01  # Keras momentum 0.99 in PyTorch's convention
@@ -54,22 +53,6 @@ class Tap:
     name: str
     stage: int
     kind: str  # "stem" | "branch" (residual branch before the add) | "out" (after add + ReLU) | "pool" | "logits"
-
-
-def match_taps(taps: Sequence[Tap], patterns: Iterable[str] | None) -> list[Tap]:
-    """Taps whose names match any glob pattern (``*.out``, ``stage3.*``), in forward order."""
-    if patterns is None:
-        return list(taps)
-    patterns = list(patterns)
-    chosen = [t for t in taps if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(t.name, p) for t in taps)]
-    if unmatched:
-        examples = ", ".join(t.name for t in taps[:4])
-        raise InvalidArchitectureError(
-            f"layer pattern(s) {unmatched} match no layer of this model; names look like {examples}, ... "
-            "(glob patterns such as '*.out' or 'stage3.*' are accepted)."
-        )
-    return chosen
 
 
 class BasicBlock(nn.Module):

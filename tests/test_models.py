@@ -6,7 +6,8 @@ import torch
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
 from hubcompare.errors import InvalidArchitectureError
-from hubcompare.models import CifarResNet, match_taps
+from hubcompare.capture import LayerCapture, LayerSelectionError
+from hubcompare.models import CifarResNet
 
 
 def expected_param_count(depth: int, width: float, in_chans: int = 3, classes: int = 10) -> int:
@@ -100,9 +101,10 @@ def test_bad_width(width):
 
 def test_layer_patterns():
     model = CifarResNet(depth=14)
-    outs = match_taps(model.taps, ["*.out"])
+    outs = LayerCapture(model, ["*.out"]).layers
     assert [t.name for t in outs] == [f"stage{s}.block{b}.out" for s in (1, 2, 3) for b in (1, 2)]
-    with pytest.raises(InvalidArchitectureError, match="match no layer"):
-        match_taps(model.taps, ["layer4.*"])
+    assert [t.stage for t in outs] == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(LayerSelectionError, match="match no layer"):
+        LayerCapture(model, ["layer4.*"])
     with pytest.raises(InvalidArchitectureError, match="unknown layer"):
         model.forward_taps(torch.rand(1, 3, 32, 32), ["nope"])
