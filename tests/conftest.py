@@ -7,7 +7,9 @@ throw-away cache are set here, before any other import. The ``hub`` fixture star
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 
@@ -20,6 +22,7 @@ def _free_port() -> int:
 
 _HUB_PORT = _free_port()
 _HUB_TMP = tempfile.mkdtemp(prefix="hubcompare-tests-")
+atexit.register(shutil.rmtree, _HUB_TMP, ignore_errors=True)
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_HUB_PORT}"
 os.environ["HF_HOME"] = os.path.join(_HUB_TMP, "hf-home")
 os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_TMP, "hf-home", "hub")
