@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,6 +36,17 @@ def friendly_errors(fn):
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def warn(warnings: list[str]) -> None:
+    """Print each distinct warning of a result once, in yellow, on stderr."""
+    for w in dict.fromkeys(warnings):
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+
+
+def slug(ref: str) -> str:
+    """A file-name-safe short form of a model reference or label (for default output folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", ref.split(":", 1)[-1]).strip("_")[-60:] or "model"
 
 
 def set_threads(threads: Optional[int]) -> None:

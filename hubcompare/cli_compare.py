@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import DataDir, Threads, console, err_console, friendly_errors, set_threads
+from .cli_common import DataDir, Threads, console, friendly_errors, set_threads, slug, warn
 from .errors import HubcompareError
 
 Layers = Annotated[
@@ -25,10 +24,6 @@ Passes = Annotated[int, typer.Option("--passes", help="Passes over the data, eac
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the minibatch shuffles.")]
 Examples = Annotated[Optional[int], typer.Option("--examples", help="Use only the first N examples of the split.")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG/npz/json outputs (default: results/<command>-<models>).")]
-
-
-def _slug(ref: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", ref.split(":", 1)[-1]).strip("_")[-60:] or "model"
 
 
 def _load(refs: list[str], layers: Optional[list[str]]):
@@ -66,14 +61,19 @@ def _dataset(name: Optional[str], split: str, data_dir: Optional[Path], metas: l
     return load_dataset(name, split, data_dir)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+def _prepare(refs: list[str], layers, dataset, split, data_dir, threads):
+    """What every comparison command does first: threads, load the models, load the dataset."""
+    set_threads(threads)
+    loaded = _load(refs, layers)
+    return [m for m, _ in loaded], _dataset(dataset, split, data_dir, [meta for _, meta in loaded])
 
 
-def _warn(warnings: list[str]) -> None:
-    for w in dict.fromkeys(warnings):
-        err_console.print(f"[yellow]warning:[/] {w}", soft_wrap=True, highlight=False)
+def _with_progress(ds, split: str, run):
+    """Run ``run(on_batch)`` under a rich progress bar over minibatches."""
+    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as p:
+        task = p.add_task(f"CKA on {ds.name} {split}", total=None)
+        return run(lambda d, n: p.update(task, completed=d, total=n))
 
 
 def _summary_table(result, top: int = 40) -> Table:
@@ -140,15 +140,10 @@ def cross_cka(
 
     if len(refs) < 2:
         raise HubcompareError("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).")
-    set_threads(threads)
-    loaded = _load(refs, layers)
-    ds = _dataset(dataset, split, data_dir, [meta for _, meta in loaded])
-    out = out or Path("results") / ("cross-cka-" + "-vs-".join(_slug(r) for r in refs))
-    with _progress() as p:
-        task = p.add_task(f"CKA on {ds.name} {split}", total=None)
-        comp = compare([m for m, _ in loaded], ds, batch_size, passes, seed, examples,
-                       on_batch=lambda d, n: p.update(task, completed=d, total=n))
-    _warn(comp.warnings)
+    models, ds = _prepare(refs, layers, dataset, split, data_dir, threads)
+    out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
+    comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
+    warn(comp.warnings)
     written = []
     for i in range(len(refs)):
         for j in range(i + 1, len(refs)):
@@ -177,14 +172,10 @@ def cka(
     from .compare import compare
     from .plots import plot_cka
 
-    set_threads(threads)
-    ((m, meta),) = _load([ref], layers)
-    ds = _dataset(dataset, split, data_dir, [meta])
-    out = out or Path("results") / f"cka-{_slug(ref)}"
-    with _progress() as p:
-        task = p.add_task(f"CKA on {ds.name} {split}", total=None)
-        comp = compare([m], ds, batch_size, passes, seed, examples, on_batch=lambda d, n: p.update(task, completed=d, total=n))
-    _warn(comp.warnings)
+    models, ds = _prepare([ref], layers, dataset, split, data_dir, threads)
+    out = out or Path("results") / f"cka-{slug(ref)}"
+    comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
+    warn(comp.warnings)
     r = comp.pair(0, 0)
     files = [*r.save(out / "cka"), plot_cka(r, out / "cka.png")]
     off = r.value[~np.eye(r.shape[0], dtype=bool)]
@@ -217,15 +208,12 @@ def blocks(
     from .plots import plot_block_report, plot_cka
     from .provenance import atomic_write_json
 
-    set_threads(threads)
-    ((m, meta),) = _load([ref], layers)
-    ds = _dataset(dataset, split, data_dir, [meta])
-    out = out or Path("results") / f"blocks-{_slug(ref)}"
-    with _progress() as p:
-        task = p.add_task(f"CKA on {ds.name} {split}", total=None)
-        rep = analyze_blocks(m, ds, batch_size, passes, seed, examples, pc_examples, pc1_threshold, cka_threshold, min_size,
-                             max_gap, min_pc1_drop, on_batch=lambda d, n: p.update(task, completed=d, total=n))
-    _warn(rep.cka.warnings)
+    (m,), ds = _prepare([ref], layers, dataset, split, data_dir, threads)
+    out = out or Path("results") / f"blocks-{slug(ref)}"
+    rep = _with_progress(ds, split, lambda on_batch: analyze_blocks(
+        m, ds, batch_size, passes, seed, examples, pc_examples, pc1_threshold, cka_threshold, min_size, max_gap,
+        min_pc1_drop, on_batch=on_batch))
+    warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]
     t = Table("block", "layers", "size", "mean CKA inside", "inside, PC1 removed", "mean CKA to outside", "mean PC1 share",

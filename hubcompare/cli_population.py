@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli_common import DataDir, console, err_console, friendly_errors
-from .cli_compare import _slug
+from .cli_common import DataDir, console, friendly_errors, slug, warn
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -40,11 +39,6 @@ def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir):
                       + ", ".join(f"{v} {k}" for k, v in sources.items()), soft_wrap=True, highlight=False)
         sides.append(side)
     return sides
-
-
-def _warn(warnings: list[str]) -> None:
-    for w in dict.fromkeys(warnings):
-        err_console.print(f"[yellow]warning:[/] {w}", soft_wrap=True, highlight=False)
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -78,7 +72,7 @@ def agreement(
     with console.status("computing"):
         r = compute(sa, sb, splits=splits, permutations=permutations, seed=seed, null_side=null_side,
                     settings={"dataset_option": dataset})
-    _warn(r.warnings)
+    warn(r.warnings)
     s = r.summary()
     t = Table("", sa.label, sb.label, "across", title=f"Agreement on {len(r.ids)} examples of {sa.dataset.get('name')}")
     t.add_row("models", str(s["models"]["a"]), str(s["models"]["b"]), "")
@@ -103,7 +97,7 @@ def agreement(
         console.print(f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
                       f"[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
                       f"(the null itself: {n['expected_outside_under_null']:.1f})", highlight=False)
-    out = out or Path("results") / f"agreement-{_slug(r.label_a)}-vs-{_slug(r.label_b)}"
+    out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_agreement(r, out / "agreement.png")]
     console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
 
@@ -131,7 +125,7 @@ def class_diff(
     sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir)
     with console.status("computing"):
         r = compute(sa, sb, alpha=alpha, splits=splits, seed=seed, null_side=null_side, settings={"dataset_option": dataset})
-    _warn(r.warnings)
+    warn(r.warnings)
     s = r.summary()
     t = Table("class", f"acc {r.label_a}", f"acc {r.label_b}", "A - B", f"{100 * (1 - alpha):g}% CI", "t", "df", "p", "q (BH)", "",
               title=f"Welch's t-test per class: {s['models']['a']} vs {s['models']['b']} models, sorted by p")
@@ -147,6 +141,6 @@ def class_diff(
         console.print(f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
                       f"{n['mean_significant_q']:.3f} classes significant per split on average; "
                       f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", highlight=False)
-    out = out or Path("results") / f"class-diff-{_slug(r.label_a)}-vs-{_slug(r.label_b)}"
+    out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_class_diff(r, out / "class_diff.png")]
     console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
