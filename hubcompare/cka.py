@@ -37,23 +37,37 @@ def _check_n(n: int) -> None:
         raise ValueError(f"the unbiased HSIC estimator needs at least {MIN_BATCH} examples per batch, got {n}")
 
 
-GRAM_CHUNK_ELEMENTS = 1 << 20  # centred copy made per feature chunk: at most 4 MiB of float32 at a time
+GRAM_CHUNK_ELEMENTS = 1 << 18  # centred copy made per feature chunk: 1 MiB of float32, small enough to stay in cache
+GRAM_ROW_BLOCKS = 4  # the Gram is symmetric: only row blocks on and below the diagonal are multiplied
+GRAM_MIN_BLOCK_ROWS = 64  # below this, smaller products cost more than the saved FLOPs
+
+
+def _row_blocks(n: int) -> list[tuple[int, int]]:
+    b = max(1, min(GRAM_ROW_BLOCKS, n // GRAM_MIN_BLOCK_ROWS))
+    edges = [round(i * n / b) for i in range(b + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Linear Gram matrix (n, n) of ``x`` (n, ...) flattened per example, after centring the features.
 
     Centring is per feature, so it is done on feature chunks: the extra memory is one chunk, never
-    a full copy of the activation.
+    a full copy of the activation. The Gram is symmetric, so with four row blocks only the ten
+    blocks on and below the diagonal are multiplied (5/8 of the FLOPs of ``X @ X.T``) and the rest
+    is mirrored: this product is most of what CKA adds to the forward passes.
     """
     x = x.reshape(x.shape[0], -1)
     n, p = x.shape
     step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
+    blocks = _row_blocks(n)
     k = torch.zeros(n, n, dtype=dtype)
     for j in range(0, p, step):
         c = x[:, j : j + step].to(dtype)
         c = c - c.mean(0, keepdim=True)
-        k.addmm_(c, c.T)
+        for lo, hi in blocks:
+            k[lo:hi, :hi].addmm_(c[lo:hi], c[:hi].T)
+    for lo, hi in blocks[1:]:
+        k[:lo, lo:hi] = k[lo:hi, :lo].T
     return k
 
 

@@ -216,3 +216,14 @@ def test_timm_model_with_its_own_preprocessing():
     assert comp.settings["inputs"]["cifar"]["resized"] is False
     assert comp.captures[1].names[:2] == ["act1", "layer1"] and "output" not in comp.captures[1].names
     assert np.isfinite(comp.pair(0, 1).value).all()
+
+
+@pytest.mark.parametrize("n", [5, 63, 130, 250, 256])
+def test_gram_is_the_centred_product(n):
+    """The blocked, chunked Gram (lower row blocks multiplied, upper ones mirrored) equals centred X X^T for any n."""
+    X = relu_features(n, 3000)
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
+    expected = Xc @ Xc.T
+    got = gram(torch.as_tensor(X).reshape(n, 3, 1000)).numpy()
+    assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
+    assert np.allclose(gram(torch.as_tensor(Xc), torch.float64).numpy(), expected, rtol=0, atol=1e-9 * np.abs(expected).max())
