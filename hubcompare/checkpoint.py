@@ -72,7 +72,7 @@ def write_checkpoint(
 
 def timm_config(model: torch.nn.Module, meta: dict) -> dict:
     """config.json as timm's ``save_config_for_hf`` writes it, plus the ``hubcompare`` block."""
-    model_args = {k: meta[k] for k in ("depth", "width", "in_chans") if k in meta}
+    model_args = {k: meta[k] for k in ("depth", "width", "in_chans", "bn_momentum", "bn_eps") if k in meta}
     with tempfile.TemporaryDirectory() as tmp:
         save_config_for_hf(model, Path(tmp) / CONFIG_FILE, model_args=model_args)
         config = json.loads((Path(tmp) / CONFIG_FILE).read_text())

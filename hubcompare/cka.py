@@ -40,6 +40,9 @@ def _check_n(n: int) -> None:
 GRAM_CHUNK_ELEMENTS = 1 << 18  # centred copy made per feature chunk: 1 MiB of float32, small enough to stay in cache
 GRAM_ROW_BLOCKS = 4  # the Gram is symmetric: only row blocks on and below the diagonal are multiplied
 GRAM_MIN_BLOCK_ROWS = 64  # below this, smaller products cost more than the saved FLOPs
+# gram(centred=False) keeps the raw product while ||X||^2 <= this x ||X_c||^2: float32 then loses at most
+# ~this factor of relative accuracy to cancellation, and the CKA stays within ~3e-7 of float64
+GRAM_MAX_OFFSET_RATIO = 4.0
 
 
 def _row_blocks(n: int) -> list[tuple[int, int]]:
@@ -48,27 +51,49 @@ def _row_blocks(n: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _blocked_product(c: torch.Tensor, k: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
+    """k[lower row blocks] += c c^T, only the blocks on and below the diagonal."""
+    for lo, hi in blocks:
+        k[lo:hi, :hi].addmm_(c[lo:hi], c[:hi].T)
+
+
+def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = True) -> torch.Tensor:
     """Linear Gram matrix (n, n) of ``x`` (n, ...) flattened per example, after centring the features.
 
     Centring is per feature, so it is done on feature chunks: the extra memory is one chunk, never
     a full copy of the activation. The Gram is symmetric, so with four row blocks only the ten
     blocks on and below the diagonal are multiplied (5/8 of the FLOPs of ``X @ X.T``) and the rest
     is mirrored: this product is most of what CKA adds to the forward passes.
+
+    ``centred=False`` is for unbiased HSIC only, which ignores constant feature shifts: the raw
+    product (no centred copy) is returned when the features' common offset is small enough for
+    float32 (``tr K / tr HKH <= GRAM_MAX_OFFSET_RATIO``), the centred Gram otherwise. PC analysis
+    needs the centred Gram and keeps the default.
     """
     x = x.reshape(x.shape[0], -1)
     n, p = x.shape
-    step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
     blocks = _row_blocks(n)
     k = torch.zeros(n, n, dtype=dtype)
+    if not centred:
+        _blocked_product(x.to(dtype), k, blocks)
+        _mirror(k, blocks)
+        d = k.to(torch.float64)
+        trace = float(d.diagonal().sum())
+        centred_trace = trace - float(d.sum()) / n  # tr(HKH) = ||X_c||_F^2
+        if centred_trace > 0 and trace <= GRAM_MAX_OFFSET_RATIO * centred_trace:
+            return k
+        k.zero_()
+    step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
     for j in range(0, p, step):
         c = x[:, j : j + step].to(dtype)
-        c = c - c.mean(0, keepdim=True)
-        for lo, hi in blocks:
-            k[lo:hi, :hi].addmm_(c[lo:hi], c[:hi].T)
+        _blocked_product(c - c.mean(0, keepdim=True), k, blocks)
+    _mirror(k, blocks)
+    return k
+
+
+def _mirror(k: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
     for lo, hi in blocks[1:]:
         k[:lo, lo:hi] = k[lo:hi, :lo].T
-    return k
 
 
 def u_center(k: torch.Tensor) -> torch.Tensor:

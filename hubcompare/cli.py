@@ -26,7 +26,7 @@ app = typer.Typer(
 @app.command()
 @_friendly_errors
 def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a bundled recipe name: digits, cifar10.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a bundled recipe name: digits, digits-blocks, cifar10.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder to write (default: runs/<recipe>-d<depth>-w<width>-s<seed>).")] = None,
     depth: Annotated[Optional[int], typer.Option(help="ResNet depth, 6n+2 (14, 20, 26, ..., 56, 62, 110).")] = None,
     width: Annotated[Optional[float], typer.Option(help="Width multiplier k (stage channels 16k, 32k, 64k).")] = None,

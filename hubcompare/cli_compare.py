@@ -199,7 +199,7 @@ def blocks(
     cka_threshold: Annotated[float, typer.Option(help="Minimum mean CKA inside a block.")] = 0.8,
     min_size: Annotated[int, typer.Option(help="Minimum layers in a block.")] = 4,
     max_gap: Annotated[int, typer.Option(help="Non-dominated layers tolerated inside a block (checkerboard).")] = 1,
-    min_pc1_drop: Annotated[float, typer.Option(help="Required drop of the mean CKA inside when PC1 is removed.")] = 0.1,
+    min_pc1_drop: Annotated[float, typer.Option(help="Required drop of the mean CKA inside when PC1 is removed.")] = 0.05,
     out: Out = None,
     threads: Threads = None,
 ) -> None:

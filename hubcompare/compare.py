@@ -153,7 +153,7 @@ def compare(
                 pc_grams = []
 
                 def sink(li: int, act: torch.Tensor, mi=mi, cap=cap, pc_grams=pc_grams) -> None:
-                    k = gram(act)
+                    k = gram(act, centred=remove_pc1)  # PC1 removal needs the centred Gram; HSIC alone does not
                     if not torch.isfinite(k).all():  # NaN/inf anywhere in the activations reaches the Gram matrix
                         raise CompareError(
                             f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations (or ones whose products "

@@ -23,6 +23,7 @@ ARCHITECTURE = "cifar_resnet"
 BN_MOMENTUM = 0.01  # Keras momentum 0.99 in PyTorch's convention
 BN_EPS = 1e-3  # Keras default
 EXAMPLE_DEPTHS = (8, 14, 20, 26, 32, 38, 44, 56, 62, 110, 164)
+INITS = ("keras", "torch")  # he_normal kernels + zero biases (the authors') | PyTorch's default layer init
 
 
 def check_architecture(depth: int, width: float) -> int:
@@ -58,13 +59,13 @@ class Tap:
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN residual branch, add, ReLU after the add (ResNet v1)."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, bn: dict):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=True)
-        self.bn1 = nn.BatchNorm2d(out_chs, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn1 = nn.BatchNorm2d(out_chs, **bn)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=True)
-        self.bn2 = nn.BatchNorm2d(out_chs, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn2 = nn.BatchNorm2d(out_chs, **bn)
         # 1x1 projection (with bias, no BN) where the shape changes, as in the authors' Keras code
         self.shortcut = (
             nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=True)
@@ -91,23 +92,34 @@ class CifarResNet(nn.Module):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         global_pool: str = "avg",
+        bn_momentum: float = BN_MOMENTUM,
+        bn_eps: float = BN_EPS,
+        init: str = "keras",
     ):
         super().__init__()
         n = check_architecture(depth, width)
         if global_pool != "avg":
             raise InvalidArchitectureError(f"global_pool={global_pool!r}: only 'avg' is supported.")
+        if init not in INITS:
+            raise InvalidArchitectureError(f"init={init!r}: choose one of {', '.join(INITS)}.")
+        if not (0 < bn_momentum <= 1 and bn_eps > 0):
+            raise InvalidArchitectureError(
+                f"bn_momentum={bn_momentum!r}, bn_eps={bn_eps!r}: need 0 < bn_momentum <= 1 (PyTorch's convention: "
+                "Keras momentum 0.99 is 0.01 here) and bn_eps > 0."
+            )
+        bn = dict(eps=bn_eps, momentum=bn_momentum)
         self.depth, self.width, self.blocks_per_stage = depth, width, n
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         chs = stage_channels(width)
         self.stem = nn.Sequential()
         self.stem.add_module("conv", nn.Conv2d(in_chans, chs[0], 3, padding=1, bias=True))
-        self.stem.add_module("bn", nn.BatchNorm2d(chs[0], eps=BN_EPS, momentum=BN_MOMENTUM))
+        self.stem.add_module("bn", nn.BatchNorm2d(chs[0], **bn))
         self.stem.add_module("act", nn.ReLU(inplace=True))
         stages, prev = [], chs[0]
         self.feature_info = [dict(num_chs=chs[0], reduction=1, module="stem")]
         for s, c in enumerate(chs):
             stride = 1 if s == 0 else 2
-            blocks = [BasicBlock(prev if b == 0 else c, c, stride if b == 0 else 1) for b in range(n)]
+            blocks = [BasicBlock(prev if b == 0 else c, c, stride if b == 0 else 1, bn) for b in range(n)]
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=c, reduction=2**s, module=f"stages.{s}"))
             prev = c
@@ -115,7 +127,8 @@ class CifarResNet(nn.Module):
         self.num_features = self.head_hidden_size = chs[-1]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        if init == "keras":  # "torch": the layers' own reset_parameters() already ran
+            self._init_weights()
         self.taps = self._build_taps()
 
     def _init_weights(self) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from .data import DATASETS, parse_fraction
 from .errors import RecipeError
-from .models import check_architecture
+from .models import INITS, check_architecture
 
 __all__ = ["Recipe", "load_recipe", "find_recipe", "RECIPE_DIR"]
 
@@ -25,7 +25,13 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 # section -> key -> (type, default); a None default means required
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    "model": {"depth": (int, None), "width": ((int, float), None)},
+    "model": {
+        "depth": (int, None),
+        "width": ((int, float), None),
+        "init": (str, "keras"),  # keras: he_normal + zero biases (the authors'); torch: PyTorch's default init
+        "bn_momentum": ((int, float), 0.01),  # PyTorch convention (Keras 0.99)
+        "bn_eps": ((int, float), 1e-3),
+    },
     "data": {"dataset": (str, None), "fraction": ((int, float, str), 1)},
     "augment": {"pad": (int, 0), "pad_mode": (str, "reflect"), "flip": (bool, False)},
     "train": {
@@ -35,6 +41,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "momentum": ((int, float), 0.9),
         "nesterov": (bool, False),
         "weight_decay": ((int, float), 0.0),
+        "weight_decay_on": (str, "kernels"),  # kernels: conv/dense weights only (the authors'); all: every parameter
         "warmup_epochs": (int, 0),
         "schedule": (str, "cosine"),
         "seed": (int, 0),
@@ -45,6 +52,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 SCHEDULES = ("cosine", "constant")
 PAD_MODES = ("reflect", "constant", "replicate")
 PRECISIONS = ("fp32", "bf16", "auto")
+DECAY_TARGETS = ("kernels", "all")
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class Recipe:
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A path to a YAML file, or the name of a bundled recipe (``digits``, ``cifar10``)."""
+    """A path to a YAML file, or the name of a bundled recipe (``digits``, ``digits-blocks``, ``cifar10``)."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
         return p
@@ -127,7 +135,12 @@ def _validate(raw: Any, source: str) -> Recipe:
                 raise RecipeError(f"{where}: '{section}.{key}' = {value!r} should be {getattr(typ, '__name__', typ)}")
             out[key] = value
         sections[section] = out
-    check_architecture(sections["model"]["depth"], sections["model"]["width"])
+    m = sections["model"]
+    check_architecture(m["depth"], m["width"])
+    if m["init"] not in INITS:
+        raise RecipeError(f"{where}: 'model.init' must be one of {INITS}")
+    if not (0 < m["bn_momentum"] <= 1 and m["bn_eps"] > 0):
+        raise RecipeError(f"{where}: need 0 < model.bn_momentum <= 1 (PyTorch convention; Keras 0.99 = 0.01) and model.bn_eps > 0")
     if sections["data"]["dataset"] not in DATASETS:
         raise RecipeError(f"{where}: unknown dataset {sections['data']['dataset']!r}; choose one of {', '.join(DATASETS)}")
     parse_fraction(sections["data"]["fraction"])
@@ -143,6 +156,8 @@ def _validate(raw: Any, source: str) -> Recipe:
         raise RecipeError(f"{where}: 'train.schedule' must be one of {SCHEDULES}")
     if t["lr"] <= 0 or t["weight_decay"] < 0 or not 0 <= t["momentum"] < 1:
         raise RecipeError(f"{where}: need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
+    if t["weight_decay_on"] not in DECAY_TARGETS:
+        raise RecipeError(f"{where}: 'train.weight_decay_on' must be one of {DECAY_TARGETS}")
     if t["precision"] not in PRECISIONS:
         raise RecipeError(f"{where}: 'train.precision' must be one of {PRECISIONS} (auto: bf16 autocast where the CPU has native bf16)")
     if sections["augment"]["pad_mode"] not in PAD_MODES or sections["augment"]["pad"] < 0:

@@ -82,6 +82,9 @@ def build_model(recipe: Recipe, data: ImageDataset) -> torch.nn.Module:
         ARCHITECTURE,
         depth=recipe["model"]["depth"],
         width=recipe["model"]["width"],
+        bn_momentum=recipe["model"]["bn_momentum"],
+        bn_eps=recipe["model"]["bn_eps"],
+        init=recipe["model"]["init"],
         num_classes=data.num_classes,
         in_chans=c,
         pretrained_cfg_overlay=dict(
@@ -98,8 +101,10 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_avx512_bf16_supported() else "fp32"
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # weight decay on conv and dense kernels only, never on biases or BN parameters
+def _param_groups(model: torch.nn.Module, weight_decay: float, on: str = "kernels") -> list[dict]:
+    # "kernels": weight decay on conv and dense kernels only, never on biases or BN parameters
+    if on == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -135,7 +140,7 @@ def train(
     # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN); weights are saved contiguous
     model = build_model(recipe, train_data).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        _param_groups(model, float(t["weight_decay"])), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
+        _param_groups(model, float(t["weight_decay"]), t["weight_decay_on"]), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
     )
     generator = torch.Generator().manual_seed(seed)
     state = {"epochs_done": 0, "history": [], "elapsed_s": 0.0, "resumed_at": []}
@@ -194,6 +199,8 @@ def train(
         "architecture": ARCHITECTURE,
         "depth": recipe["model"]["depth"],
         "width": recipe["model"]["width"],
+        "bn_momentum": recipe["model"]["bn_momentum"],
+        "bn_eps": recipe["model"]["bn_eps"],
         "in_chans": train_data.image_shape[0],
         "num_classes": train_data.num_classes,
         "class_names": list(train_data.classes),

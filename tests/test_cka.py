@@ -227,3 +227,22 @@ def test_gram_is_the_centred_product(n):
     got = gram(torch.as_tensor(X).reshape(n, 3, 1000)).numpy()
     assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
     assert np.allclose(gram(torch.as_tensor(Xc), torch.float64).numpy(), expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("offset", [0.0, 5.0, 50.0])
+def test_uncentred_gram_gives_the_same_hsic_to_1e6(offset):
+    """gram(centred=False) skips the centred copy only when float32 can afford it: HSIC-based CKA still
+    matches the float64 reference to 1e-6, from no offset (raw product) to large ones (centred fallback)."""
+    X = relu_features(256, 4096, offset)
+    Y = (X[:, :2048] @ rng.standard_normal((2048, 300)).astype(np.float32) * 0.05 + relu_features(256, 300, offset))
+    Y = Y.astype(np.float32)
+    batches = np.array_split(rng.permutation(256), 2)
+    expected = ref_minibatch_cka(X.astype(np.float64), Y.astype(np.float64), batches)
+    acc = MinibatchCKA(2)
+    for idx in batches:
+        acc.update(torch.stack([u_center(gram(torch.as_tensor(z[idx]), centred=False)) for z in (X, Y)]))
+    assert abs(acc.compute().value[0, 1].item() - expected) < 1e-6
+    raw = gram(torch.as_tensor(X), centred=False).double().numpy()
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
+    is_centred = np.allclose(raw, Xc @ Xc.T, rtol=0, atol=1e-5 * np.abs(Xc @ Xc.T).max())
+    assert is_centred == (offset > 0)  # post-ReLU offset only: raw product kept
