@@ -77,9 +77,8 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
     if not centred:
         _blocked_product(x.to(dtype), k, blocks)
         _mirror(k, blocks)
-        d = k.to(torch.float64)
-        trace = float(d.diagonal().sum())
-        centred_trace = trace - float(d.sum()) / n  # tr(HKH) = ||X_c||_F^2
+        trace = float(k.diagonal().sum(dtype=torch.float64))
+        centred_trace = trace - float(k.sum(dtype=torch.float64)) / n  # tr(HKH) = ||X_c||_F^2
         if centred_trace > 0 and trace <= GRAM_MAX_OFFSET_RATIO * centred_trace:
             return k
         k.zero_()
@@ -96,15 +95,15 @@ def _mirror(k: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
         k[:lo, lo:hi] = k[lo:hi, :lo].T
 
 
-def u_center(k: torch.Tensor) -> torch.Tensor:
-    """U-centred copy of a Gram matrix (diagonal ignored and set to 0), in float64."""
+def u_center(k: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """U-centred copy of a Gram matrix (diagonal ignored and set to 0), in float64 (into ``out`` if given)."""
     n = k.shape[0]
     _check_n(n)
-    k = k.to(torch.float64).clone()
-    k.fill_diagonal_(0.0)
-    rows = k.sum(1, keepdim=True) / (n - 2)
-    total = k.sum() / ((n - 1) * (n - 2))
-    u = k - rows - rows.T + total  # k is symmetric: column sums equal row sums
+    u = k.to(torch.float64).clone() if out is None else out.copy_(k)
+    u.fill_diagonal_(0.0)
+    rows = u.sum(1, keepdim=True) / (n - 2)
+    total = rows.sum() / (n - 1)  # = sum(K~) / ((n-1)(n-2))
+    u.sub_(rows).sub_(rows.T).add_(total)  # K~ is symmetric: column sums equal row sums
     u.fill_diagonal_(0.0)
     return u
 

@@ -160,7 +160,7 @@ def compare(
                             f"overflow float32) on pass {p + 1}, examples {lo}-{hi - 1} of the shuffled order; check the "
                             "model's weights and input preprocessing."
                         )
-                    u_all[offsets[mi] + li] = u_center(k)
+                    u_center(k, out=u_all[offsets[mi] + li])
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k)))
 
