@@ -53,6 +53,10 @@ SCHEDULES = ("cosine", "constant")
 PAD_MODES = ("reflect", "constant", "replicate")
 PRECISIONS = ("fp32", "bf16", "auto")
 DECAY_TARGETS = ("kernels", "all")
+# recipe keys added after checkpoints were published: left out of the hash while at their default, so
+# existing recipe hashes (and resumable runs) stay valid
+LATER_KEYS = {("model", "init"): "keras", ("model", "bn_momentum"): 0.01, ("model", "bn_eps"): 1e-3,
+              ("train", "weight_decay_on"): "kernels"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,11 @@ class Recipe:
     @property
     def hash(self) -> str:
         """sha256 (16 hex digits) of the resolved recipe: same hash, same training run."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        d = self.to_dict()
+        for (section, key), default in LATER_KEYS.items():  # keys added later hash as before at their default
+            if d[section].get(key) == default:
+                del d[section][key]
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":

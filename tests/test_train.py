@@ -148,3 +148,11 @@ def test_bundled_digits_blocks_recipe_builds_its_model():
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert model.depth == 56 and {(m.eps, m.momentum) for m in bns} == {(1e-5, 0.1)}
     assert recipe["train"]["weight_decay_on"] == "all" and recipe["train"]["epochs"] == 60
+
+
+def test_later_recipe_keys_leave_existing_hashes_alone():
+    """Recipes that don't use the later options hash as they did before the options existed (resumes stay valid)."""
+    base = load_recipe("cifar10", {"model.depth": 56, "data.fraction": "1/16", "train.epochs": 200, "data.dataset": "cifar10-jpeg"})
+    assert base.hash == "aaa796859ba47223"  # recorded by a run started before model.init & co. existed
+    assert load_recipe("cifar10", {"model.depth": 56, "data.fraction": "1/16", "train.epochs": 200, "data.dataset": "cifar10-jpeg",
+                                   "model.init": "torch"}).hash != base.hash
