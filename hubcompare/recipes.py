@@ -17,7 +17,7 @@ import yaml
 
 from .data import DATASETS, parse_fraction
 from .errors import RecipeError
-from .models import INITS, check_architecture
+from .models import BN_EPS, BN_MOMENTUM, INITS, check_architecture
 
 __all__ = ["Recipe", "load_recipe", "find_recipe", "RECIPE_DIR"]
 
@@ -29,8 +29,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "depth": (int, None),
         "width": ((int, float), None),
         "init": (str, "keras"),  # keras: he_normal + zero biases (the authors'); torch: PyTorch's default init
-        "bn_momentum": ((int, float), 0.01),  # PyTorch convention (Keras 0.99)
-        "bn_eps": ((int, float), 1e-3),
+        "bn_momentum": ((int, float), BN_MOMENTUM),  # PyTorch convention (Keras 0.99 = 0.01)
+        "bn_eps": ((int, float), BN_EPS),
     },
     "data": {"dataset": (str, None), "fraction": ((int, float, str), 1)},
     "augment": {"pad": (int, 0), "pad_mode": (str, "reflect"), "flip": (bool, False)},
@@ -55,8 +55,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DECAY_TARGETS = ("kernels", "all")
 # recipe keys added after checkpoints were published: left out of the hash while at their default, so
 # existing recipe hashes (and resumable runs) stay valid
-LATER_KEYS = {("model", "init"): "keras", ("model", "bn_momentum"): 0.01, ("model", "bn_eps"): 1e-3,
-              ("train", "weight_decay_on"): "kernels"}
+LATER_KEYS = (("model", "init"), ("model", "bn_momentum"), ("model", "bn_eps"), ("train", "weight_decay_on"))
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ class Recipe:
     def hash(self) -> str:
         """sha256 (16 hex digits) of the resolved recipe: same hash, same training run."""
         d = self.to_dict()
-        for (section, key), default in LATER_KEYS.items():  # keys added later hash as before at their default
-            if d[section].get(key) == default:
+        for section, key in LATER_KEYS:  # keys added later hash as before at their default
+            if d[section].get(key) == SCHEMA[section][key][1]:
                 del d[section][key]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
