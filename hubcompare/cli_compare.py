@@ -223,6 +223,11 @@ def blocks(
                   f"{b.mean_cka_pc1_removed:.3f}", f"{b.outside_cka:.3f}", f"{b.mean_pc1:.3f}")
     console.print(t)
     fr = rep.pcs.fraction
-    console.print(f"PC1 share of variance per layer ({rep.pcs.num_examples} examples): max {fr.max():.3f} at "
-                  f"{rep.pcs.layers[int(fr.argmax())]}, median {float(np.median(fr)):.3f}")
+    constant = [name for name, f in zip(rep.pcs.layers, fr) if np.isnan(f)]
+    if len(constant) < len(fr):
+        console.print(f"PC1 share of variance per layer ({rep.pcs.num_examples} examples): max {np.nanmax(fr):.3f} at "
+                      f"{rep.pcs.layers[int(np.nanargmax(fr))]}, median {float(np.nanmedian(fr)):.3f}")
+    if constant:
+        console.print(f"[yellow]{len(constant)} layer(s) constant on every example (PC1 share undefined; a collapsed "
+                      f"model?): {', '.join(constant[:4])}{' ...' if len(constant) > 4 else ''}[/]")
     console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")

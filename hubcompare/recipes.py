@@ -44,18 +44,22 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "weight_decay_on": (str, "kernels"),  # kernels: conv/dense weights only (the authors'); all: every parameter
         "warmup_epochs": (int, 0),
         "schedule": (str, "cosine"),
+        "lr_update": (str, "epoch"),  # epoch: one lr per epoch (the authors' Keras callback); step: every step
         "seed": (int, 0),
         "eval_batch_size": (int, 500),
         "precision": (str, "fp32"),
     },
 }
 SCHEDULES = ("cosine", "constant")
+LR_UPDATES = ("epoch", "step")
 PAD_MODES = ("reflect", "constant", "replicate")
 PRECISIONS = ("fp32", "bf16", "auto")
 DECAY_TARGETS = ("kernels", "all")
 # recipe keys added after checkpoints were published: left out of the hash while at their default, so
 # existing recipe hashes (and resumable runs) stay valid
-LATER_KEYS = (("model", "init"), ("model", "bn_momentum"), ("model", "bn_eps"), ("train", "weight_decay_on"))
+LATER_KEYS = (
+    ("model", "init"), ("model", "bn_momentum"), ("model", "bn_eps"), ("train", "weight_decay_on"), ("train", "lr_update"),
+)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ def _validate(raw: Any, source: str) -> Recipe:
         raise RecipeError(f"{where}: 'train.warmup_epochs' must be in [0, epochs)")
     if t["schedule"] not in SCHEDULES:
         raise RecipeError(f"{where}: 'train.schedule' must be one of {SCHEDULES}")
+    if t["lr_update"] not in LR_UPDATES:
+        raise RecipeError(f"{where}: 'train.lr_update' must be one of {LR_UPDATES} (how often the schedule sets the lr)")
     if t["lr"] <= 0 or t["weight_decay"] < 0 or not 0 <= t["momentum"] < 1:
         raise RecipeError(f"{where}: need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
     if t["weight_decay_on"] not in DECAY_TARGETS:

@@ -64,15 +64,22 @@ class TrainResult:
     meta: dict = field(repr=False)
 
 
-def lr_at_epoch(epoch: int, recipe: Recipe) -> float:
-    """Learning rate for 0-based ``epoch``: linear warm-up, then per-epoch cosine decay towards 0."""
+def lr_at_epoch(epoch: int, recipe: Recipe, step: int = 0, steps: int = 1) -> float:
+    """Learning rate for 0-based ``epoch``: linear warm-up, then cosine decay towards 0.
+
+    With ``train.lr_update: epoch`` (the authors') the whole epoch uses one value; with ``step``,
+    ``step`` of ``steps`` moves along the same curve, so warm-up ramps from ~0 instead of jumping to
+    lr / warmup_epochs at the first step (gentler for deep models at high learning rates).
+    """
     t = recipe["train"]
     base, warm, total = float(t["lr"]), t["warmup_epochs"], t["epochs"]
+    per_step = t["lr_update"] == "step"
     if epoch < warm:
-        return base * (epoch + 1) / warm
+        return base * (epoch + ((step + 1) / steps if per_step else 1.0)) / warm
     if t["schedule"] == "constant":
         return base
-    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / (total - warm)))
+    position = epoch - warm + (step / steps if per_step else 0.0)
+    return base * 0.5 * (1.0 + math.cos(math.pi * position / (total - warm)))
 
 
 def build_model(recipe: Recipe, data: ImageDataset) -> torch.nn.Module:
@@ -156,13 +163,13 @@ def train(
 
     for epoch in range(state["epochs_done"], epochs):
         started = time.perf_counter()
-        lr = lr_at_epoch(epoch, recipe)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         model.train()
         order = torch.randperm(n, generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps):
+            lr = lr_at_epoch(epoch, recipe, step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             idx = order[step * bs : (step + 1) * bs]
             x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"])
             x = x.contiguous(memory_format=torch.channels_last)

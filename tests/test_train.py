@@ -156,3 +156,16 @@ def test_later_recipe_keys_leave_existing_hashes_alone():
     assert base.hash == "aaa796859ba47223"  # recorded by a run started before model.init & co. existed
     assert load_recipe("cifar10", {"model.depth": 56, "data.fraction": "1/16", "train.epochs": 200, "data.dataset": "cifar10-jpeg",
                                    "model.init": "torch"}).hash != base.hash
+
+
+def test_schedule_per_step_follows_the_same_curve():
+    r = load_recipe("digits", {"train.epochs": 10, "train.warmup_epochs": 2, "train.lr": 0.1, "train.lr_update": "step"})
+    assert lr_at_epoch(0, r, 0, 4) == pytest.approx(0.1 * 0.25 / 2)  # ramps from ~0, not lr / warmup_epochs
+    assert lr_at_epoch(1, r, 3, 4) == pytest.approx(0.1)  # warm-up ends where the per-epoch schedule's does
+    assert lr_at_epoch(6, r, 2, 4) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4.5 / 8)))
+    lrs = [lr_at_epoch(e, r, s, 4) for e in range(2, 10) for s in range(4)]
+    assert all(x > y for x, y in zip(lrs, lrs[1:]))
+    epoch_recipe = r.with_overrides({"train.lr_update": "epoch"})
+    assert lr_at_epoch(6, epoch_recipe, 2, 4) == lr_at_epoch(6, epoch_recipe)  # per epoch: the step is ignored
+    with pytest.raises(RecipeError, match="lr_update"):
+        r.with_overrides({"train.lr_update": "batch"})
