@@ -8,10 +8,11 @@ block output (10 layers each), on 2,048 CIFAR-shaped synthetic images, batch 256
 - ``pytorch-cka``, ``cka-pytorch`` (1 epoch) and ``torch-cka``, the PyPI tools, fed the very same
   minibatches (same seeded shuffle and batch boundaries as ``compare``).
 
-Every variant runs in fresh subprocesses (``--variant``, internal). One, after imports, model/data
-creation and a one-batch warm-up forward, makes ``--repeats`` timed runs: the figure is their median. Another
-makes one run for memory: the growth of peak RSS (VmHWM) over the RSS just before that run,
-with glibc given a fixed mmap threshold so that the figure is reproducible (see ``run_variant``).
+Every run is a fresh subprocess (``--variant``, internal). Timed runs go round-robin over a group's
+variants, ``--repeats`` rounds, each after imports, model/data creation and a one-batch warm-up
+forward: the figure is their median. Then one run per variant for memory: the growth of peak RSS
+(VmHWM) over the RSS just before that run, with glibc given a fixed mmap threshold so that the figure is
+reproducible (see ``run_group``).
 The third figure is the largest absolute difference from a float64 reference computed
 here: the same float32 activations, float64 Gram matrices and the recipe's three-term
 unbiased HSIC_1 summed over the same minibatches, CKA = sum HSIC(K,L) / sqrt(sum HSIC(K,K) sum HSIC(L,L)).
@@ -289,33 +290,54 @@ def ensure_tools() -> None:
         print("  pip failed (tools that cannot import will be reported):", done.stderr.strip()[-500:])
 
 
-def run_variant(variant: str, keys: list[str], n: int, args, repeats: int) -> dict:
-    """``repeats`` timed runs in one fresh process (normal allocator), then one run for memory and the CKA
-    values in another, where glibc has a fixed mmap threshold: with its default dynamic threshold the same
-    run's peak RSS varies by tens of MB, with a fixed one every large tensor is mapped and unmapped, which
-    makes the peak reproducible but slows the run (so it is not the timed one)."""
-    print(f"  {variant:<12} {'+'.join(keys):<28} {n} inputs: {repeats} timed + 1 memory run ...", end=" ", flush=True)
-    res = {"variant": variant}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cka.npz"
-        cmd = [sys.executable, __file__, "--variant", variant, "--models", ",".join(keys), "--examples", str(n),
-               "--batch-size", str(args.batch_size), "--repeats", str(repeats), "--threads", str(args.threads)]
-        memory_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
-        runs = ([([], None)] if repeats else []) + [(["--out", str(out)], memory_env)]
-        for extra, env in runs:
-            done = subprocess.run(cmd + extra, capture_output=True, text=True, env=env)
-            if done.returncode:
-                lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
-                print("FAILED")
-                return {"variant": variant, "error": lines[-1] if lines else f"exit {done.returncode}"}
-            got = json.loads(done.stdout.strip().splitlines()[-1])
-            res.setdefault("times", got["times"])  # the timed process's (the memory run's if none)
-        res["peak_kb"] = got["peak_kb"]
-        with np.load(out) as z:
-            res["cka"] = {tuple(map(int, k.split("-"))): z[k] for k in z.files}
-    res["median"] = statistics.median(res["times"])
-    print(f"{res['median']:.2f} s")
-    return res
+def _child(variant: str, keys: list[str], n: int, args, extra: list[str], env=None) -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--models", ",".join(keys), "--examples", str(n),
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
+        raise RuntimeError(lines[-1] if lines else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_group(variants: list[str], keys: list[str], n: int, args, repeats: int) -> list[dict]:
+    """Timed runs round-robin over the variants (repeat 1: every variant, repeat 2: every variant, ...),
+    each in a fresh process with the normal allocator, so a slow drift of the machine's speed hits every
+    variant alike; then per variant one run for memory and the CKA values, where glibc has a fixed mmap
+    threshold: with its default dynamic threshold the same run's peak RSS varies by tens of MB, with a
+    fixed one every large tensor is mapped and unmapped, which makes the peak reproducible but slows the
+    run (so it is not a timed one)."""
+    print(f"  {'+'.join(keys)}, {n} inputs: {repeats} timed round(s) over {', '.join(variants)}, then 1 memory run each")
+    res = {v: {"variant": v, "times": []} for v in variants}
+    for r in range(repeats):
+        for v in variants:
+            if "error" in res[v]:
+                continue
+            try:
+                res[v]["times"] += _child(v, keys, n, args, ["--repeats", "1"])["times"]
+            except RuntimeError as e:
+                res[v]["error"] = str(e)
+        print("    round", r + 1, " ".join(f"{v} {res[v]['times'][-1]:.2f}" for v in variants if "error" not in res[v]),
+              flush=True)
+    memory_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}
+    for v in variants:
+        if "error" in res[v]:
+            print(f"    {v} FAILED: {res[v]['error']}")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "cka.npz"
+            try:
+                got = _child(v, keys, n, args, ["--repeats", "0", "--out", str(out)], memory_env)
+            except RuntimeError as e:
+                res[v]["error"] = str(e)
+                continue
+            if not res[v]["times"]:
+                res[v]["times"] = got["times"]  # no timed rounds: the memory run's time
+            res[v]["peak_kb"] = got["peak_kb"]
+            with np.load(out) as z:
+                res[v]["cka"] = {tuple(map(int, k.split("-"))): z[k] for k in z.files}
+        res[v]["median"] = statistics.median(res[v]["times"])
+    return list(res.values())
 
 
 def max_err(res: dict, ref: dict | None):
@@ -356,7 +378,7 @@ def main() -> None:
     rows = []  # (group, result, reference or None, floor median)
 
     def group(name, keys, variants, ex, repeats, ref):
-        res = [run_variant(v, keys, ex, args, repeats) for v in variants]
+        res = run_group(variants, keys, ex, args, repeats)
         floor = res[0].get("median")
         rows.extend((name, r, ref, floor) for r in res)
         return {r["variant"]: r for r in res}
