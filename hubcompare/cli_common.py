@@ -44,6 +44,11 @@ def warn(warnings: list[str]) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
 
 
+def wrote(files) -> None:
+    """The closing line of every command that writes results: which files it wrote."""
+    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+
+
 def slug(ref: str) -> str:
     """A file-name-safe short form of a model reference or label (for default output folders)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", ref.split(":", 1)[-1]).strip("_")[-60:] or "model"

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import DataDir, Threads, console, friendly_errors, set_threads, slug, warn
+from .cli_common import DataDir, Threads, console, friendly_errors, set_threads, slug, warn, wrote
 from .errors import HubcompareError
 
 Layers = Annotated[
@@ -151,7 +151,7 @@ def cross_cka(
             stem = out / (f"cka-{i}-{j}" if len(refs) > 2 else "cka")
             written += [*r.save(stem), plot_cka(r, stem.with_suffix(".png"))]
             console.print(_summary_table(r))
-    console.print(f"[bold green]Wrote[/] {', '.join(str(w) for w in written)}")
+    wrote(written)
 
 
 @friendly_errors
@@ -180,7 +180,7 @@ def cka(
     files = [*r.save(out / "cka"), plot_cka(r, out / "cka.png")]
     off = r.value[~np.eye(r.shape[0], dtype=bool)]
     console.print(f"{ref}: {r.shape[0]} layers, mean off-diagonal CKA {float(off.mean()):.4f}, largest SE {r.summary()['max_se']:.4f}")
-    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+    wrote(files)
 
 
 @friendly_errors
@@ -230,4 +230,4 @@ def blocks(
     if constant:
         console.print(f"[yellow]{len(constant)} layer(s) constant on every example (PC1 share undefined; a collapsed "
                       f"model?): {', '.join(constant[:4])}{' ...' if len(constant) > 4 else ''}[/]")
-    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+    wrote(files)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli_common import DataDir, console, friendly_errors, slug, warn
+from .cli_common import DataDir, console, friendly_errors, slug, warn, wrote
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -94,12 +94,15 @@ def agreement(
                       f"{pt['observed']:.5f} vs null mean {pt['null_mean']:.5f}, [bold]p = {_p(pt['p_value'])}[/]", highlight=False)
     if r.null is not None:
         n = s["null"]
-        console.print(f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
-                      f"[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
+        console.print(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
                       f"(the null itself: {n['expected_outside_under_null']:.1f})", highlight=False)
     out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_agreement(r, out / "agreement.png")]
-    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+    wrote(files)
+
+
+def _null_header(n: dict) -> str:
+    return f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
 
 
 @friendly_errors
@@ -138,9 +141,8 @@ def class_diff(
                   f"({s['significant_p']} at raw p < {alpha:g})", highlight=False)
     if r.null is not None:
         n = s["null"]
-        console.print(f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
-                      f"{n['mean_significant_q']:.3f} classes significant per split on average; "
+        console.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
                       f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", highlight=False)
     out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_class_diff(r, out / "class_diff.png")]
-    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+    wrote(files)
