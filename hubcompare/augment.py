@@ -18,18 +18,23 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def pad_crop_flip(
-    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, pad_mode: str = "reflect"
+    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, pad_mode: str = "reflect",
+    offsets: str = "example",
 ) -> torch.Tensor:
     """Pad each side by ``pad``, crop back to the input size at a random offset, flip half (batched).
 
-    ``x`` is float (B, C, H, W). Randomness comes only from ``generator``, so a seeded run is
+    ``x`` is float (B, C, H, W). ``offsets="example"`` draws a crop offset per image (the usual
+    augmentation); ``"batch"`` shifts the whole batch by one offset (what a simple hand-written
+    loop does, and what made block structure common in deep digits ResNets: see
+    recipes/digits-blocks.yaml). Randomness comes only from ``generator``, so a seeded run is
     reproducible.
     """
     b, c, h, w = x.shape
     if pad > 0:
         x = F.pad(x, (pad, pad, pad, pad), mode=pad_mode)
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        k = b if offsets == "example" else 1
+        oy = torch.randint(0, 2 * pad + 1, (k,), generator=generator).expand(b)
+        ox = torch.randint(0, 2 * pad + 1, (k,), generator=generator).expand(b)
         rows = (oy[:, None] + torch.arange(h)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
         x = x.gather(2, rows)
         cols = (ox[:, None] + torch.arange(w)).view(b, 1, 1, w).expand(b, c, h, w)

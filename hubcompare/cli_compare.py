@@ -198,8 +198,8 @@ def blocks(
     pc1_threshold: Annotated[float, typer.Option(help="A layer is PC1-dominated at or above this share of variance.")] = 0.5,
     cka_threshold: Annotated[float, typer.Option(help="Minimum mean CKA inside a block.")] = 0.8,
     min_size: Annotated[int, typer.Option(help="Minimum layers in a block.")] = 4,
-    max_gap: Annotated[int, typer.Option(help="Non-dominated layers tolerated inside a block (checkerboard).")] = 1,
-    min_pc1_drop: Annotated[float, typer.Option(help="Required drop of the mean CKA inside when PC1 is removed.")] = 0.05,
+    max_gap: Annotated[int, typer.Option(help="Non-dominated layers tolerated inside a block (checkerboard).")] = 2,
+    min_mean_pc1: Annotated[float, typer.Option(help="Minimum mean PC1 share over a block's layers.")] = 0.63,
     out: Out = None,
     threads: Threads = None,
 ) -> None:
@@ -212,12 +212,12 @@ def blocks(
     out = out or Path("results") / f"blocks-{slug(ref)}"
     rep = _with_progress(ds, split, lambda on_batch: analyze_blocks(
         m, ds, batch_size, passes, seed, examples, pc_examples, pc1_threshold, cka_threshold, min_size, max_gap,
-        min_pc1_drop, on_batch=on_batch))
+        min_mean_pc1, on_batch=on_batch))
     warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]
     t = Table("block", "layers", "size", "mean CKA inside", "inside, PC1 removed", "mean CKA to outside", "mean PC1 share",
-              title=f"{ref}: {len(rep.blocks)} block(s)  (PC1 >= {pc1_threshold}, CKA >= {cka_threshold}, >= {min_size} layers)")
+              title=f"{ref}: {len(rep.blocks)} block(s)  (PC1 >= {pc1_threshold}, mean >= {min_mean_pc1}; CKA >= {cka_threshold}; >= {min_size} layers)")
     for k, b in enumerate(rep.blocks):
         t.add_row(str(k + 1), f"{b.start}-{b.stop}: {b.layers[0]} .. {b.layers[-1]}", str(b.size), f"{b.mean_cka:.3f}",
                   f"{b.mean_cka_pc1_removed:.3f}", f"{b.outside_cka:.3f}", f"{b.mean_pc1:.3f}")

@@ -33,7 +33,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "bn_eps": ((int, float), BN_EPS),
     },
     "data": {"dataset": (str, None), "fraction": ((int, float, str), 1)},
-    "augment": {"pad": (int, 0), "pad_mode": (str, "reflect"), "flip": (bool, False)},
+    "augment": {
+        "pad": (int, 0),
+        "pad_mode": (str, "reflect"),
+        "flip": (bool, False),
+        "offsets": (str, "example"),  # example: each image its own crop offset; batch: one offset per batch
+    },
     "train": {
         "epochs": (int, None),
         "batch_size": (int, None),
@@ -53,12 +58,14 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 SCHEDULES = ("cosine", "constant")
 LR_UPDATES = ("epoch", "step")
 PAD_MODES = ("reflect", "constant", "replicate")
+CROP_OFFSETS = ("example", "batch")
 PRECISIONS = ("fp32", "bf16", "auto")
 DECAY_TARGETS = ("kernels", "all")
 # recipe keys added after checkpoints were published: left out of the hash while at their default, so
 # existing recipe hashes (and resumable runs) stay valid
 LATER_KEYS = (
     ("model", "init"), ("model", "bn_momentum"), ("model", "bn_eps"), ("train", "weight_decay_on"), ("train", "lr_update"),
+    ("augment", "offsets"),
 )
 
 
@@ -175,5 +182,7 @@ def _validate(raw: Any, source: str) -> Recipe:
         raise RecipeError(f"{where}: 'train.precision' must be one of {PRECISIONS} (auto: bf16 autocast where the CPU has native bf16)")
     if sections["augment"]["pad_mode"] not in PAD_MODES or sections["augment"]["pad"] < 0:
         raise RecipeError(f"{where}: 'augment.pad' must be >= 0 and 'augment.pad_mode' one of {PAD_MODES}")
+    if sections["augment"]["offsets"] not in CROP_OFFSETS:
+        raise RecipeError(f"{where}: 'augment.offsets' must be one of {CROP_OFFSETS} (a crop offset per image or one per batch)")
     return Recipe(name=str(raw.get("name", Path(source).stem if source else "recipe")),
                   description=str(raw.get("description", "")), sections=sections, source=source)

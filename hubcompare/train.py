@@ -171,7 +171,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * bs : (step + 1) * bs]
-            x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"])
+            x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"], aug["offsets"])
             x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):

@@ -66,12 +66,17 @@ def test_detector_on_constructed_matrices():
     assert detect_blocks(cka, np.full(L, 0.2)) == []
     # PC1 dominance without similarity is not a block either
     assert detect_blocks(np.eye(L) * 0.5 + 0.3, frac) == []
-    # a bright square that survives removing PC1 is residual/stage structure, not a block
-    assert detect_blocks(cka, frac, cka_pc1_removed=cka) == []
+    # PC1 just over half on every layer of a bright square: the stage-square regime, not a block
+    weak = np.full(L, 0.15)
+    weak[5:11] = 0.58
+    assert detect_blocks(cka, weak) == []
+    assert [(x.start, x.stop) for x in detect_blocks(cka, weak, min_mean_pc1=0.55)] == [(5, 10)]
+    # the CKA left once PC1 is removed is reported, not used
     removed = cka.copy()
     removed[5:11, 5:11] = 0.6
     (b,) = detect_blocks(cka, frac, cka_pc1_removed=removed)
-    assert b.mean_cka_pc1_removed == pytest.approx(0.6)
+    assert b.mean_cka_pc1_removed == pytest.approx(0.6) and b.mean_pc1 == pytest.approx(np.mean(frac[5:11]))
+    assert len(detect_blocks(cka, frac, cka_pc1_removed=cka)) == 1
     # too short
     short = np.full(L, 0.1)
     short[2:5] = 0.9
@@ -81,11 +86,13 @@ def test_detector_on_constructed_matrices():
 def test_gap_tolerance_is_exact():
     L = 12
     frac = np.full(L, 0.1)
-    frac[[2, 3, 5, 6, 9]] = 0.9  # gap of one at 4 (bridged), gap of two at 7-8 (not bridged)
+    frac[[2, 3, 5, 6, 9]] = 0.9  # gaps of one at 4 and of two at 7-8
     cka = np.full((L, L), 0.9)
-    blocks = detect_blocks(cka, frac, min_size=2)
-    assert [(b.start, b.stop) for b in blocks] == [(2, 6)]
-    assert [(b.start, b.stop) for b in detect_blocks(cka, frac, min_size=2, max_gap=2)] == [(2, 9)]
+    kw = dict(min_size=2, min_mean_pc1=0.0)
+    assert [(b.start, b.stop) for b in detect_blocks(cka, frac, max_gap=1, **kw)] == [(2, 6)]
+    assert [(b.start, b.stop) for b in detect_blocks(cka, frac, **kw)] == [(2, 9)]  # default max_gap 2
+    frac[9], frac[10] = 0.1, 0.9  # now a gap of three at 7-9: not bridged
+    assert [(b.start, b.stop) for b in detect_blocks(cka, frac, **kw)] == [(2, 6)]
 
 
 def test_pc1_fraction_is_exact():
@@ -128,3 +135,4 @@ def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
     assert rep.cka.layers_a[0] == "stem" and len(rep.cka.layers_a) == 10  # stem + 9 block outputs
     assert rep.blocks == []
     assert rep.pcs.fraction.max() < 0.5
+

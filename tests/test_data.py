@@ -128,3 +128,19 @@ def test_batched_augmentation_is_a_crop_or_flip_of_each_image(mode):
     # without flips no image is mirrored (unless it happens to be a crop)
     no_flip = pad_crop_flip(x, 2, False, g, mode)
     assert all(_brute_force_is_crop(no_flip[i], x[i], 2, False, mode) for i in range(64))
+
+
+def _offset(out, img, pad, mode):
+    padded = torch.nn.functional.pad(img[None], (pad,) * 4, mode=mode)[0]
+    h, w = img.shape[1:]
+    return {(oy, ox) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) if torch.equal(out, padded[:, oy : oy + h, ox : ox + w])}
+
+
+def test_batch_offsets_shift_every_image_alike():
+    """augment.offsets: batch moves the whole batch by one offset; example gives each image its own."""
+    x = torch.rand(32, 1, 8, 8)
+    out = pad_crop_flip(x, 1, False, torch.Generator().manual_seed(3), "constant", offsets="batch")
+    offsets = [_offset(out[i], x[i], 1, "constant") for i in range(32)]
+    assert all(len(o) == 1 for o in offsets) and len(set.union(*offsets)) == 1
+    per_image = pad_crop_flip(x, 1, False, torch.Generator().manual_seed(3), "constant")
+    assert len(set.union(*[_offset(per_image[i], x[i], 1, "constant") for i in range(32)])) > 1

@@ -99,14 +99,15 @@ def test_paper_recipe_values():
     t = load_recipe("cifar10")["train"]
     assert (t["lr"], t["momentum"], t["batch_size"], t["epochs"], t["schedule"]) == (0.01, 0.9, 128, 300, "cosine")
     aug = load_recipe("cifar10")["augment"]
-    assert aug == {"pad": 4, "pad_mode": "reflect", "flip": True}
+    assert aug == {"pad": 4, "pad_mode": "reflect", "flip": True, "offsets": "example"}
 
 
 @pytest.mark.parametrize(
     "overrides,match",
     [({"model.depth": 15}, "6n\\+2"), ({"train.schedule": "step"}, "schedule"), ({"data.dataset": "mnist"}, "unknown dataset"),
      ({"data.fraction": "2"}, "fraction"), ({"train.batch_size": 1}, "batch_size"), ({"model.init": "xavier"}, "model.init"),
-     ({"model.bn_momentum": 0.99 + 1}, "bn_momentum"), ({"train.weight_decay_on": "bias"}, "weight_decay_on")],
+     ({"model.bn_momentum": 0.99 + 1}, "bn_momentum"), ({"train.weight_decay_on": "bias"}, "weight_decay_on"),
+     ({"augment.offsets": "image"}, "augment.offsets")],
 )
 def test_bad_recipe_values(overrides, match):
     with pytest.raises((RecipeError, ValueError), match=match):
@@ -130,7 +131,8 @@ def test_pytorch_style_options_train_and_round_trip(tmp_path):
 
     assert CifarResNet(8, 1, init="torch").stem.conv.bias.abs().sum() > 0  # PyTorch's default init: biases not zeroed
     assert CifarResNet(8, 1).stem.conv.bias.abs().sum() == 0
-    opts = {"model.init": "torch", "model.bn_momentum": 0.1, "model.bn_eps": 1e-5, "train.weight_decay_on": "all"}
+    opts = {"model.init": "torch", "model.bn_momentum": 0.1, "model.bn_eps": 1e-5, "train.weight_decay_on": "all",
+            "augment.offsets": "batch"}
     result = train(small_recipe(**opts, **{"train.epochs": 2}), tmp_path / "run")
     ckpt = load_checkpoint(result.run_dir)
     bns = [m for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
