@@ -49,3 +49,27 @@ def test_compare_errors(trained_run, tmp_path):
     assert r.exit_code == 2 and "at least two" in r.output
     r = runner.invoke(app, ["layers", str(trained_run), "--layers", "*.branch"])
     assert r.exit_code == 0 and "stage3.block1.branch" in r.output and "stage1.block1.out" not in r.output
+
+
+def test_blocks_names_constant_layers_of_a_collapsed_model(trained_run, tmp_path):
+    """A layer that outputs the same values for every example has no PC1 share: say which, don't print nan."""
+    import torch
+
+    from hubcompare.checkpoint import load_checkpoint, write_checkpoint
+
+    ckpt = load_checkpoint(trained_run)
+    model = ckpt.model
+    block = model.stages[2][0]
+    with torch.no_grad():  # shortcut -> 0, branch -> -1: relu(0 - 1) = 0 for every input
+        block.shortcut.weight.zero_(), block.shortcut.bias.zero_()
+        block.bn2.weight.zero_(), block.bn2.bias.fill_(-1.0)
+    write_checkpoint(tmp_path / "collapsed", model, ckpt.meta)
+    r = runner.invoke(app, ["blocks", str(tmp_path / "collapsed"), "--batch-size", "128", "--pc-examples", "256",
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "1 layer(s) constant on every example" in text and "stage3.block1.out" in text
+    assert "max nan" not in text and "median" in text
+    report = json.loads((tmp_path / "b" / "blocks.json").read_text())
+    last = report["pc1_fraction"][-1]
+    assert report["blocks"] == [] and (last is None or np.isnan(last))
