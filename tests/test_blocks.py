@@ -139,12 +139,14 @@ def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
 
 
 def test_real_digits_resnet56_2x_blocks_in_most_seeds():
-    """Deep, wide digits ResNets grow a block in most seeds; the detector finds it where it crosses stages.
+    """Deep, wide digits ResNets grow a block in most seeds; the detector finds it, crossing stage lines.
 
-    Trains three seeds with ``benchmarks/blocks_plain_loop.py`` (ResNet-56 2x, 60 epochs, one
-    1-pixel shift per batch: blocks in 5 of 5 seeds at test accuracy 0.92-0.98 when measured), at
-    once, one thread each (~5 min on 2 cores), and asks for a block in a well-trained model in at
-    least two of them.
+    Trains seeds 0-2 with ``benchmarks/blocks_plain_loop.py`` (ResNet-56 2x, 60 epochs, one 1-pixel
+    shift per batch), at once, one thread each (~5.5 min on 2 cores). Measured over seeds 0-9: a
+    block in 7 (test accuracy 0.92-0.98 in five of them, 0.29 and 0.69 in two), none in 3 (one at
+    0.93, two collapsed or diverged). So: a block in at least two of the three, in at least one
+    well-trained model, and every block a stage-crossing square that stands out from its
+    surroundings; a collapsed seed is allowed.
     """
     import json
     import subprocess
@@ -159,13 +161,11 @@ def test_real_digits_resnet56_2x_blocks_in_most_seeds():
         out, err = p.communicate(timeout=1500)
         assert p.returncode == 0, err[-2000:]
         results.append(json.loads(out.splitlines()[0]))
-    with_block = []
-    for r in results:
-        assert "error" not in r, r
+    with_block = [r for r in results if r.get("blocks")]
+    for r in with_block:
         for b in r["blocks"]:
             lo, hi = map(int, b["layers"].split("-"))
             assert lo < 19 <= hi or lo < 10 <= hi, r  # crosses a stage line (stages start at layers 1, 10, 19)
             assert b["mean_cka"] - b["outside"] > 0.2 and b["mean_pc1"] > 0.63, r
-        if r["blocks"] and r["test_accuracy"] > 0.9:
-            with_block.append(r["seed"])
     assert len(with_block) >= 2, results
+    assert max(r["test_accuracy"] for r in with_block) > 0.9, results
