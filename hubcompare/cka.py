@@ -75,12 +75,15 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
     blocks = _row_blocks(n)
     k = torch.zeros(n, n, dtype=dtype)
     if not centred:
-        _blocked_product(x.to(dtype), k, blocks)
-        _mirror(k, blocks)
-        trace = float(k.diagonal().sum(dtype=torch.float64))
-        centred_trace = trace - float(k.sum(dtype=torch.float64)) / n  # tr(HKH) = ||X_c||_F^2
-        if centred_trace > 0 and trace <= GRAM_MAX_OFFSET_RATIO * centred_trace:
-            return k
+        xd = x.to(dtype)
+        # the first diagonal tile (the first rows' own Gram) shows a large offset early: then only
+        # the centred product is computed, not the raw one as well (random-init models, raw ReLU maps)
+        _blocked_product(xd, k, blocks[:1])
+        if _offset_is_small(k[: blocks[0][1], : blocks[0][1]]):
+            _blocked_product(xd, k, blocks[1:])
+            _mirror(k, blocks)
+            if _offset_is_small(k):
+                return k
         k.zero_()
     step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
     for j in range(0, p, step):
@@ -88,6 +91,13 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
         _blocked_product(c - c.mean(0, keepdim=True), k, blocks)
     _mirror(k, blocks)
     return k
+
+
+def _offset_is_small(k: torch.Tensor) -> bool:
+    """tr K <= GRAM_MAX_OFFSET_RATIO * tr HKH for a raw Gram K (tr HKH = ||X_c||_F^2)."""
+    trace = float(k.diagonal().sum(dtype=torch.float64))
+    centred_trace = trace - float(k.sum(dtype=torch.float64)) / k.shape[0]
+    return centred_trace > 0 and trace <= GRAM_MAX_OFFSET_RATIO * centred_trace
 
 
 def _mirror(k: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
