@@ -25,8 +25,8 @@ def pad_crop_flip(
 
     ``x`` is float (B, C, H, W). ``offsets="example"`` draws a crop offset per image (the usual
     augmentation); ``"batch"`` shifts the whole batch by one offset (what a simple hand-written
-    loop does, and what made block structure common in deep digits ResNets: see
-    recipes/digits-blocks.yaml). Randomness comes only from ``generator``, so a seeded run is
+    loop does, and what made block structure common in deep digits ResNets: README.md, "Block
+    detection"). Randomness comes only from ``generator``, so a seeded run is
     reproducible.
     """
     b, c, h, w = x.shape
