@@ -5,7 +5,8 @@ The experiment behind README.md's "Block detection" table: a ResNet-56 on scikit
 parameter, lr warm-up over 3 epochs then cosine, both stepped per batch, PyTorch default init and
 BN (momentum 0.1, eps 1e-5), contiguous (NCHW) tensors. ``--shift batch`` moves a whole batch
 by one random 1-pixel offset (zero padding), ``--shift image`` gives each image its own. Each seed
-prints test accuracy, the detected blocks and the PC1 profile, one JSON line per seed.
+prints test accuracy, the detected blocks and the PC1 profile, one JSON line per seed; ``--out``
+also writes each seed's block figure and report.
 
     python benchmarks/blocks_plain_loop.py --width 2 --shift batch --seeds 0 1 2 3 4   # ~3 min/seed, 1 thread
     python benchmarks/blocks_plain_loop.py --width 1 --shift batch --lr 0.1
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +31,8 @@ from hubcompare.data import load_dataset
 from hubcompare.models import CifarResNet
 
 
-def train_and_analyse(depth: int, width: int, seed: int, lr: float, shift: str, epochs: int = 60, batch: int = 128) -> dict:
+def train_and_analyse(depth: int, width: int, seed: int, lr: float, shift: str, epochs: int = 60, batch: int = 128,
+                      out: Path | None = None) -> dict:
     torch.manual_seed(seed)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     model = CifarResNet(depth, width, 10, 1)
@@ -65,13 +68,20 @@ def train_and_analyse(depth: int, width: int, seed: int, lr: float, shift: str, 
     model.eval()
     with torch.no_grad():
         acc = (model(xt).argmax(1) == test.labels).float().mean().item()
-    out = dict(depth=depth, width=width, seed=seed, lr=lr, shift=shift, seconds=round(time.perf_counter() - started),
-               test_accuracy=round(acc, 4))
+    result = dict(depth=depth, width=width, seed=seed, lr=lr, shift=shift, seconds=round(time.perf_counter() - started),
+                  test_accuracy=round(acc, 4))
     try:
         rep = analyze_blocks(CompareModel(f"plain-s{seed}", model), test, batch_size=250, pc_examples=500)
     except Exception as e:  # a diverged model has NaN activations: report, go on with the next seed
-        return out | {"error": str(e).splitlines()[0]}
-    return out | dict(
+        return result | {"error": str(e).splitlines()[0]}
+    if out is not None:  # the figure a person checks the detector against, and its numbers
+        from hubcompare.plots import plot_block_report
+        from hubcompare.provenance import atomic_write_json
+
+        name = f"blocks-d{depth}-w{width}-{shift}-lr{lr}-s{seed}"
+        plot_block_report(rep, out / f"{name}.png")
+        atomic_write_json(out / f"{name}.json", rep.to_json())
+    return result | dict(
         blocks=[dict(layers=f"{b.start}-{b.stop}", mean_cka=round(b.mean_cka, 3), outside=round(b.outside_cka, 3),
                      mean_pc1=round(b.mean_pc1, 3)) for b in rep.blocks],
         pc1=[round(float(v), 2) for v in rep.pcs.fraction])
@@ -85,11 +95,12 @@ def main() -> None:
     ap.add_argument("--shift", choices=("batch", "image"), default="batch")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="folder for each seed's blocks figure (.png) and report (.json)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     found = 0
     for s in a.seeds:
-        r = train_and_analyse(a.depth, a.width, s, a.lr, a.shift)
+        r = train_and_analyse(a.depth, a.width, s, a.lr, a.shift, out=a.out)
         found += bool(r.get("blocks"))
         print(json.dumps(r), flush=True)
     print(f"blocks in {found} of {len(a.seeds)} seeds")
