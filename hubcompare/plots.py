@@ -109,8 +109,7 @@ def plot_block_report(report, path: str | Path) -> Path:
         ax.axvspan(blk.start - 0.5, blk.stop + 0.5, color="#00e5ff", alpha=0.25)
     p = report.params
     ax.axhline(p["pc1_threshold"], color="crimson", ls="--", lw=1, label=f"per-layer threshold {p['pc1_threshold']}")
-    if "min_mean_pc1" in p:
-        ax.axhline(p["min_mean_pc1"], color="darkorange", ls=":", lw=1, label=f"block mean >= {p['min_mean_pc1']}")
+    ax.axhline(p["min_mean_pc1"], color="darkorange", ls=":", lw=1, label=f"block mean >= {p['min_mean_pc1']}")
     for b in cka.boundaries_a:
         ax.axvline(b - 0.5, color="grey", lw=0.8)
     ax.set_ylim(0, 1)

@@ -137,7 +137,6 @@ def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
     assert rep.pcs.fraction.max() < 0.5
 
 
-
 def test_real_digits_resnet56_2x_blocks_in_most_seeds():
     """Deep, wide digits ResNets grow a block in most seeds; the detector finds it, crossing stage lines.
 
