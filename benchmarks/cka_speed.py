@@ -4,7 +4,7 @@ The main figure: linear minibatch CKA between a ResNet-20 (1x) and a ResNet-20 (
 block output (10 layers each), on 2,048 CIFAR-shaped synthetic images, batch 256, 2 threads:
 
 - ``floor``        the bare forward passes of both models under ``torch.no_grad`` (no CKA at all);
-- ``hubcompare``   one ``hubcompare.compare.compare`` call;
+- ``hubcompare``   one ``hubcompare.similarity.compare`` call;
 - ``pytorch-cka``, ``cka-pytorch`` (1 epoch) and ``torch-cka``, the PyPI tools, fed the very same
   minibatches (same seeded shuffle and batch boundaries as ``compare``).
 
@@ -60,8 +60,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
-from hubcompare.compare import CompareModel, compare
-from hubcompare.data import ImageDataset
+from hubcompare.similarity.engine import CompareModel, compare
+from hubcompare.data.datasets import ImageDataset
 
 TOOLS_DIR = Path(__file__).resolve().parent / ".cka-tools"
 TOOL_PACKAGES = [

@@ -31,9 +31,9 @@ os.environ.setdefault("HF_TOKEN", "hf_benchmark_dummy")
 
 from huggingface_hub import HfApi  # noqa: E402
 
-from hubcompare.hub import pull, push, push_population  # noqa: E402
-from hubcompare.recipes import load_recipe  # noqa: E402
-from hubcompare.train import train  # noqa: E402
+from hubcompare.hub.client import pull, push, push_population  # noqa: E402
+from hubcompare.training.recipes import load_recipe  # noqa: E402
+from hubcompare.training.loop import train  # noqa: E402
 
 
 def free_port() -> int:

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from hubcompare.agreement import agreement
-from hubcompare.classdiff import class_diff
-from hubcompare.synthetic import synthetic_labels, synthetic_side
+from hubcompare.populations.agreement import agreement
+from hubcompare.populations.classdiff import class_diff
+from hubcompare.populations.synthetic import synthetic_labels, synthetic_side
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Same model (ResNet-20, 1x), same optimizer, same batch size, same CIFAR-shaped data, one epoch
 each, measured one after the other in this process. Prints images/s for every variant and the
-ratio to the plain loop. The hubcompare figure is the real trainer (`hubcompare.train.train`) on
+ratio to the plain loop. The hubcompare figure is the real trainer (`hubcompare.training.train`) on
 an npz copy of the data, timed from its start event to its first epoch event.
 
     python benchmarks/train_throughput.py                       # 10,000 synthetic CIFAR-shaped images
@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import hubcompare  # noqa: F401  (registers cifar_resnet)
-from hubcompare.recipes import load_recipe
-from hubcompare.train import TrainEvent, build_model, resolve_precision, train
-from hubcompare.data import load_dataset
+from hubcompare.training.recipes import load_recipe
+from hubcompare.training.loop import TrainEvent, build_model, resolve_precision, train
+from hubcompare.data.datasets import load_dataset
 
 
 class PilCifar(Dataset):

@@ -1,8 +1,11 @@
-"""What goes into every result so it can be regenerated: package versions, file hashes, atomic writes."""
+"""What goes into every result so it can be regenerated: package versions, file hashes, atomic writes.
+
+A leaf: every capability writes its files through here, so none imports another to save a file."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -11,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["package_versions", "sha256_file", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["package_versions", "sha256_file", "git_blob_oid", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "atomic_write_figure"]
 
 PACKAGES = ("hubcompare", "torch", "timm", "huggingface_hub", "safetensors", "numpy", "scipy", "scikit-learn")
 
@@ -32,6 +36,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def git_blob_oid(data: bytes) -> str:
+    """The git blob sha1 of ``data``: what the Hub reports as a regular file's oid (client and server agree on it)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -64,3 +73,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Render a matplotlib ``Figure`` to PNG and write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -43,7 +43,7 @@ CIFAR10_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 def small_recipe(**overrides):
-    from hubcompare.recipes import load_recipe
+    from hubcompare.training.recipes import load_recipe
 
     base = {"model.depth": 8, "model.width": 1, "train.epochs": 6, "train.warmup_epochs": 1}
     base.update(overrides)
@@ -53,7 +53,7 @@ def small_recipe(**overrides):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A finished digits checkpoint folder (ResNet-8, 6 epochs)."""
-    from hubcompare.train import train
+    from hubcompare.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "digits-r8"
     train(small_recipe(), out)
@@ -70,7 +70,7 @@ def cifar10_jpeg() -> Path:
 @pytest.fixture(scope="session")
 def hub():
     """The project's Hub-protocol server on HF_ENDPOINT's port, data in a temp folder, for the whole session."""
-    from hubcompare.hub_server import HubServer
+    from hubcompare.hub.server import HubServer
 
     with HubServer(os.path.join(_HUB_TMP, "hub-data"), port=_HUB_PORT) as server:
         assert server.endpoint == os.environ["HF_ENDPOINT"]

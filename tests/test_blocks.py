@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import hubcompare  # noqa: F401
-from hubcompare.blocks import analyze_blocks, detect_blocks, pc_analysis
-from hubcompare.compare import CompareModel
-from hubcompare.data import ImageDataset
+from hubcompare.similarity.blocks import analyze_blocks, detect_blocks, pc_analysis
+from hubcompare.similarity.engine import CompareModel
+from hubcompare.data.datasets import ImageDataset
 
 
 def toy_dataset(n=256, seed=0):
@@ -124,9 +124,9 @@ def test_planted_block_found_exactly_and_none_without():
 def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
     """A small model that fits its data shows no block (the paper's and this project's measurements)."""
     from conftest import small_recipe
-    from hubcompare.checkpoint import load_checkpoint
-    from hubcompare.data import load_dataset
-    from hubcompare.train import train
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.data.datasets import load_dataset
+    from hubcompare.training.loop import train
 
     run = train(small_recipe(**{"model.depth": 20, "train.epochs": 8}), tmp_path / "r20").run_dir
     ckpt = load_checkpoint(run)

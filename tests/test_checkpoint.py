@@ -9,10 +9,10 @@ import torch
 from huggingface_hub import ModelCard
 
 import hubcompare  # noqa: F401
-from hubcompare.checkpoint import load_checkpoint
-from hubcompare.data import load_dataset
+from hubcompare.models.checkpoint import load_checkpoint
+from hubcompare.data.datasets import load_dataset
 from hubcompare.errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
-from hubcompare.evaluate import evaluate_checkpoint
+from hubcompare.training.evaluate import evaluate_checkpoint
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_corrupt_weights_name_the_file(run_copy):
 
 def test_replaced_weights_are_a_mismatch(run_copy, tmp_path):
     from conftest import small_recipe
-    from hubcompare.train import train
+    from hubcompare.training.loop import train
 
     other = train(small_recipe(**{"train.seed": 5, "train.epochs": 2}), tmp_path / "other").run_dir
     shutil.copy(other / "model.safetensors", run_copy / "model.safetensors")

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 import hubcompare  # noqa: F401
-from hubcompare.capture import LayerSelectionError
-from hubcompare.cka import MinibatchCKA, cka, gram, u_center
-from hubcompare.compare import CompareError, CompareModel, compare
-from hubcompare.data import ImageDataset
-from hubcompare.models import CifarResNet
+from hubcompare.similarity.capture import LayerSelectionError
+from hubcompare.similarity.cka import MinibatchCKA, cka, gram, u_center
+from hubcompare.similarity.engine import CompareError, CompareModel, compare
+from hubcompare.data.datasets import ImageDataset
+from hubcompare.models.resnet import CifarResNet
 
 
 # ---- independent reference: numpy float64, the recipe's three-term formula ------------------

@@ -6,7 +6,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from hubcompare.cli import app
-from hubcompare.results import CKAResult
+from hubcompare.similarity.results import CKAResult
 
 runner = CliRunner()
 
@@ -55,7 +55,7 @@ def test_blocks_names_constant_layers_of_a_collapsed_model(trained_run, tmp_path
     """A layer that outputs the same values for every example has no PC1 share: say which, don't print nan."""
     import torch
 
-    from hubcompare.checkpoint import load_checkpoint, write_checkpoint
+    from hubcompare.models.checkpoint import load_checkpoint, write_checkpoint
 
     ckpt = load_checkpoint(trained_run)
     model = ckpt.model

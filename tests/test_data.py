@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hubcompare.augment import pad_crop_flip
-from hubcompare.data import load_dataset, parse_fraction, stratified_subset
+from hubcompare.data.augment import pad_crop_flip
+from hubcompare.data.datasets import load_dataset, parse_fraction, stratified_subset
 from hubcompare.errors import DatasetError, DatasetNotFoundError
 
 

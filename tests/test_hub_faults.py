@@ -25,9 +25,9 @@ def _wait_for(predicate, timeout=60.0):
 def test_server_killed_mid_download_then_restarted_pull_resumes(trained_run, tmp_path, monkeypatch):
     from huggingface_hub import HfApi, constants
 
-    from hubcompare.checkpoint import WEIGHTS_FILE
-    from hubcompare.hub import pull, push
-    from hubcompare.hub_server import HubServer
+    from hubcompare.models.checkpoint import WEIGHTS_FILE
+    from hubcompare.hub.client import pull, push
+    from hubcompare.hub.server import HubServer
 
     size = (trained_run / WEIGHTS_FILE).stat().st_size
     # The client writes to disk (and so can resume from) whole chunks of DOWNLOAD_CHUNK_SIZE (10 MB): shrink
@@ -68,8 +68,8 @@ def _run(fn, result, errors):
 def test_5xx_answers_are_retried_with_backoff(trained_run, tmp_path):
     from huggingface_hub import HfApi
 
-    from hubcompare.hub import pull, push
-    from hubcompare.hub_server import HubServer
+    from hubcompare.hub.client import pull, push
+    from hubcompare.hub.server import HubServer
 
     with HubServer(tmp_path / "hub") as server:
         api = HfApi(endpoint=server.endpoint)
@@ -92,7 +92,7 @@ def test_unreachable_hub_is_a_clear_error_after_retries(tmp_path):
     from huggingface_hub import HfApi
 
     from hubcompare.errors import HubUnavailableError, NotInCacheError
-    from hubcompare.hub import pull
+    from hubcompare.hub.client import pull
 
     api = HfApi(endpoint=f"http://127.0.0.1:{_free_port()}")
     with pytest.raises((HubUnavailableError, NotInCacheError), match="nobody/r8"):

@@ -12,7 +12,7 @@ SEEDS = (11, 12, 13)
 
 @pytest.fixture(scope="module")
 def seed_runs(tmp_path_factory) -> list[Path]:
-    from hubcompare.train import train
+    from hubcompare.training.loop import train
 
     root = tmp_path_factory.mktemp("pop")
     runs = []
@@ -41,8 +41,8 @@ class FailOnce:
 def test_population_pushed_concurrently_found_by_collection_and_tag_and_resumed(hub, seed_runs, tmp_path):
     from huggingface_hub import HfApi
 
-    from hubcompare.hub import population_repo_name, push_population
-    from hubcompare.registry import Registry, sync
+    from hubcompare.hub.client import population_repo_name, push_population
+    from hubcompare.hub.registry import Registry, sync
 
     api = HfApi()
     flaky = FailOnce(api, f"-s{SEEDS[1]}")
@@ -82,7 +82,7 @@ def test_population_members_must_differ(hub, seed_runs, tmp_path):
     from huggingface_hub import HfApi
 
     from hubcompare.errors import PushError
-    from hubcompare.hub import push_population
+    from hubcompare.hub.client import push_population
 
     copy = shutil.copytree(seed_runs[0], tmp_path / "copy")
     with pytest.raises(PushError, match="same repo"):

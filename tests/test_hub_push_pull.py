@@ -22,7 +22,7 @@ def _outputs(model, seed=0):
 
 @pytest.fixture(scope="module")
 def pushed(hub, trained_run):
-    from hubcompare.hub import push
+    from hubcompare.hub.client import push
 
     return push(trained_run, "alice/digits-r8")
 
@@ -30,8 +30,8 @@ def pushed(hub, trained_run):
 def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, tmp_path):
     from huggingface_hub import HfApi
 
-    from hubcompare.checkpoint import load_checkpoint
-    from hubcompare.hub import pull
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.hub.client import pull
 
     assert len(pushed.commit_sha) == 40 and not pushed.skipped
     record = json.loads((trained_run / ".hub" / "pushes.json").read_text())
@@ -54,7 +54,7 @@ def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, 
 def test_push_same_content_is_skipped_without_a_new_commit(pushed, trained_run):
     from huggingface_hub import HfApi
 
-    from hubcompare.hub import push
+    from hubcompare.hub.client import push
 
     before = len(HfApi().list_repo_commits("alice/digits-r8"))
     again = push(trained_run, "alice/digits-r8")
@@ -66,16 +66,16 @@ def test_pushed_model_loads_with_plain_timm(pushed, trained_run):
     import timm
 
     import hubcompare  # noqa: F401
-    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.models.checkpoint import load_checkpoint
 
     model = timm.create_model("hf-hub:alice/digits-r8", pretrained=True)
     assert torch.equal(_outputs(model), _outputs(load_checkpoint(trained_run).model))
 
 
 def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
-    from hubcompare.checkpoint import load_checkpoint
-    from hubcompare.hub import pull, push
-    from hubcompare.train import train
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.hub.client import pull, push
+    from hubcompare.training.loop import train
 
     from conftest import small_recipe
 
@@ -91,7 +91,7 @@ def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
     assert torch.equal(_outputs(load_checkpoint(old.path).model), _outputs(load_checkpoint(trained_run).model))
     assert torch.equal(_outputs(load_checkpoint(new.path).model), _outputs(load_checkpoint(other).model))
     # a reference pinned with @sha resolves to the old weights too
-    from hubcompare.references import resolve_reference
+    from hubcompare.hub.references import resolve_reference
 
     resolved = resolve_reference(f"hf-hub:alice/pinned@{first.commit_sha}")
     assert resolved.commit_sha == first.commit_sha and resolved.meta["seed"] == load_checkpoint(trained_run).meta["seed"]
@@ -101,7 +101,7 @@ def test_offline_pull_from_cache(pushed, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     from hubcompare.errors import NotInCacheError
-    from hubcompare.hub import pull
+    from hubcompare.hub.client import pull
 
     cache = tmp_path / "cache"
     online = pull("alice/digits-r8", cache_dir=cache)
@@ -114,7 +114,7 @@ def test_offline_pull_from_cache(pushed, monkeypatch, tmp_path):
 
 def test_offline_cli_pull_with_hf_hub_offline_env_and_no_server(pushed, tmp_path):
     """HF_HUB_OFFLINE=1 as a user sets it, with the Hub unreachable: served from the cache."""
-    from hubcompare.hub import pull
+    from hubcompare.hub.client import pull
 
     pull("alice/digits-r8")  # into the session cache
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", HUBCOMPARE_HOME=str(tmp_path))
@@ -131,7 +131,7 @@ def test_pickle_only_repo_is_refused(hub, tmp_path):
     from huggingface_hub import HfApi
 
     from hubcompare.errors import PickleWeightsRefusedError
-    from hubcompare.hub import pull
+    from hubcompare.hub.client import pull
 
     folder = tmp_path / "pickled"
     folder.mkdir()
@@ -150,7 +150,7 @@ def test_missing_repo_revision_and_file_name_the_culprit(pushed):
     from huggingface_hub import HfApi
 
     from hubcompare.errors import HubFileNotFoundError, HubRepoNotFoundError, HubRevisionNotFoundError
-    from hubcompare.hub import pull
+    from hubcompare.hub.client import pull
 
     with pytest.raises(HubRepoNotFoundError, match="alice/no-such-model"):
         pull("alice/no-such-model")
@@ -163,8 +163,8 @@ def test_missing_repo_revision_and_file_name_the_culprit(pushed):
 
 
 def test_concurrent_pulls_of_one_model_share_a_sound_cache(pushed, tmp_path):
-    from hubcompare.checkpoint import load_checkpoint
-    from hubcompare.hub import pull
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.hub.client import pull
 
     cache, results, errors = tmp_path / "cache", [], []
 
@@ -189,8 +189,8 @@ def test_timm_pushed_model_can_be_registered_and_loaded(hub, tmp_path):
     import timm
     from timm.models import push_to_hf_hub
 
-    from hubcompare.references import resolve_reference
-    from hubcompare.registry import Registry, entry_from_meta
+    from hubcompare.hub.references import resolve_reference
+    from hubcompare.hub.registry import Registry, entry_from_meta
 
     model = timm.create_model("cifar_resnet", depth=14, width=2, num_classes=10).eval()
     push_to_hf_hub(model, "bob/timm-r14", model_args={"depth": 14, "width": 2})
@@ -212,7 +212,7 @@ def test_timm_reference_loads_timm_pretrained_weights_from_the_hub(hub):
     import timm
     from timm.models import push_to_hf_hub
 
-    from hubcompare.references import resolve_reference
+    from hubcompare.hub.references import resolve_reference
 
     original = timm.create_model("test_resnet.r160_in1k").eval()
     push_to_hf_hub(original, "timm/test_resnet.r160_in1k")

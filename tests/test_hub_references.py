@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubcompare.errors import InvalidReferenceError, ReferenceNotFoundError, RegistryEntryNotFoundError
-from hubcompare.references import ACCEPTED_FORMS, Reference, parse_reference, resolve_reference
+from hubcompare.hub.references import ACCEPTED_FORMS, Reference, parse_reference, resolve_reference
 
 
 def test_accepted_forms(tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ def test_folder_that_is_also_a_registry_name_is_ambiguous(tmp_path, monkeypatch)
 
 
 def test_references_that_name_nothing(tmp_path):
-    from hubcompare.registry import Registry
+    from hubcompare.hub.registry import Registry
 
     registry = Registry(tmp_path / "r.sqlite", curated_dirs=[])
     with pytest.raises(RegistryEntryNotFoundError, match="no registry entry 'nobody'.*registry add nobody"):

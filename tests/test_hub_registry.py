@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hubcompare.errors import RegistryConflictError, RegistryError
-from hubcompare.registry import Entry, Registry, parse_line
+from hubcompare.hub.registry import Entry, Registry, parse_line
 
 runner = CliRunner()
 REPO_REGISTRY = Path(__file__).resolve().parents[1] / "registry"

@@ -22,8 +22,8 @@ NARROW, WIDE = (21, 22, 23, 24), (31, 32)
 def populations(tmp_path_factory, hub):
     from huggingface_hub import HfApi
 
-    from hubcompare.hub import push_population
-    from hubcompare.train import train
+    from hubcompare.hub.client import push_population
+    from hubcompare.training.loop import train
 
     root = tmp_path_factory.mktemp("pops")
     runs = {"narrow": [], "wide": []}
@@ -39,14 +39,14 @@ def populations(tmp_path_factory, hub):
 
 
 def _stored(run_dirs):
-    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.models.checkpoint import load_checkpoint
 
     preds = [load_checkpoint(d).predictions() for d in run_dirs]
     return np.stack([p.correct.numpy() for p in preds]), preds[0].labels.numpy()
 
 
 def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
-    from hubcompare.registry import Registry, sync
+    from hubcompare.hub.registry import Registry, sync
 
     runs, pushed = populations
     out = tmp_path / "agree"
@@ -99,7 +99,7 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
 
 
 def test_models_without_predictions_are_computed_once_and_cached(populations, tmp_path):
-    from hubcompare.checkpoint import CONFIG_FILE
+    from hubcompare.models.checkpoint import CONFIG_FILE
 
     runs, _ = populations
     bare = shutil.copytree(runs["wide"][0], tmp_path / "bare")
@@ -125,8 +125,8 @@ def test_models_without_predictions_are_computed_once_and_cached(populations, tm
 
 
 def test_population_errors(populations, tmp_path):
-    from hubcompare.checkpoint import CONFIG_FILE
-    from hubcompare.predictions import Predictions
+    from hubcompare.models.checkpoint import CONFIG_FILE
+    from hubcompare.models.predictions import Predictions
 
     runs, _ = populations
     r = runner.invoke(app, ["class-diff", str(runs["narrow"][0]), f"{runs['wide'][0]}+{runs['wide'][1]}"])

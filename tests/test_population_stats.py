@@ -9,12 +9,12 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import cohen_kappa_score
 
-from hubcompare import stats
-from hubcompare.agreement import agreement
-from hubcompare.classdiff import class_diff
+from hubcompare.populations import stats
+from hubcompare.populations.agreement import agreement
+from hubcompare.populations.classdiff import class_diff
 from hubcompare.errors import DatasetMismatchError, TooFewModelsError
-from hubcompare.population import Side
-from hubcompare.synthetic import synthetic_labels, synthetic_side
+from hubcompare.populations.sides import Side
+from hubcompare.populations.synthetic import synthetic_labels, synthetic_side
 
 K = 10
 

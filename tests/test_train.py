@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from conftest import small_recipe
 from hubcompare.errors import RecipeError, TrainingError
-from hubcompare.recipes import load_recipe
-from hubcompare.train import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
-from hubcompare.data import load_dataset
+from hubcompare.training.recipes import load_recipe
+from hubcompare.training.loop import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
+from hubcompare.data.datasets import load_dataset
 
 
 def weights(run):
@@ -18,7 +18,7 @@ def weights(run):
 
 
 def test_digits_training_reaches_real_accuracy(trained_run):
-    from hubcompare.checkpoint import load_checkpoint
+    from hubcompare.models.checkpoint import load_checkpoint
 
     meta = load_checkpoint(trained_run).meta
     assert meta["test_accuracy"] > 0.8  # chance is 0.1
@@ -126,8 +126,8 @@ def test_unknown_recipe_key(tmp_path):
 def test_pytorch_style_options_train_and_round_trip(tmp_path):
     """init/BN/weight-decay options reach the model and optimiser, and a checkpoint reloads with its BN eps."""
     from conftest import small_recipe
-    from hubcompare.checkpoint import load_checkpoint
-    from hubcompare.models import CifarResNet
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.models.resnet import CifarResNet
 
     assert CifarResNet(8, 1, init="torch").stem.conv.bias.abs().sum() > 0  # PyTorch's default init: biases not zeroed
     assert CifarResNet(8, 1).stem.conv.bias.abs().sum() == 0
@@ -138,7 +138,7 @@ def test_pytorch_style_options_train_and_round_trip(tmp_path):
     bns = [m for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {(m.eps, m.momentum) for m in bns} == {(1e-5, 0.1)}
     assert ckpt.config["model_args"]["bn_eps"] == 1e-5
-    from hubcompare.evaluate import evaluate_checkpoint
+    from hubcompare.training.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(ckpt)  # recomputed logits match the stored predictions: the eps came back
     assert report.stored_predictions_agree == 1.0 and report.max_abs_logit_diff < 1e-4

@@ -1,0 +1,5 @@
+"""The `hubcompare` command (Typer + rich): the only code that talks to the terminal."""
+
+from .main import app, main
+
+__all__ = ["app", "main"]

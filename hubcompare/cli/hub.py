@@ -1,0 +1,248 @@
+"""Hub commands of the CLI: ``hub serve``, ``push``, ``push-population``, ``pull`` and ``registry ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .options import RunDir, console, err_console, friendly_errors
+
+hub_app = typer.Typer(help="Run a local Hugging Face Hub-protocol server.", no_args_is_help=True)
+registry_app = typer.Typer(help="Names for models, with the metadata to select populations.", no_args_is_help=True)
+
+Register = Annotated[bool, typer.Option("--register/--no-register", help="Record the pushed model in the registry.")]
+
+
+@hub_app.command("serve")
+@friendly_errors
+def serve(
+    data: Annotated[Path, typer.Option("--data", help="Folder holding the repos (created if missing).")],
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Interface; anything but 127.0.0.1 exposes an unauthenticated hub.")] = "127.0.0.1",
+    user: Annotated[str, typer.Option("--user", help="The user name whoami answers (the default namespace).")] = "local",
+    max_bytes_per_second: Annotated[Optional[float], typer.Option("--max-bytes-per-second", help="Throttle downloads (simulate a slow link).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
+) -> None:
+    """Serve the Hugging Face Hub protocol from DATA (push, pull, list_models, collections) until Ctrl-C."""
+    from ..hub.server import serve as run_server
+
+    def ready(server) -> None:
+        console.print(f"[bold green]Hub-protocol server[/] on {server.endpoint}, data in {data}")
+        console.print(f"Point clients at it: [bold]export HF_ENDPOINT={server.endpoint}[/] (before Python starts)")
+
+    def log(line: str) -> None:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
+
+    try:
+        run_server(data, host, port, user, max_bytes_per_second, log=None if quiet else log, on_ready=ready)
+    except OSError as e:
+        from ..errors import HubError
+
+        raise HubError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port") from e
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _register(result, name: Optional[str], populations=()) -> str:
+    from ..hub import Registry, entry_from_meta
+
+    name = name or result.repo_id.replace("/", "--")
+    config = {"architecture": result.meta.get("architecture"), "hubcompare": result.meta}
+    entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", config, result.commit_sha, populations)
+    Registry().add(entry, replace=True)
+    return name
+
+
+@friendly_errors
+def push(
+    run_dir: RunDir,
+    repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME of the model repo (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
+    register: Register = True,
+    name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default OWNER--NAME).")] = None,
+) -> None:
+    """Upload a checkpoint folder to the Hub as one commit; prints and records the commit sha."""
+    from ..hub import push as do_push
+
+    with console.status(f"pushing {run_dir} to {repo}"):
+        result = do_push(run_dir, repo, private=private, commit_message=message)
+    what = "already up to date at" if result.skipped else "committed"
+    console.print(f"[bold green]{repo}[/] {what} [bold]{result.commit_sha}[/]  (recorded in {run_dir}/.hub/pushes.json)")
+    if register:
+        console.print(f"registry: {_register(result, name)} -> hf-hub:{repo}@{result.commit_sha[:12]}")
+
+
+@friendly_errors
+def push_population(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Checkpoint folders (one per seed/member).")],
+    population: Annotated[str, typer.Option("--population", help="Population name: a card tag and a collection title.")],
+    owner: Annotated[str, typer.Option("--owner", help="User or organisation that owns the repos.")],
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent pushes.")] = 4,
+    private: Annotated[bool, typer.Option("--private")] = False,
+    register: Register = True,
+) -> None:
+    """Push many checkpoint folders concurrently (one repo each), tagged and collected as a population.
+
+    Members already on the Hub with the same content are skipped, so rerunning after a failure
+    finishes the rest without duplicate commits.
+    """
+    from ..errors import PushError
+    from ..hub import push_population as do_push
+
+    progress = Progress(TextColumn("[bold blue]pushing {task.fields[population]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("push", total=len(run_dirs), population=population, last="")
+
+        def done(d, result, error) -> None:
+            if error is not None:
+                progress.console.print(f"[red]failed[/] {d}: {escape(str(error))}")
+            else:
+                if register:
+                    _register(result, None, [population])
+                state = "unchanged" if result.skipped else "pushed"
+                progress.console.print(f"{state:>9} {d} -> {result.repo_id}@{result.commit_sha[:12]}")
+            progress.update(task, advance=1, last=str(d.name))
+
+        result = do_push(run_dirs, population, owner, private=private, workers=workers, on_done=done)
+    skipped = sum(r.skipped for r in result.pushed)
+    console.print(f"collection [bold]{result.collection_slug}[/]: {len(result.pushed)} members "
+                  f"({len(result.pushed) - skipped} pushed, {skipped} unchanged), tag population-{population}")
+    if result.failures:
+        raise PushError(f"{len(result.failures)} of {len(run_dirs)} pushes failed (listed above); rerun the same "
+                        "command to finish them", {str(k): v for k, v in result.failures.items()})
+
+
+@friendly_errors
+def pull(
+    reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name, or a folder.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Also record it in the registry under this name.")] = None,
+) -> None:
+    """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit, and load it."""
+    from ..hub import resolve_reference
+    from ..hub import Registry, entry_from_meta
+
+    registry = Registry()
+    with console.status(f"pulling {reference}"):
+        resolved = resolve_reference(reference, registry)
+    table = Table(title=reference, show_header=False)
+    table.add_row("reference (pinned)", str(resolved.pinned))
+    table.add_row("commit", resolved.commit_sha or "(local folder)")
+    table.add_row("files", str(resolved.path))
+    table.add_row("architecture", str(resolved.config.get("architecture")))
+    meta = resolved.meta
+    for key in ("depth", "width", "dataset", "data_fraction", "seed", "test_accuracy"):
+        if key in meta:
+            table.add_row(key, str(meta[key]))
+    table.add_row("parameters", f"{sum(p.numel() for p in resolved.model.parameters()):,}")
+    console.print(table)
+    if name:
+        registry.add(entry_from_meta(name, str(resolved.pinned), resolved.config, resolved.commit_sha), replace=True)
+        console.print(f"registry: {name} -> {resolved.pinned}")
+
+
+# --- registry ---------------------------------------------------------------------------------
+@registry_app.command("add")
+@friendly_errors
+def registry_add(
+    name: Annotated[str, typer.Argument(help="Short name (letters, digits, '-', '_', '.').")],
+    reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, local-dir:PATH or a folder.")],
+    population: Annotated[Optional[list[str]], typer.Option("--population", help="Population(s) it belongs to.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an entry of the same name.")] = False,
+) -> None:
+    """Resolve (pull and load) a reference, then record it under NAME, pinned to the commit it resolved to."""
+    from ..hub import parse_reference, resolve_reference
+    from ..hub import Registry, entry_from_meta
+
+    registry = Registry()
+    ref = parse_reference(reference)
+    if ref.kind == "registry":
+        from ..errors import RegistryError
+
+        raise RegistryError(f"{reference!r} is a registry name; register the reference it points at instead")
+    if ref.kind == "local-dir":
+        ref = parse_reference(f"local-dir:{Path(ref.target).expanduser().resolve()}")
+    with console.status(f"resolving {ref}"):
+        resolved = resolve_reference(ref, registry)
+    entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.config, resolved.commit_sha, population or ()),
+                         replace=replace)
+    console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
+
+
+@registry_app.command("list")
+@friendly_errors
+def registry_list(
+    population: Annotated[Optional[str], typer.Option("--population")] = None,
+    architecture: Annotated[Optional[str], typer.Option("--architecture")] = None,
+    depth: Annotated[Optional[int], typer.Option("--depth")] = None,
+    width: Annotated[Optional[float], typer.Option("--width")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset")] = None,
+    fraction: Annotated[Optional[str], typer.Option("--fraction", help="e.g. 1, 1/4, 0.0625")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    lines: Annotated[bool, typer.Option("--lines", help="Print entries in the curated-file format (registry/*.txt).")] = False,
+) -> None:
+    """List entries (user and curated), filtered: a population is such a query."""
+    from fractions import Fraction
+
+    from ..hub import Registry
+
+    frac = float(Fraction(fraction)) if fraction else None
+    entries = Registry().query(population=population, architecture=architecture, depth=depth, width=width,
+                               dataset=dataset, data_fraction=frac, seed=seed)
+    if lines:
+        for e in entries:
+            console.print(escape(e.to_line()), highlight=False, soft_wrap=True)
+        return
+    table = Table("name", "reference", "arch", "depth", "width", "dataset", "fraction", "seed", "accuracy", "populations", "source")
+    for e in entries:
+        table.add_row(e.name, e.reference, e.architecture or "", *("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+                      for v in (e.depth, e.width, e.dataset, e.data_fraction, e.seed, e.accuracy)),
+                      ",".join(e.populations), e.source)
+    console.print(table)
+    console.print(f"{len(entries)} entries")
+
+
+@registry_app.command("show")
+@friendly_errors
+def registry_show(name: Annotated[str, typer.Argument()]) -> None:
+    """Show one entry."""
+    from dataclasses import asdict
+
+    from ..hub import Registry
+
+    table = Table(title=name, show_header=False)
+    for key, value in asdict(Registry().get(name)).items():
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+@registry_app.command("remove")
+@friendly_errors
+def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove a user entry (curated entries live in registry/*.txt: edit the file)."""
+    from ..hub import Registry
+
+    e = Registry().remove(name)
+    console.print(f"removed {e.name} ({e.reference})")
+
+
+@registry_app.command("sync")
+@friendly_errors
+def registry_sync(
+    author: Annotated[str, typer.Option("--author", help="Hub user or organisation.")],
+    population: Annotated[Optional[str], typer.Option("--population", help="Only models tagged population-NAME.")] = None,
+) -> None:
+    """Fill the registry from list_models (tags hubcompare [+ population-P]), each pinned to its current sha."""
+    from ..hub import Registry, sync
+
+    with console.status(f"listing models of {author}"):
+        entries = sync(Registry(), author, population)
+    for e in entries:
+        console.print(f"{e.name} -> {e.reference}")
+    console.print(f"{len(entries)} entries synced")

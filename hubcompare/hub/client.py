@@ -1,0 +1,331 @@
+"""Publishing checkpoint folders to a Hugging Face Hub and pulling models back.
+
+Everything goes through ``huggingface_hub`` (``create_repo``, ``create_commit``, ``model_info``,
+``snapshot_download``, collections), so the same code talks to huggingface.co or to hubcompare's
+own server (``HF_ENDPOINT``). Design choices:
+
+- one repo per trained model; a population is a card tag (``population-NAME``) plus a collection;
+- a push is one commit, made against the current head (``parent_commit``), and skipped when the
+  repo already holds identical files: rerunning a failed population push finishes the missing
+  models without duplicating commits;
+- a pull resolves the revision to a commit sha first, then downloads that sha into the standard
+  Hugging Face cache, so what is loaded is pinned and later commits cannot change it; offline
+  (``HF_HUB_OFFLINE=1``) it is served from the cache;
+- only safetensors weights are ever downloaded or loaded: pickles (``pytorch_model.bin``, ``.pth``)
+  are skipped, and a repo that offers nothing else is refused;
+- timeouts, connection errors and 5xx are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+try:  # the HTTP client huggingface_hub 2.4 uses; earlier 1.x/2.x releases used httpx
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from ..models import build_card, format_number
+from ..models import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from ..errors import (
+    CheckpointMismatchError,
+    HubFileNotFoundError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
+    HubUnavailableError,
+    InvalidReferenceError,
+    NotInCacheError,
+    PickleWeightsRefusedError,
+    PushError,
+)
+from ..models import PREDICTIONS_FILE
+from ..provenance import atomic_write_json, git_blob_oid
+
+__all__ = [
+    "PushResult", "PopulationResult", "Pulled", "push", "push_population", "pull", "population_repo_name",
+    "check_repo_id", "PICKLE_PATTERNS", "with_retries",
+]
+
+UPLOAD_FILES = (WEIGHTS_FILE, CONFIG_FILE, PREDICTIONS_FILE)  # README.md is generated per repo
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
+PUSH_RECORD = Path(".hub") / "pushes.json"
+REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?/[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?")
+T = TypeVar("T")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``OWNER/NAME`` as the Hub accepts it, or an error saying what is wrong."""
+    if not REPO_ID.fullmatch(repo_id or "") or "--" in repo_id or ".." in repo_id:
+        raise InvalidReferenceError(
+            f"{repo_id!r} is not a Hub repo id: use OWNER/NAME (letters, digits, '-', '_', '.'; "
+            "no '--' or '..'; at most 96 characters each), e.g. alice/digits-r14-s0"
+        )
+    return repo_id
+
+
+def _transient(e: BaseException) -> bool:
+    if isinstance(e, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)):
+        return True
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        return e.response.status_code in (408, 429) or e.response.status_code >= 500
+    if isinstance(e, LocalEntryNotFoundError) and not constants.HF_HUB_OFFLINE:
+        # snapshot_download turns a failed look-up into "not cached": retry when the cause was transient
+        return e.__cause__ is not None and _transient(e.__cause__)
+    return False
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_wait: float = 0.5, max_wait: float = 8.0,
+                 on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """Call ``fn``, retrying timeouts, connection errors and 5xx with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if not _transient(e):
+                raise
+            if attempt == attempts:
+                raise HubUnavailableError(
+                    f"{what}: the Hub did not answer after {attempts} attempts "
+                    f"({type(e).__name__}: {e}). Check the connection or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 "
+                    "to use cached models."
+                ) from e
+            if on_retry:
+                on_retry(attempt, e)
+            time.sleep(min(max_wait, base_wait * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
+def _translate(e: Exception, repo_id: str, revision: str | None, endpoint: str) -> Exception:
+    """huggingface_hub's errors -> hubcompare's typed errors that name the repo, revision or file and the fix."""
+    if isinstance(e, RevisionNotFoundError):
+        return HubRevisionNotFoundError(
+            f"{repo_id} has no revision {revision!r}: use a branch, tag or commit sha that exists "
+            f"(list them with `huggingface_hub.HfApi().list_repo_refs({repo_id!r})`)."
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        return HubRepoNotFoundError(
+            f"no model repo {repo_id} on {endpoint} (or it is private and HF_TOKEN cannot see it): "
+            "check the owner and name."
+        )
+    return e
+
+
+# --- push -------------------------------------------------------------------------------------
+@dataclass
+class PushResult:
+    run_dir: Path
+    repo_id: str
+    commit_sha: str
+    skipped: bool  # the repo already held exactly these files
+    meta: dict = field(default_factory=dict)
+
+
+def _upload_contents(run_dir: Path, repo_id: str, populations: Iterable[str]) -> tuple[dict[str, bytes], dict]:
+    """The files a push uploads (from a validated folder), with a card generated for this repo."""
+    ckpt = load_checkpoint(run_dir)
+    contents = {name: (run_dir / name).read_bytes() for name in UPLOAD_FILES if (run_dir / name).is_file()}
+    meta = dict(ckpt.meta)
+    expected = meta.get("weights_sha256")
+    if expected and hashlib.sha256(contents[WEIGHTS_FILE]).hexdigest() != expected:
+        raise CheckpointMismatchError(
+            f"{run_dir / WEIGHTS_FILE} does not match the sha256 in {CONFIG_FILE}: refusing to publish it.", run_dir / WEIGHTS_FILE
+        )
+    if meta.get("depth") is not None and "test_data" in meta:
+        meta["populations"] = sorted(set(meta.get("populations", [])) | set(populations))
+        contents[CARD_FILE] = str(build_card(meta, repo_id=repo_id)).encode()
+    elif (run_dir / CARD_FILE).is_file():  # a plain timm folder: keep its own card
+        contents[CARD_FILE] = (run_dir / CARD_FILE).read_bytes()
+    return contents, meta
+
+
+def push(run_dir: str | Path, repo_id: str, *, populations: Iterable[str] = (), private: bool = False,
+         commit_message: str | None = None, api: HfApi | None = None) -> PushResult:
+    """Upload a checkpoint folder to ``repo_id`` as one commit; returns (and records) the commit sha.
+
+    Skipped (no new commit) when the repo already holds identical files. The sha is recorded in
+    ``RUN_DIR/.hub/pushes.json`` once the commit exists.
+    """
+    run_dir = Path(run_dir)
+    check_repo_id(repo_id)
+    api = api or HfApi()
+    contents, meta = _upload_contents(run_dir, repo_id, populations)
+    with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}")
+
+    def attempt() -> tuple[str, bool]:
+        info = api.model_info(repo_id, files_metadata=True)
+        remote = {s.rfilename: s.blob_id for s in info.siblings or []}
+        if all(remote.get(name) == git_blob_oid(data) for name, data in contents.items()):
+            return info.sha, True
+        ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in contents.items()]
+        message = commit_message or f"hubcompare: {meta.get('architecture', 'model')} from {run_dir.name}"
+        try:
+            return api.create_commit(repo_id, ops, commit_message=message, parent_commit=info.sha).oid, False
+        except HfHubHTTPError as e:
+            if e.response is not None and e.response.status_code == 412:  # someone (or a retried call) committed first
+                raise _Retry() from e
+            raise
+
+    for _ in range(5):
+        try:
+            sha, skipped = with_retries(attempt, f"push {run_dir} to {repo_id}")
+            break
+        except _Retry:
+            continue
+    else:
+        raise PushError(f"{repo_id} kept changing while pushing {run_dir}: retry later.")
+    _record_push(run_dir, repo_id, sha, api.endpoint)
+    return PushResult(run_dir=run_dir, repo_id=repo_id, commit_sha=sha, skipped=skipped, meta=meta)
+
+
+class _Retry(Exception):
+    pass
+
+
+def _record_push(run_dir: Path, repo_id: str, sha: str, endpoint: str) -> None:
+    path = run_dir / PUSH_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        record = {}
+    record[f"{endpoint}/{repo_id}"] = {
+        "repo_id": repo_id, "endpoint": endpoint, "commit_sha": sha,
+        "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(path, record)
+
+
+def population_repo_name(meta: dict, population: str) -> str:
+    """One repo per member: ``POPULATION-DATASET-dDEPTH-wWIDTH-fFRACTION-sSEED``."""
+    return (f"{population}-{meta['dataset']}-d{meta['depth']}-w{format_number(meta['width'])}"
+            f"-f{format_number(meta['data_fraction'])}-s{meta['seed']}")
+
+
+@dataclass
+class PopulationResult:
+    population: str
+    collection_slug: str
+    pushed: list[PushResult]
+    failures: dict[Path, Exception]
+
+
+def push_population(run_dirs: Iterable[str | Path], population: str, owner: str, *, private: bool = False,
+                    workers: int = 4, api: HfApi | None = None,
+                    on_done: Callable[[Path, PushResult | None, Exception | None], None] | None = None) -> PopulationResult:
+    """Push many checkpoint folders concurrently, one repo each, tagged and collected as ``population``.
+
+    Members already on the Hub with the same content are skipped; a failed member does not stop
+    the others (rerun the same command to finish). ``on_done`` is called once per folder.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", population or ""):
+        raise InvalidReferenceError(f"population name {population!r}: use letters, digits, '-', '_' and '.'")
+    api = api or HfApi()
+    plan: dict[Path, str] = {}
+    for d in map(Path, run_dirs):
+        meta = load_checkpoint(d).meta
+        if not {"dataset", "depth", "width", "data_fraction", "seed"} <= set(meta):
+            raise PushError(f"{d} is not a hubcompare checkpoint (no training metadata): push it with `hubcompare push`.")
+        plan[d] = check_repo_id(f"{owner}/{population_repo_name(meta, population)}")
+    names = list(plan.values())
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise PushError(f"several folders would go to the same repo {sorted(dupes)}: a population needs distinct "
+                        "dataset/depth/width/fraction/seed per member.")
+    collection = with_retries(lambda: api.create_collection(
+        population, namespace=owner, exists_ok=True, description=f"hubcompare population {population}"), "create collection")
+    slug = collection.slug
+
+    def one(d: Path) -> PushResult:
+        result = push(d, plan[d], populations=[population], private=private, api=api)
+        with_retries(lambda: api.add_collection_item(slug, item_id=plan[d], item_type="model", exists_ok=True),
+                     f"add {plan[d]} to collection {slug}")
+        return result
+
+    pushed, failures = [], {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(one, d): d for d in plan}
+        for fut in as_completed(futures):
+            d = futures[fut]
+            try:
+                r = fut.result()
+                pushed.append(r)
+                if on_done:
+                    on_done(d, r, None)
+            except Exception as e:  # reported per member; the others go on
+                failures[d] = e
+                if on_done:
+                    on_done(d, None, e)
+    order = list(plan)
+    pushed.sort(key=lambda r: order.index(r.run_dir))
+    return PopulationResult(population=population, collection_slug=slug, pushed=pushed, failures=failures)
+
+
+# --- pull -------------------------------------------------------------------------------------
+@dataclass
+class Pulled:
+    repo_id: str
+    revision: str | None  # what was asked for (None = main)
+    commit_sha: str  # what was downloaded
+    path: Path  # the snapshot folder in the Hugging Face cache
+    offline: bool
+
+
+def _refuse_pickles(repo_id: str, rev: str, files: Iterable[str]) -> None:
+    files = list(files)
+    if WEIGHTS_FILE in files:
+        return
+    pickles = [f for f in files if any(Path(f).match(p) for p in PICKLE_PATTERNS)]
+    if pickles:
+        raise PickleWeightsRefusedError(
+            f"{repo_id}@{rev} offers only pickled weights ({', '.join(sorted(pickles))}) and no {WEIGHTS_FILE}. "
+            "Loading a pickle can run arbitrary code, so hubcompare never does: ask the owner to publish "
+            f"safetensors weights (timm's push_to_hf_hub does by default), or convert a copy you trust and push it."
+        )
+    raise HubFileNotFoundError(f"{repo_id}@{rev} has no {WEIGHTS_FILE}: it is not a timm/hubcompare model repo.")
+
+
+def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None, cache_dir: str | Path | None = None,
+         attempts: int = 5) -> Pulled:
+    """Download a model repo (safetensors only) into the Hugging Face cache, pinned to a commit sha.
+
+    ``snapshot_download`` resolves the revision to a commit once and downloads that commit; the
+    snapshot folder is named by it. With ``HF_HUB_OFFLINE=1`` (or when the Hub cannot be reached)
+    the cached snapshot is used.
+    """
+    check_repo_id(repo_id)
+    api = api or HfApi()
+    rev = revision or "main"
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        path = Path(with_retries(lambda: snapshot_download(
+            repo_id, revision=rev, cache_dir=cache_dir, ignore_patterns=PICKLE_PATTERNS, endpoint=api.endpoint,
+            token=api.token, local_files_only=offline), f"download {repo_id}@{rev}", attempts))
+    except LocalEntryNotFoundError as e:
+        raise NotInCacheError(
+            f"{repo_id}@{rev} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub "
+            "cannot be used (offline or unreachable): pull it once while online, or unset HF_HUB_OFFLINE."
+        ) from e
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise _translate(e, repo_id, rev, api.endpoint) from None
+    if not (path / WEIGHTS_FILE).is_file():
+        files = [p.name for p in path.iterdir()]
+        if not offline:
+            files = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts)
+        _refuse_pickles(repo_id, rev, files)
+    if not (path / CONFIG_FILE).is_file():
+        raise HubFileNotFoundError(f"{repo_id}@{rev} has no {CONFIG_FILE}: it is not a timm/hubcompare model repo.")
+    return Pulled(repo_id=repo_id, revision=revision, commit_sha=path.name, path=path, offline=offline)

@@ -1,0 +1,261 @@
+"""The registry: short names for models, with the card metadata needed to select populations.
+
+Two sources, one view:
+- the user's entries, in SQLite in the user cache directory (``$HUBCOMPARE_HOME/registry.sqlite``,
+  default ``~/.cache/hubcompare/registry.sqlite``), written by ``registry add``/``sync``, ``push``;
+- curated, shareable entries as plain text in the repository's ``registry/`` folder, one entry per
+  line (``NAME REFERENCE key=value ...``), so a change is a one-line diff. They are read-only here.
+
+A population is a query over the registry (``Registry.query(depth=62, width=1, dataset="cifar10")``
+or ``population="zoo"``). Entries are only written after the pull or push they describe succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Iterable
+
+from ..bundled import bundled_dir
+from ..errors import RegistryConflictError, RegistryEntryNotFoundError, RegistryError
+
+__all__ = ["Entry", "Registry", "default_registry_path", "default_curated_dirs", "entry_from_meta", "sync"]
+
+NAME = re.compile(r"[A-Za-z0-9][\w.\-]*")
+LINE_KEYS = {"architecture": str, "depth": int, "width": float, "dataset": str, "fraction": float, "seed": int,
+             "accuracy": float, "populations": str, "commit": str}
+
+
+def default_registry_path() -> Path:
+    home = os.environ.get("HUBCOMPARE_HOME")
+    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hubcompare"
+    return base / "registry.sqlite"
+
+
+def default_curated_dirs() -> list[Path | Traversable]:
+    """``$HUBCOMPARE_REGISTRY_DIRS`` (your own curated folders), then the bundled entries (the repository's
+    ``registry/`` folder, shipped as package data)."""
+    dirs: list[Path | Traversable] = [Path(p) for p in os.environ.get("HUBCOMPARE_REGISTRY_DIRS", "").split(os.pathsep) if p]
+    return dirs + [bundled_dir("registry")]
+
+
+@dataclass
+class Entry:
+    """One named model. ``reference`` is any non-registry reference (Hub ones pinned to a commit)."""
+
+    name: str
+    reference: str
+    commit_sha: str | None = None
+    architecture: str | None = None
+    depth: int | None = None
+    width: float | None = None
+    dataset: str | None = None
+    data_fraction: float | None = None
+    seed: int | None = None
+    accuracy: float | None = None
+    populations: list[str] = field(default_factory=list)
+    source: str = "user"  # "user" (SQLite) or the curated file it came from
+    added_at: str | None = None
+
+    def to_line(self) -> str:
+        """The curated-file form: ``NAME REFERENCE key=value ...`` (only the known fields)."""
+        parts = [self.name, self.reference]
+        for key, value in (("architecture", self.architecture), ("depth", self.depth), ("width", self.width),
+                           ("dataset", self.dataset), ("fraction", self.data_fraction), ("seed", self.seed),
+                           ("accuracy", self.accuracy), ("populations", ",".join(self.populations) or None),
+                           ("commit", self.commit_sha)):
+            if value is not None:
+                parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        return " ".join(parts)
+
+
+def _check_name(name: str) -> str:
+    if not NAME.fullmatch(name or ""):
+        raise RegistryError(f"registry name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    return name
+
+
+def _check_reference(ref: str) -> str:
+    from .references import parse_reference
+
+    parsed = parse_reference(ref) if ref.partition(":")[0] in ("hf-hub", "timm", "local-dir") else None
+    if parsed is None:
+        raise RegistryError(f"registry references must be hf-hub:..., timm:... or local-dir:... (got {ref!r})")
+    return str(parsed)
+
+
+def parse_line(line: str, source: str) -> Entry | None:
+    """One curated line -> Entry (None for blank lines and comments)."""
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        return None
+    name, _, rest = line.partition(" ")
+    ref, *pairs = rest.split()
+    values: dict = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or key not in LINE_KEYS:
+            raise RegistryError(f"{source}: unknown field {pair!r} (known: {', '.join(LINE_KEYS)})")
+        try:
+            values[key] = LINE_KEYS[key](value)
+        except ValueError:
+            raise RegistryError(f"{source}: {key}={value!r} is not a {LINE_KEYS[key].__name__}") from None
+    return Entry(
+        name=_check_name(name), reference=_check_reference(ref), commit_sha=values.get("commit"),
+        architecture=values.get("architecture"), depth=values.get("depth"), width=values.get("width"),
+        dataset=values.get("dataset"), data_fraction=values.get("fraction"), seed=values.get("seed"),
+        accuracy=values.get("accuracy"), populations=[p for p in values.get("populations", "").split(",") if p],
+        source=source,
+    )
+
+
+COLUMNS = [f.name for f in fields(Entry) if f.name != "source"]
+
+
+class Registry:
+    """The merged view: user entries (SQLite) override curated ones of the same name."""
+
+    def __init__(self, path: str | Path | None = None, curated_dirs: Iterable[str | Path] | None = None):
+        self.path = Path(path) if path else default_registry_path()
+        self.curated_dirs = [Path(d) if isinstance(d, str) else d
+                             for d in (default_curated_dirs() if curated_dirs is None else curated_dirs)]
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30)
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, reference TEXT NOT NULL, commit_sha TEXT, "
+            "architecture TEXT, depth INTEGER, width REAL, dataset TEXT, data_fraction REAL, seed INTEGER, "
+            "accuracy REAL, populations TEXT NOT NULL DEFAULT '[]', added_at TEXT)"
+        )
+        return con
+
+    def curated(self) -> dict[str, Entry]:
+        out: dict[str, Entry] = {}
+        for d in self.curated_dirs:
+            if not d.is_dir():
+                continue
+            for f in sorted((f for f in d.iterdir() if f.name.endswith(".txt")), key=lambda f: f.name):
+                for n, line in enumerate(f.read_text().splitlines(), 1):
+                    e = parse_line(line, f"{f}:{n}")
+                    if e is None:
+                        continue
+                    if e.name in out and out[e.name].reference != e.reference:
+                        raise RegistryConflictError(f"{e.source}: {e.name} is already defined at {out[e.name].source}")
+                    out[e.name] = e
+        return out
+
+    def user(self) -> dict[str, Entry]:
+        with self._connect() as con:
+            rows = con.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY name").fetchall()
+        out = {}
+        for row in rows:
+            d = dict(zip(COLUMNS, row))
+            d["populations"] = json.loads(d["populations"] or "[]")
+            out[d["name"]] = Entry(**d, source="user")
+        return out
+
+    def entries(self) -> dict[str, Entry]:
+        return dict(sorted((self.curated() | self.user()).items()))
+
+    def names(self) -> set[str]:
+        return set(self.entries())
+
+    def get(self, name: str) -> Entry:
+        entries = self.entries()
+        if name not in entries:
+            from .references import ACCEPTED_FORMS
+
+            known = ", ".join(sorted(entries)[:10]) or "none yet"
+            raise RegistryEntryNotFoundError(
+                f"no registry entry {name!r} (known: {known}{' ...' if len(entries) > 10 else ''}). "
+                f"Add one with `hubcompare registry add {name} REFERENCE`.\n{ACCEPTED_FORMS}"
+            )
+        return entries[name]
+
+    def add(self, entry: Entry, replace: bool = False) -> Entry:
+        _check_name(entry.name)
+        entry.reference = _check_reference(entry.reference)
+        existing = self.entries().get(entry.name)
+        if existing is not None and existing.reference != entry.reference and not replace:
+            raise RegistryConflictError(
+                f"{entry.name} already names {existing.reference} ({existing.source}); use --replace or another name"
+            )
+        entry.added_at = entry.added_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        row = asdict(entry)
+        row["populations"] = json.dumps(sorted(set(entry.populations)))
+        with self._connect() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO entries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [row[c] for c in COLUMNS],
+            )
+        entry.source = "user"
+        return entry
+
+    def remove(self, name: str) -> Entry:
+        entry = self.get(name)
+        if entry.source != "user":
+            raise RegistryConflictError(f"{name} is a curated entry ({entry.source}): edit that file to remove it")
+        with self._connect() as con:
+            con.execute("DELETE FROM entries WHERE name = ?", (name,))
+        return entry
+
+    def query(self, *, population: str | None = None, architecture: str | None = None, depth: int | None = None,
+              width: float | None = None, dataset: str | None = None, data_fraction: float | None = None,
+              seed: int | None = None) -> list[Entry]:
+        """Entries matching every given field: a population (e.g. all seeds of depth 62, width 1 on cifar10)."""
+        out = []
+        for e in self.entries().values():
+            if population is not None and population not in e.populations:
+                continue
+            if any(want is not None and have != want for want, have in (
+                    (architecture, e.architecture), (depth, e.depth), (dataset, e.dataset), (seed, e.seed))):
+                continue
+            if any(want is not None and (have is None or abs(have - want) > 1e-9) for want, have in (
+                    (width, e.width), (data_fraction, e.data_fraction))):
+                continue
+            out.append(e)
+        return out
+
+
+def entry_from_meta(name: str, reference: str, config: dict, commit_sha: str | None = None,
+                    populations: Iterable[str] = ()) -> Entry:
+    """An entry from a checkpoint's config.json (hubcompare block, or timm's model_args)."""
+    meta = config.get("hubcompare", {})
+    args = config.get("model_args", {})
+    return Entry(
+        name=name, reference=reference, commit_sha=commit_sha, architecture=config.get("architecture"),
+        depth=meta.get("depth", args.get("depth")), width=meta.get("width", args.get("width")),
+        dataset=meta.get("dataset"), data_fraction=meta.get("data_fraction"), seed=meta.get("seed"),
+        accuracy=meta.get("test_accuracy"), populations=sorted(set(meta.get("populations", [])) | set(populations)),
+    )
+
+
+def sync(registry: Registry, author: str, population: str | None = None, api=None) -> list[Entry]:
+    """Add every hubcompare model of ``author`` (in ``population``) that ``list_models`` finds, pinned to its sha.
+
+    Names are ``OWNER--NAME``. Existing entries of the same name are updated.
+    """
+    from huggingface_hub import HfApi
+
+    from .client import with_retries
+
+    api = api or HfApi()
+    tags = ["hubcompare"] + ([f"population-{population}"] if population else [])
+    models = with_retries(lambda: list(api.list_models(author=author, filter=tags, cardData=True, full=True)),
+                          f"list models of {author}")
+    added = []
+    for m in models:
+        sha = m.sha or with_retries(lambda: api.model_info(m.id).sha, f"look up {m.id}")
+        card = (m.card_data.to_dict() if m.card_data else {}).get("hubcompare", {})
+        pops = [t.removeprefix("population-") for t in m.tags or [] if t.startswith("population-")]
+        entry = entry_from_meta(m.id.replace("/", "--"), f"hf-hub:{m.id}@{sha}", {
+            "architecture": card.get("architecture"), "hubcompare": card}, sha, pops)
+        added.append(registry.add(entry, replace=True))
+    return added

@@ -1,0 +1,106 @@
+"""Per-example predictions: computing them in batches, and their safetensors file format.
+
+Stored next to a checkpoint's weights so that population statistics (agreement, class-level
+tests) never need to rerun a model. Logits are keyed to the dataset's stable example ids and
+carry the dataset fingerprint, so a misaligned comparison is detected, not silently computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from ..data import to_float
+from ..data import ImageDataset
+from ..errors import CheckpointCorruptError, CheckpointFileMissingError
+from ..provenance import atomic_write_bytes
+
+__all__ = ["Predictions", "predict", "PREDICTIONS_FILE"]
+
+PREDICTIONS_FILE = "predictions.safetensors"
+
+
+@dataclass(eq=False)
+class Predictions:
+    """Logits (N, C) float32 and labels (N,) int64 for the examples ``ids`` of ``dataset``."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+    dataset: dict  # ImageDataset.describe()
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predicted == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.double().mean())
+
+    def to_bytes(self) -> bytes:
+        meta = {"format": "hubcompare-predictions-v1", "ids": json.dumps(self.ids), "dataset": json.dumps(self.dataset)}
+        return st_save({"logits": self.logits.contiguous(), "labels": self.labels.contiguous()}, metadata=meta)
+
+    def save(self, path: str | Path) -> dict:
+        """Write atomically; return the record config.json keeps of it (file, hash, accuracy)."""
+        data = self.to_bytes()
+        atomic_write_bytes(path, data)
+        return {
+            "file": Path(path).name,
+            "dataset_fingerprint": self.dataset["fingerprint"],
+            "num_examples": len(self.ids),
+            "accuracy": self.accuracy,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Predictions":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointFileMissingError(f"{path} is missing", path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                logits, labels = f.get_tensor("logits"), f.get_tensor("labels")
+            ids, dataset = json.loads(meta["ids"]), json.loads(meta["dataset"])
+        except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as e:
+            raise CheckpointCorruptError(f"{path} is not a valid predictions file ({e}); re-create it with `hubcompare eval`.", path) from e
+        if logits.ndim != 2 or labels.shape != (logits.shape[0],) or len(ids) != logits.shape[0]:
+            raise CheckpointCorruptError(
+                f"{path}: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and {len(ids)} ids disagree", path
+            )
+        return cls(logits=logits, labels=labels, ids=ids, dataset=dataset)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    batch_size: int = 500,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] = to_float,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Logits of ``model`` (in eval mode) on every example of ``dataset``, in dataset order."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    n = len(dataset)
+    try:
+        for start in range(0, n, batch_size):
+            chunks.append(model(preprocess(dataset.images[start : start + batch_size])).float())
+            if on_batch:
+                on_batch(min(start + batch_size, n), n)
+    finally:
+        model.train(was_training)
+    return Predictions(logits=torch.cat(chunks), labels=dataset.labels.clone(), ids=list(dataset.ids), dataset=dataset.describe())

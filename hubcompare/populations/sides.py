@@ -1,0 +1,371 @@
+"""The two sides of a population comparison: naming them, finding their predictions, aligning them.
+
+A side is one model, several, or a population, written as one string (see ``SIDE_FORMS``).
+Each member's per-example predictions come from its checkpoint's ``predictions.safetensors``;
+a model without them for the requested dataset (e.g. a community model) is run once and its
+predictions cached under ``$HUBCOMPARE_HOME/predictions/`` keyed by model sha + dataset
+fingerprint. Every member of both sides must be about the same examples (same fingerprint and
+ids): anything else is a :class:`DatasetMismatchError`, never a silent misalignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import (
+    DatasetMismatchError,
+    EmptyPopulationError,
+    HubcompareError,
+    InvalidReferenceError,
+    PredictionsUnavailableError,
+)
+
+__all__ = ["SIDE_FORMS", "Member", "Side", "check_aligned", "default_cache_dir", "expand_side", "load_side"]
+
+SIDE_FORMS = """a side is one string:
+  REFERENCE                   one model (checkpoint folder, local-dir:, hf-hub:OWNER/NAME[@REV], timm:, registry name)
+  REF1+REF2+...               several models, joined with '+'
+  @FILE                       the models listed in FILE, one item per line ('#' comments)
+  population:NAME             every registry entry in population NAME
+  registry:KEY=VALUE,...      a registry query; keys: population, architecture, depth, width, dataset, fraction, seed
+  hf-tag:TAG[,TAG...]         every Hub model carrying all the tags, e.g. hf-tag:population-zoo
+  collection:SLUG             every model in a Hub collection"""
+
+QUERY_KEYS = {"population": str, "architecture": str, "depth": int, "width": float, "dataset": str,
+              "fraction": float, "seed": int}
+
+
+def default_cache_dir() -> Path:
+    """Where computed predictions are kept: beside the user registry ($HUBCOMPARE_HOME or ~/.cache/hubcompare)."""
+    from ..hub import default_registry_path
+
+    return default_registry_path().parent / "predictions"
+
+
+@dataclass
+class Member:
+    """One model of a side and where its predictions came from (provenance)."""
+
+    ref: str  # as named (or as the population query listed it)
+    resolved: str  # the reference actually loaded, Hub ones pinned to their commit
+    commit_sha: str | None
+    registry_name: str | None
+    path: str | None
+    predictions: str  # stored | cache | computed | given
+    weights_sha256: str | None = None
+    accuracy: float | None = None
+    info: dict = field(default_factory=dict)  # architecture, depth, width, seed, ...
+
+    def to_json(self) -> dict:
+        return {"ref": self.ref, "resolved": self.resolved, "commit_sha": self.commit_sha,
+                "registry_name": self.registry_name, "path": self.path, "predictions": self.predictions,
+                "weights_sha256": self.weights_sha256, "accuracy": self.accuracy, **self.info}
+
+
+@dataclass(eq=False)
+class Side:
+    """The aligned predictions of a side's models: ``predicted`` (models, examples) and shared labels/ids."""
+
+    label: str
+    spec: str
+    members: list[Member]
+    predicted: np.ndarray  # (M, N) int
+    labels: np.ndarray  # (N,) int
+    ids: list[str]
+    dataset: dict  # ImageDataset.describe()
+    classes: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels[None, :]
+
+    @property
+    def num_models(self) -> int:
+        return self.predicted.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def from_arrays(cls, label: str, predicted, labels, classes: list[str] | None = None, ids: list[str] | None = None,
+                    dataset: dict | None = None, refs: list[str] | None = None) -> Side:
+        """A side from arrays (synthetic populations, predictions held elsewhere)."""
+        predicted, labels = np.atleast_2d(np.asarray(predicted)), np.asarray(labels)
+        n = labels.shape[0]
+        if predicted.shape[1] != n:
+            raise DatasetMismatchError(f"{label}: predictions for {predicted.shape[1]} examples but {n} labels")
+        k = len(classes) if classes else int(max(labels.max(), predicted.max())) + 1
+        ids = ids or [str(i) for i in range(n)]
+        dataset = dataset or {"name": "arrays", "split": "test", "num_examples": n, "num_classes": k, "fingerprint": "arrays"}
+        refs = refs or [f"{label}[{i}]" for i in range(predicted.shape[0])]
+        correct = predicted == labels[None, :]
+        members = [Member(r, r, None, None, None, "given", accuracy=float(correct[i].mean())) for i, r in enumerate(refs)]
+        return cls(label, label, members, predicted, labels, list(ids), dataset, list(classes or map(str, range(k))))
+
+    def provenance(self) -> dict:
+        return {"label": self.label, "spec": self.spec, "num_models": self.num_models,
+                "models": [m.to_json() for m in self.members]}
+
+
+# --- naming a side ------------------------------------------------------------------------------
+def _query(text: str, registry) -> list[str]:
+    filters: dict = {}
+    for pair in filter(None, text.split(",")):
+        key, eq, value = pair.partition("=")
+        key = {"fraction": "data_fraction"}.get(key.strip(), key.strip())
+        kind = QUERY_KEYS.get("fraction" if key == "data_fraction" else key)
+        if not eq or kind is None:
+            raise InvalidReferenceError(f"registry:{text}: {pair!r} is not KEY=VALUE with a key among {', '.join(QUERY_KEYS)}.\n{SIDE_FORMS}")
+        try:
+            filters[key] = kind(value.strip())
+        except ValueError:
+            raise InvalidReferenceError(f"registry:{text}: {key}={value!r} is not a {kind.__name__}") from None
+    if not filters:
+        raise InvalidReferenceError(f"registry: needs at least one KEY=VALUE filter.\n{SIDE_FORMS}")
+    entries = registry.query(**filters)
+    if not entries:
+        raise EmptyPopulationError(
+            f"no registry entry matches {filters}: list entries with `hubcompare registry list` and fill the registry "
+            "with `hubcompare registry sync --author OWNER --population NAME` or `registry add`."
+        )
+    return [e.name for e in entries]
+
+
+def _hub_tag(tags: str, api) -> list[str]:
+    from ..hub import with_retries
+
+    wanted = [t for t in tags.split(",") if t]
+    models = with_retries(lambda: list(api.list_models(filter=wanted, full=True)), f"list models tagged {wanted}")
+    if not models:
+        raise EmptyPopulationError(f"no Hub model on {api.endpoint} carries the tag(s) {wanted}: check the tag "
+                                   "(a pushed population is tagged population-NAME).")
+    out = []
+    for m in sorted(models, key=lambda m: m.id):
+        sha = m.sha or with_retries(lambda repo=m.id: api.model_info(repo).sha, f"look up {m.id}")
+        out.append(f"hf-hub:{m.id}@{sha}")
+    return out
+
+
+def _collection(slug: str, api) -> list[str]:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..hub import with_retries
+
+    try:
+        coll = with_retries(lambda: api.get_collection(slug), f"get collection {slug}")
+    except HfHubHTTPError as e:
+        raise EmptyPopulationError(f"no collection {slug!r} on {api.endpoint} ({e}): use the slug that "
+                                   "`hubcompare push-population` printed.") from None
+    items = [i.item_id for i in coll.items if i.item_type == "model"]
+    if not items:
+        raise EmptyPopulationError(f"collection {slug} holds no models")
+    return [f"hf-hub:{i}@{with_retries(lambda repo=i: api.model_info(repo).sha, f'look up {i}')}" for i in items]
+
+
+def expand_side(spec: str, registry=None, api=None) -> list[str]:
+    """The model references a side string names, in a stable order (see ``SIDE_FORMS``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidReferenceError(f"an empty side.\n{SIDE_FORMS}")
+    spec = spec.strip()
+    if spec.startswith("@"):
+        path = Path(spec[1:]).expanduser()
+        if not path.is_file():
+            raise InvalidReferenceError(f"{spec}: no file {path} listing the side's models.\n{SIDE_FORMS}")
+        lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+        refs = [r for ln in lines if ln for r in expand_side(ln, registry, api)]
+    elif Path(spec).expanduser().is_dir() or "+" not in spec:
+        refs = _expand_token(spec, registry, api)
+    else:
+        refs = [r for token in spec.split("+") for r in _expand_token(token, registry, api)]
+    if not refs:
+        raise EmptyPopulationError(f"{spec} names no model.\n{SIDE_FORMS}")
+    dupes = sorted({r for r in refs if refs.count(r) > 1})
+    if dupes:
+        raise InvalidReferenceError(f"{spec} names {', '.join(dupes)} more than once: list each model once.")
+    return refs
+
+
+def _expand_token(token: str, registry, api) -> list[str]:
+    token = token.strip()
+    if not token:
+        raise InvalidReferenceError(f"an empty item in a side ('+' at the start, end, or twice).\n{SIDE_FORMS}")
+    scheme, sep, rest = token.partition(":")
+    if sep and scheme in ("population", "registry", "hf-tag", "collection"):
+        if not rest:
+            raise InvalidReferenceError(f"nothing follows '{scheme}:'.\n{SIDE_FORMS}")
+        if scheme in ("population", "registry"):
+            from ..hub import Registry
+
+            registry = registry if registry is not None else Registry()
+            return _query(f"population={rest}" if scheme == "population" else rest, registry)
+        from huggingface_hub import HfApi
+
+        api = api or HfApi()
+        return _hub_tag(rest, api) if scheme == "hf-tag" else _collection(rest, api)
+    return [token]
+
+
+# --- predictions --------------------------------------------------------------------------------
+def _open(ref_text: str, registry, api):
+    """(reference, checkpoint or None, resolved model or None, commit sha, registry name) without building models."""
+    from ..models import load_checkpoint
+    from ..hub import pull
+    from ..hub import parse_reference, resolve_reference
+
+    names = registry.names() if registry is not None else None
+    ref = parse_reference(ref_text, names)
+    registry_name = None
+    if ref.kind == "registry":
+        if registry is None:
+            from ..hub import Registry
+
+            registry = Registry()
+        entry = registry.get(ref.target)
+        registry_name, ref = entry.name, parse_reference(entry.reference)
+        if ref.kind == "registry":
+            raise InvalidReferenceError(f"registry entry {entry.name} points at another registry name ({entry.reference})")
+    if ref.kind == "local-dir":
+        return ref, load_checkpoint(Path(ref.target).expanduser()), None, None, registry_name
+    if ref.kind == "hf-hub":
+        pulled = pull(ref.target, ref.revision, api=api)
+        return ref, load_checkpoint(pulled.path), None, pulled.commit_sha, registry_name
+    resolved = resolve_reference(ref, registry, api)
+    return ref, None, resolved, resolved.commit_sha, registry_name
+
+
+def _compute(model, ds, cache_file: Path, label: str):
+    from ..similarity import InputSpec
+    from ..models import Predictions, predict
+
+    if cache_file.is_file():
+        cached = Predictions.load(cache_file)
+        if cached.ids == list(ds.ids) and cached.dataset.get("fingerprint") == ds.fingerprint:
+            return cached, "cache"
+    preds = predict(model, ds, preprocess=InputSpec.from_model(model, ds.image_shape))
+    if preds.logits.shape[1] != ds.num_classes:
+        raise PredictionsUnavailableError(
+            f"{label} has a {preds.logits.shape[1]}-way head but {ds.name} has {ds.num_classes} classes: right/wrong per "
+            "example needs a model trained on this dataset's classes."
+        )
+    preds.save(cache_file)
+    return preds, "computed"
+
+
+def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path):
+    from ..data import load_dataset
+    from ..provenance import sha256_file
+
+    ref, ckpt, resolved, sha, registry_name = _open(ref_text, registry, api)
+    config = ckpt.config if ckpt is not None else resolved.config
+    meta = config.get("hubcompare", {})
+    source = None
+    if ckpt is not None and ckpt.has_predictions:
+        stored = ckpt.predictions()
+        if dataset is None or (stored.dataset.get("fingerprint") == dataset.fingerprint and stored.ids == list(dataset.ids)):
+            preds, source = stored, "stored"
+    if source is None:
+        ds = dataset
+        if ds is None:
+            if not meta.get("dataset"):
+                raise PredictionsUnavailableError(
+                    f"{ref_text} has no stored predictions and records no dataset: pass --dataset (and --data-dir) to say "
+                    "which data to compute them on."
+                )
+            ds = load_dataset(meta["dataset"], "test", data_dir)
+        if ckpt is not None:
+            key = meta.get("weights_sha256") or sha256_file(ckpt.path / "model.safetensors")
+            model = ckpt.model
+        else:
+            key, model = f"{ref.target}-{sha}", resolved.model
+        preds, source = _compute(model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text)
+    path = ckpt.path if ckpt is not None else resolved.path
+    member = Member(
+        ref=ref_text, resolved=str(ref.pinned(sha)), commit_sha=sha, registry_name=registry_name,
+        path=str(path) if path else None, predictions=source, weights_sha256=meta.get("weights_sha256"),
+        accuracy=preds.accuracy,
+        info={"architecture": config.get("architecture")} | {k: meta[k] for k in ("depth", "width", "dataset", "data_fraction", "seed") if k in meta},
+    )
+    return member, preds
+
+
+def _describe_groups(groups: dict[tuple, list[str]]) -> str:
+    return "; ".join(f"fingerprint {fp} ({n} examples): {', '.join(refs[:4])}{' ...' if len(refs) > 4 else ''}"
+                     for (fp, n), refs in groups.items())
+
+
+def _check_same_data(members_preds: list, where: str) -> None:
+    groups: dict[tuple, list[str]] = {}
+    for member, preds in members_preds:
+        groups.setdefault((preds.dataset.get("fingerprint"), len(preds.ids)), []).append(member.ref)
+    if len(groups) > 1:
+        raise DatasetMismatchError(
+            f"{where}: the models' predictions are about different data ({_describe_groups(groups)}). Pass --dataset "
+            "(and --data-dir) to recompute every model's predictions on one dataset, or compare models evaluated on the same test set."
+        )
+    first = members_preds[0][1]
+    for member, preds in members_preds[1:]:
+        if preds.ids != first.ids or not np.array_equal(preds.labels.numpy(), first.labels.numpy()):
+            raise DatasetMismatchError(
+                f"{where}: {member.ref} and {members_preds[0][0].ref} share a dataset fingerprint but not the same example ids "
+                "and labels in the same order: regenerate their predictions with `hubcompare eval --write`."
+            )
+
+
+def _class_names(describe: dict, dataset, data_dir) -> tuple[list[str], list[str]]:
+    from ..data import load_dataset
+
+    if dataset is not None:
+        return list(dataset.classes), []
+    k = describe.get("num_classes")
+    try:
+        ds = load_dataset(describe["name"], describe.get("split", "test"), data_dir)
+        if ds.fingerprint == describe.get("fingerprint"):
+            return list(ds.classes), []
+    except (HubcompareError, KeyError):
+        pass
+    return [str(i) for i in range(k)], [f"class names of {describe.get('name')} not available here (pass --data-dir): classes are shown by index"]
+
+
+def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=None, api=None,
+              cache_dir: str | Path | None = None, on_member: Callable[[int, int, str], None] | None = None) -> Side:
+    """Resolve a side string to its models' aligned predictions.
+
+    ``dataset`` (an :class:`~hubcompare.data.datasets.ImageDataset`): compare on it, recomputing (and caching)
+    predictions of models whose stored ones are about other data. Without it, the stored predictions
+    are used and must all be about the same examples.
+    """
+    refs = expand_side(spec, registry, api)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    loaded = []
+    for i, ref in enumerate(refs):
+        if on_member:
+            on_member(i, len(refs), ref)
+        loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir))
+    _check_same_data(loaded, f"side {label} ({spec})")
+    first = loaded[0][1]
+    if first.logits.shape[1] != first.dataset.get("num_classes", first.logits.shape[1]):
+        raise PredictionsUnavailableError(f"{loaded[0][0].ref}: {first.logits.shape[1]} logits for a {first.dataset.get('num_classes')}-class dataset")
+    classes, warnings = _class_names(first.dataset, dataset, data_dir)
+    predicted = np.stack([p.predicted.numpy() for _, p in loaded]).astype(np.int32)
+    return Side(label, spec, [m for m, _ in loaded], predicted, first.labels.numpy().astype(np.int64), list(first.ids),
+                dict(first.dataset), classes, warnings)
+
+
+def check_aligned(a: Side, b: Side) -> None:
+    """Both sides must be about the same examples, in the same order, with the same labels."""
+    fa, fb = a.dataset.get("fingerprint"), b.dataset.get("fingerprint")
+    if fa != fb or a.ids != b.ids or not np.array_equal(a.labels, b.labels):
+        why = (f"dataset fingerprints differ ({a.label}: {fa} on {a.dataset.get('name')}, {b.label}: {fb} on {b.dataset.get('name')})"
+               if fa != fb else "the example ids or labels differ")
+        raise DatasetMismatchError(
+            f"{a.label} and {b.label} are not about the same examples: {why}. Pass --dataset (and --data-dir) to recompute "
+            "both sides on one dataset, or compare models evaluated on the same test set."
+        )
+    if a.num_classes != b.num_classes:
+        raise DatasetMismatchError(f"{a.label} has {a.num_classes} classes and {b.label} {b.num_classes}")

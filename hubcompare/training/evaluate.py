@@ -1,0 +1,58 @@
+"""Re-evaluating a checkpoint folder: recompute its test-set predictions and compare with the stored ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models import CONFIG_FILE, Checkpoint
+from ..data import load_dataset
+from ..errors import CheckpointMismatchError
+from ..models import PREDICTIONS_FILE, Predictions, predict
+from ..provenance import atomic_write_json
+
+__all__ = ["EvalReport", "evaluate_checkpoint"]
+
+
+@dataclass
+class EvalReport:
+    predictions: Predictions
+    stored_accuracy: float | None  # from config.json
+    stored_predictions_agree: float | None  # share of examples whose argmax matches the stored file
+    max_abs_logit_diff: float | None
+    written: bool
+
+
+def evaluate_checkpoint(
+    ckpt: Checkpoint,
+    data_dir: str | Path | None = None,
+    batch_size: int = 500,
+    write: bool = False,
+    on_batch=None,
+) -> EvalReport:
+    """Recompute predictions on the checkpoint's test split; optionally store them (and their hash)."""
+    meta = ckpt.meta
+    dataset = meta.get("dataset")
+    if dataset is None:
+        raise CheckpointMismatchError(f"{ckpt.path / CONFIG_FILE} records no dataset (not trained by hubcompare)", ckpt.path / CONFIG_FILE)
+    test = load_dataset(dataset, "test", data_dir)
+    recorded = meta.get("test_data", {}).get("fingerprint")
+    if recorded and recorded != test.fingerprint:
+        raise CheckpointMismatchError(
+            f"the {dataset} test split found here (fingerprint {test.fingerprint}) is not the one this model was "
+            f"evaluated on ({recorded}); point --data-dir at the same copy of the data.",
+            ckpt.path / CONFIG_FILE,
+        )
+    preds = predict(ckpt.model, test, batch_size=batch_size, on_batch=on_batch)
+    agree = diff = None
+    if ckpt.has_predictions:
+        stored = ckpt.predictions()
+        if stored.ids == preds.ids:
+            agree = float((stored.predicted == preds.predicted).double().mean())
+            diff = float((stored.logits - preds.logits).abs().max())
+    if write:
+        config = dict(ckpt.config)
+        config["hubcompare"] = dict(meta) | {"predictions": preds.save(ckpt.path / PREDICTIONS_FILE)}
+        atomic_write_json(ckpt.path / CONFIG_FILE, config)
+        ckpt.config = config
+    return EvalReport(preds, meta.get("test_accuracy"), agree, diff, write)

@@ -1,0 +1,1 @@
+"""Bundled training recipes; installed as ``hubcompare.bundled.recipes`` (package data, see pyproject.toml)."""
