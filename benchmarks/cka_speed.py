@@ -60,8 +60,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
-from hubcompare.similarity.engine import CompareModel, compare
-from hubcompare.data.datasets import ImageDataset
+from hubcompare.data import ImageDataset
+from hubcompare.similarity import CompareModel, compare, minibatch_plan
 
 TOOLS_DIR = Path(__file__).resolve().parent / ".cka-tools"
 TOOL_PACKAGES = [
@@ -78,18 +78,12 @@ TOOL_NOTES = {  # read from their code (versions above); all three hook modules 
     "torch-cka": "float32 HSIC_1 per layer pair in a Python loop, model-2 Grams recomputed for every pair, run under our no_grad",
 }
 SEED = 0  # compare()'s shuffle seed
-MIN_BATCH = 4
 
 
 # --- data, models, minibatches (identical in every process) ---------------------------------------
 def batch_plan(n: int, batch: int, seed: int = SEED) -> list[torch.Tensor]:
-    """The minibatches compare() uses for one pass: a seeded shuffle, a short tail merged away."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    starts = list(range(0, n, batch))
-    if len(starts) > 1 and n - starts[-1] < MIN_BATCH:
-        starts.pop()
-    ends = starts[1:] + [n]
-    return [order[lo:hi] for lo, hi in zip(starts, ends)]
+    """The example indices of the minibatches compare() feeds in one pass (the library's own plan)."""
+    return [mb.indices for mb in minibatch_plan(n, batch, passes=1, seed=seed)]
 
 
 def make_images(n: int) -> torch.Tensor:

@@ -3,6 +3,10 @@
 All inherit from :class:`HubcompareError`, so callers (and the CLI) can catch one base class.
 Where a built-in exception type also fits (``ValueError``, ``FileNotFoundError``) the error
 subclasses it too, so generic handlers keep working.
+
+Messages speak in library terms (parameter names such as ``data_dir`` or ``batch_size``, never
+command-line flags). An error whose fix is to change an argument lists those parameters in
+``params``; the command line maps them to its own options when it prints the error.
 """
 
 from __future__ import annotations
@@ -11,7 +15,18 @@ from pathlib import Path
 
 
 class HubcompareError(Exception):
-    """Base class of every error hubcompare raises on purpose."""
+    """Base class of every error hubcompare raises on purpose.
+
+    ``params``: the names of the arguments whose values the message asks to change (e.g.
+    ``("data_dir",)``), so a front end can name its own spelling of them; empty when none.
+    """
+
+    params: tuple[str, ...] = ()
+
+    def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        if params:
+            self.params = tuple(params)
 
 
 class InvalidArchitectureError(HubcompareError, ValueError):
@@ -33,8 +48,8 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 class CheckpointError(HubcompareError):
     """Base class for problems with a checkpoint folder; ``path`` names the offending file."""
 
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, path: str | Path | None = None, *, params: tuple[str, ...] = ()):
+        super().__init__(message, params=params)
         self.path = Path(path) if path is not None else None
 
 
@@ -48,6 +63,10 @@ class CheckpointCorruptError(CheckpointError, ValueError):
 
 class CheckpointMismatchError(CheckpointError, ValueError):
     """Checkpoint files parse but disagree with each other (weights vs config, predictions vs data)."""
+
+
+class InputMismatchError(HubcompareError, ValueError):
+    """Images a model cannot be fed (channel counts that cannot be adapted to the model's)."""
 
 
 class TrainingError(HubcompareError, RuntimeError):
@@ -108,6 +127,18 @@ class RegistryEntryNotFoundError(RegistryError, LookupError):
 
 class RegistryConflictError(RegistryError, ValueError):
     """An entry of that name exists with another reference, or a curated entry would be changed."""
+
+
+class CompareError(HubcompareError, ValueError):
+    """Settings or activations that make a CKA comparison impossible (batch too small, NaN, ...)."""
+
+
+class LayerSelectionError(CompareError):
+    """Layer patterns that match nothing, or a layer that cannot be captured."""
+
+
+class DatasetChoiceError(CompareError):
+    """No dataset was named and the models do not tell which one to compare them on."""
 
 
 class PopulationError(HubcompareError):

@@ -1,4 +1,5 @@
-"""Shared fixtures: small digits checkpoints trained once per session (seconds on 2 cores).
+"""Shared fixtures: small digits checkpoints trained once per session (seconds on 2 cores), the local Hub,
+and a fixed seed for every test. Shared helper functions are in helpers.py.
 
 The Hub client reads ``HF_ENDPOINT`` (and the cache paths) once, when ``huggingface_hub`` is first
 imported, and hubcompare's own modules import it: so the local Hub-protocol server's address and a
@@ -10,17 +11,11 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import tempfile
 
+from helpers import free_port, small_recipe
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_HUB_PORT = _free_port()
+_HUB_PORT = free_port()
 _HUB_TMP = tempfile.mkdtemp(prefix="hubcompare-tests-")
 atexit.register(shutil.rmtree, _HUB_TMP, ignore_errors=True)
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_HUB_PORT}"
@@ -32,22 +27,31 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "0"
 os.environ["HUBCOMPARE_HOME"] = os.path.join(_HUB_TMP, "hubcompare-home")
 
+import random  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 CIFAR10_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+SEED = 0
 
 
-def small_recipe(**overrides):
-    from hubcompare.training.recipes import load_recipe
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    """Each test starts from the same global RNG state (torch, numpy, random), whatever ran before it."""
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
 
-    base = {"model.depth": 8, "model.width": 1, "train.epochs": 6, "train.warmup_epochs": 1}
-    base.update(overrides)
-    return load_recipe("digits", base)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A numpy Generator seeded the same for every test that asks for one."""
+    return np.random.default_rng(SEED)
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,7 @@ from torch import nn
 import hubcompare  # noqa: F401
 from hubcompare.similarity.blocks import analyze_blocks, detect_blocks, pc_analysis
 from hubcompare.similarity.engine import CompareModel
-from hubcompare.data.datasets import ImageDataset
-
-
-def toy_dataset(n=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
-    return ImageDataset("toy", "test", images, torch.arange(n) % 10, [str(i) for i in range(10)], [f"t{i}" for i in range(n)])
+from helpers import small_recipe, toy_dataset
 
 
 class Projection(nn.Module):
@@ -108,7 +102,7 @@ def test_pc1_fraction_is_exact():
 
 
 def test_planted_block_found_exactly_and_none_without():
-    ds = toy_dataset()
+    ds = toy_dataset(256)
     rep = analyze_blocks(CompareModel("planted", Planted(block=(4, 8)), layers=["layers.*"]), ds, batch_size=64, pc_examples=256)
     assert [(b.start, b.stop) for b in rep.blocks] == [(4, 8)]
     assert rep.blocks[0].layers == [f"layers.{i}" for i in range(4, 9)]
@@ -121,22 +115,22 @@ def test_planted_block_found_exactly_and_none_without():
     assert none.blocks == []
 
 
-def test_real_digits_resnet20_has_no_block(trained_run, tmp_path):
+def test_real_digits_resnet20_has_no_block(tmp_path):
     """A small model that fits its data shows no block (the paper's and this project's measurements)."""
-    from conftest import small_recipe
     from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.data.datasets import load_dataset
     from hubcompare.training.loop import train
 
     run = train(small_recipe(**{"model.depth": 20, "train.epochs": 8}), tmp_path / "r20").run_dir
     ckpt = load_checkpoint(run)
-    assert ckpt.meta["test_accuracy"] > 0.8
+    assert ckpt.meta.test_accuracy > 0.8
     rep = analyze_blocks(CompareModel(str(run), ckpt.model), load_dataset("digits", "test"), batch_size=250, pc_examples=500)
     assert rep.cka.layers_a[0] == "stem" and len(rep.cka.layers_a) == 10  # stem + 9 block outputs
     assert rep.blocks == []
     assert rep.pcs.fraction.max() < 0.5
 
 
+@pytest.mark.slow
 def test_real_digits_resnet56_2x_blocks_in_most_seeds():
     """Deep, wide digits ResNets grow a block in most seeds; the detector finds it, crossing stage lines.
 

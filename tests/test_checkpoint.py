@@ -1,5 +1,6 @@
 """The checkpoint folder: timm layout and round trip, model card, predictions, typed errors on bad files."""
 
+import importlib.metadata
 import json
 import shutil
 
@@ -9,6 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import hubcompare  # noqa: F401
+from hubcompare.models import ModelMeta
 from hubcompare.models.checkpoint import load_checkpoint
 from hubcompare.data.datasets import load_dataset
 from hubcompare.errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
@@ -33,7 +35,9 @@ def test_folder_layout_and_timm_config(trained_run):
                 "test_accuracy", "package_versions", "train_data", "test_data"):
         assert key in meta, key
     assert meta["test_data"]["fingerprint"] == load_dataset("digits", "test").fingerprint
-    assert meta["package_versions"]["torch"] == torch.__version__.split("+")[0] or meta["package_versions"]["torch"] == torch.__version__
+    # the installed distribution's version: PyPI's Linux wheels say 2.x.y where torch.__version__ says 2.x.y+cu124
+    assert meta["package_versions"]["torch"] == importlib.metadata.version("torch")
+    assert torch.__version__.startswith(meta["package_versions"]["torch"])
 
 
 def test_timm_local_dir_round_trip(trained_run):
@@ -45,6 +49,25 @@ def test_timm_local_dir_round_trip(trained_run):
     assert via_timm.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
 
 
+def test_metadata_record_round_trips_config_json(trained_run):
+    """The typed record reads every key training wrote and writes back the same block (unknown keys too)."""
+    cfg = json.loads((trained_run / "config.json").read_text())
+    block = cfg["hubcompare"] | {"a_key_from_a_newer_version": [1, 2]}
+    meta = ModelMeta.from_dict(block)
+    assert meta.extra == {"a_key_from_a_newer_version": [1, 2]}
+    assert meta.to_dict() == block
+    assert meta.summary() == {"architecture": "cifar_resnet", "depth": 8, "width": 1, "dataset": "digits",
+                              "data_fraction": 1.0, "seed": 0, "test_accuracy": block["test_accuracy"]}
+    assert meta.test_fingerprint == load_dataset("digits", "test").fingerprint and meta.is_hubcompare_run
+
+
+def test_metadata_of_a_plain_timm_config_comes_from_timm_keys():
+    config = {"architecture": "resnet18", "num_classes": 1000, "model_args": {"depth": 18}}
+    meta = ModelMeta.from_config(config)
+    assert meta.summary() == {"architecture": "resnet18", "depth": 18} and meta.num_classes == 1000
+    assert not meta.is_hubcompare_run and meta.to_dict() == {"architecture": "resnet18", "depth": 18, "num_classes": 1000}
+
+
 def test_card_metadata_parses_back(trained_run):
     card = ModelCard.load(trained_run / "README.md")
     meta = load_checkpoint(trained_run).meta
@@ -52,8 +75,8 @@ def test_card_metadata_parses_back(trained_run):
     assert {"hubcompare", "cifar_resnet", "depth-8", "width-1", "dataset-digits", "fraction-1", "seed-0"} <= set(card.data.tags)
     assert card.data.datasets == ["digits"]
     (result,) = card.data.eval_results
-    assert result.metric_type == "accuracy" and result.metric_value == pytest.approx(meta["test_accuracy"])
-    assert card.data.hubcompare["recipe_hash"] == meta["recipe_hash"]
+    assert result.metric_type == "accuracy" and result.metric_value == pytest.approx(meta.test_accuracy)
+    assert card.data.hubcompare["recipe_hash"] == meta.recipe_hash
     assert "last epoch" in card.text
 
 
@@ -62,7 +85,7 @@ def test_stored_predictions_match_a_fresh_evaluation(trained_run):
     stored = ckpt.predictions()
     test = load_dataset("digits", "test")
     assert stored.ids == test.ids and torch.equal(stored.labels, test.labels)
-    assert stored.accuracy == pytest.approx(ckpt.meta["test_accuracy"])
+    assert stored.accuracy == pytest.approx(ckpt.meta.test_accuracy)
     report = evaluate_checkpoint(ckpt)
     assert report.stored_predictions_agree == 1.0
     assert report.max_abs_logit_diff < 1e-5
@@ -80,7 +103,7 @@ def test_corrupt_weights_name_the_file(run_copy):
 
 
 def test_replaced_weights_are_a_mismatch(run_copy, tmp_path):
-    from conftest import small_recipe
+    from helpers import small_recipe
     from hubcompare.training.loop import train
 
     other = train(small_recipe(**{"train.seed": 5, "train.epochs": 2}), tmp_path / "other").run_dir

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 import hubcompare  # noqa: F401
-from hubcompare.similarity.capture import LayerSelectionError
+from hubcompare.errors import CompareError, LayerSelectionError
 from hubcompare.similarity.cka import MinibatchCKA, cka, gram, u_center
-from hubcompare.similarity.engine import CompareError, CompareModel, compare
-from hubcompare.data.datasets import ImageDataset
+from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
 from hubcompare.models.resnet import CifarResNet
+from helpers import toy_dataset
 
 
 # ---- independent reference: numpy float64, the recipe's three-term formula ------------------
@@ -43,15 +43,12 @@ def stream(xs, batches):
     return acc.compute()
 
 
-rng = np.random.default_rng(0)
-
-
-def relu_features(n, p, offset=5.0):
+def relu_features(rng, n, p, offset=5.0):
     """Post-ReLU-like activations: large common offset, the case where float32 three-term HSIC loses digits."""
     return (np.maximum(rng.standard_normal((n, p)), 0) * 3 + offset).astype(np.float32)
 
 
-def test_one_batch_equals_direct_formula():
+def test_one_batch_equals_direct_formula(rng):
     X, Y = rng.standard_normal((40, 30)), rng.standard_normal((40, 12))
     Y[:, :5] += X[:, :5]
     expected = ref_minibatch_cka(X, Y, [np.arange(40)])
@@ -60,23 +57,23 @@ def test_one_batch_equals_direct_formula():
     assert est.value[0, 1].item() == pytest.approx(expected, abs=1e-12)
 
 
-def test_streaming_float32_agrees_with_float64_reference_to_1e6():
-    X = relu_features(512, 2048)
-    Y = (X[:, :1024] @ rng.standard_normal((1024, 700)).astype(np.float32) * 0.05 + relu_features(512, 700)).astype(np.float32)
+def test_streaming_float32_agrees_with_float64_reference_to_1e6(rng):
+    X = relu_features(rng, 512, 2048)
+    Y = (X[:, :1024] @ rng.standard_normal((1024, 700)).astype(np.float32) * 0.05 + relu_features(rng, 512, 700)).astype(np.float32)
     batches = np.array_split(rng.permutation(512), 4)
     expected = ref_minibatch_cka(X.astype(np.float64), Y.astype(np.float64), batches)
     got = stream([X, Y], batches).value[0, 1].item()
     assert abs(got - expected) < 1e-6
 
 
-def test_short_last_batch_is_weighted_by_its_size():
+def test_short_last_batch_is_weighted_by_its_size(rng):
     X, Y = rng.standard_normal((70, 20)), rng.standard_normal((70, 9))
     Y += X[:, :9]
     batches = [np.arange(0, 32), np.arange(32, 64), np.arange(64, 70)]
     assert stream([X, Y], batches).value[0, 1].item() == pytest.approx(ref_minibatch_cka(X, Y, batches), abs=1e-12)
 
 
-def test_self_similarity_symmetry_and_invariances():
+def test_self_similarity_symmetry_and_invariances(rng):
     X = rng.standard_normal((64, 50))
     Q, _ = np.linalg.qr(rng.standard_normal((50, 50)))
     Y = rng.standard_normal((64, 20)) + X[:, :20]
@@ -88,7 +85,7 @@ def test_self_similarity_symmetry_and_invariances():
     assert np.allclose(est, est.T)
 
 
-def test_jackknife_standard_error_matches_explicit_leave_one_out():
+def test_jackknife_standard_error_matches_explicit_leave_one_out(rng):
     X, Y = rng.standard_normal((96, 16)), rng.standard_normal((96, 8))
     Y += 0.5 * X[:, :8]
     batches = np.array_split(np.arange(96), 6)
@@ -99,7 +96,7 @@ def test_jackknife_standard_error_matches_explicit_leave_one_out():
     assert est.se[0, 0].item() < 1e-12
 
 
-def test_negative_batch_hsic_is_not_clamped():
+def test_negative_batch_hsic_is_not_clamped(rng):
     # unrelated features: per-batch HSIC can be negative; CKA must be able to go below 0
     values = [stream([rng.standard_normal((8, 3)), rng.standard_normal((8, 3))], [np.arange(8)]).value[0, 1].item() for _ in range(20)]
     assert min(values) < 0
@@ -111,13 +108,6 @@ def test_minimum_batch_size():
 
 
 # ---- the engine on real models ------------------------------------------------------------
-def synthetic_dataset(n=96, classes=10, size=8, channels=1):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
-    labels = torch.arange(n) % classes
-    return ImageDataset("synthetic", "test", images, labels, [str(c) for c in range(classes)], [f"x{i}" for i in range(n)])
-
-
 def make_resnet(seed, width=1):
     torch.manual_seed(seed)
     return CifarResNet(depth=8, width=width, in_chans=1, num_classes=10).eval()
@@ -130,7 +120,7 @@ def activations(model, ds, names):
 
 
 def test_engine_matches_reference_and_joint_matrix():
-    ds = synthetic_dataset()
+    ds = toy_dataset(96)
     a, b = make_resnet(0), make_resnet(1, width=2)
     names = ["stem", "stage1.block1.out", "stage2.block1.out", "stage3.block1.out", "pool"]
     comp = compare([CompareModel("A", a, layers=names), CompareModel("B", b, layers=names)], ds, batch_size=32, passes=2, seed=3)
@@ -149,14 +139,14 @@ def test_engine_matches_reference_and_joint_matrix():
 
 
 def test_self_comparison_diagonal_is_one_with_shuffling():
-    ds = synthetic_dataset()
+    ds = toy_dataset(96)
     a = make_resnet(0)
     comp = compare([CompareModel("A", a), CompareModel("A-again", a)], ds, batch_size=16, passes=3, seed=1)
     assert np.allclose(np.diag(comp.pair(0, 1).value), 1.0, atol=1e-12)
 
 
 def test_bad_inputs_get_clear_errors():
-    ds = synthetic_dataset()
+    ds = toy_dataset(96)
     a = make_resnet(0)
     with pytest.raises(CompareError, match="n > 3"):
         compare([CompareModel("A", a)], ds, batch_size=3)
@@ -179,7 +169,7 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_head_mismatch_proceeds_on_hidden_layers():
-    ds = synthetic_dataset(classes=5)
+    ds = toy_dataset(96, classes=5)
     a = make_resnet(0)  # 10-class head
     comp = compare([CompareModel("A", a)], ds, batch_size=32)
     assert "logits" not in comp.captures[0].names and "pool" in comp.captures[0].names
@@ -199,7 +189,7 @@ def test_constant_layer_is_reported_not_hidden():
             h = self.live(x)
             return self.dead(h * 0 - 1).flatten(1)
 
-    comp = compare([CompareModel("dead", Dead(), layers=["live", "dead"])], synthetic_dataset(), batch_size=32)
+    comp = compare([CompareModel("dead", Dead(), layers=["live", "dead"])], toy_dataset(96), batch_size=32)
     r = comp.pair(0, 0)
     assert np.isnan(r.value[1]).all() and r.value[0, 0] == pytest.approx(1.0)
     assert any("constant on every example" in w for w in comp.warnings)
@@ -208,7 +198,7 @@ def test_constant_layer_is_reported_not_hidden():
 def test_timm_model_with_its_own_preprocessing():
     import timm
 
-    ds = synthetic_dataset(n=32)
+    ds = toy_dataset(32)
     community = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()  # ImageNet-shaped
     comp = compare([CompareModel("cifar", make_resnet(0)), CompareModel("timm:resnet18", community)], ds, batch_size=16)
     seen = comp.settings["inputs"]["timm:resnet18"]
@@ -219,9 +209,9 @@ def test_timm_model_with_its_own_preprocessing():
 
 
 @pytest.mark.parametrize("n", [5, 63, 130, 250, 256])
-def test_gram_is_the_centred_product(n):
+def test_gram_is_the_centred_product(n, rng):
     """The blocked, chunked Gram (lower row blocks multiplied, upper ones mirrored) equals centred X X^T for any n."""
-    X = relu_features(n, 3000)
+    X = relu_features(rng, n, 3000)
     Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
     expected = Xc @ Xc.T
     got = gram(torch.as_tensor(X).reshape(n, 3, 1000)).numpy()
@@ -230,11 +220,11 @@ def test_gram_is_the_centred_product(n):
 
 
 @pytest.mark.parametrize("offset", [0.0, 5.0, 50.0])
-def test_uncentred_gram_gives_the_same_hsic_to_1e6(offset):
+def test_uncentred_gram_gives_the_same_hsic_to_1e6(offset, rng):
     """gram(centred=False) skips the centred copy only when float32 can afford it: HSIC-based CKA still
     matches the float64 reference to 1e-6, from no offset (raw product) to large ones (centred fallback)."""
-    X = relu_features(256, 4096, offset)
-    Y = (X[:, :2048] @ rng.standard_normal((2048, 300)).astype(np.float32) * 0.05 + relu_features(256, 300, offset))
+    X = relu_features(rng, 256, 4096, offset)
+    Y = (X[:, :2048] @ rng.standard_normal((2048, 300)).astype(np.float32) * 0.05 + relu_features(rng, 256, 300, offset))
     Y = Y.astype(np.float32)
     batches = np.array_split(rng.permutation(256), 2)
     expected = ref_minibatch_cka(X.astype(np.float64), Y.astype(np.float64), batches)
@@ -246,3 +236,11 @@ def test_uncentred_gram_gives_the_same_hsic_to_1e6(offset):
     Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
     is_centred = np.allclose(raw, Xc @ Xc.T, rtol=0, atol=1e-5 * np.abs(Xc @ Xc.T).max())
     assert is_centred == (offset > 0)  # post-ReLU offset only: raw product kept
+
+
+def test_minibatch_plan_merges_a_short_tail_and_reshuffles_every_pass():
+    plan = minibatch_plan(10, 4, passes=2, seed=0)
+    assert [(b.pass_index, b.start, b.stop) for b in plan] == [(0, 0, 4), (0, 4, 10), (1, 0, 4), (1, 4, 10)]
+    first, second = torch.cat([b.indices for b in plan[:2]]), torch.cat([b.indices for b in plan[2:]])
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10)) and not torch.equal(first, second)
+    assert all(torch.equal(a.indices, b.indices) for a, b in zip(plan, minibatch_plan(10, 4, passes=2, seed=0)))

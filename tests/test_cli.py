@@ -34,3 +34,14 @@ def test_errors_are_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "--data-dir" in r.output
     r = runner.invoke(app, ["info", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_interrupt_is_one_short_line_and_exit_130(monkeypatch, tmp_path):
+    import hubcompare.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "load_recipe", interrupted)
+    r = runner.invoke(app, ["train", "digits", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 130 and r.output.strip() == "Interrupted." and "Traceback" not in r.output

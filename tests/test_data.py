@@ -87,8 +87,9 @@ def test_imagefolder(tmp_path):
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="--data-dir"):
+    with pytest.raises(DatasetNotFoundError, match="data_dir") as e:
         load_dataset("cifar10", "test", tmp_path)
+    assert e.value.params == ("data_dir",)  # the command line names its option for it
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
         load_dataset("cifar100", "test", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFoundError, match="cifar10-jpeg"):

@@ -20,6 +20,7 @@ def test_client_operations_round_trip(hub, tmp_path):
     )
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        HfHubHTTPError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -28,7 +29,7 @@ def test_client_operations_round_trip(hub, tmp_path):
     assert api.whoami()["name"] == "local"
     url = api.create_repo("contract/basic")
     assert url.repo_id == "contract/basic"
-    with pytest.raises(Exception) as e:
+    with pytest.raises(HfHubHTTPError) as e:
         api.create_repo("contract/basic")
     assert e.value.response.status_code == 409
     assert api.create_repo("contract/basic", exist_ok=True).repo_id == "contract/basic"
@@ -62,7 +63,7 @@ def test_client_operations_round_trip(hub, tmp_path):
         parent_commit=first.oid,
     )
     api.upload_file(path_or_fileobj=b"x", path_in_repo="c.txt", repo_id="contract/basic")
-    with pytest.raises(Exception) as e:  # stale parent commit
+    with pytest.raises(HfHubHTTPError) as e:  # stale parent commit
         api.create_commit("contract/basic", [CommitOperationAdd("d.txt", b"d")], commit_message="x", parent_commit=first.oid)
     assert e.value.response.status_code == 412
     api.create_branch("contract/basic", branch="dev", revision=second.oid)
@@ -141,9 +142,9 @@ def test_hub_serve_command(tmp_path):
 
     from huggingface_hub import HfApi
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from helpers import free_port
+
+    port = free_port()
     cli = str(Path(sys.executable).parent / "hubcompare")
     proc = subprocess.Popen([cli, "hub", "serve", "--data", str(tmp_path / "data"), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 def _wait_for(predicate, timeout=60.0):
@@ -33,7 +27,7 @@ def test_server_killed_mid_download_then_restarted_pull_resumes(trained_run, tmp
     # The client writes to disk (and so can resume from) whole chunks of DOWNLOAD_CHUNK_SIZE (10 MB): shrink
     # the chunk so a 300 KB checkpoint behaves like a large one.
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 8192)
-    port, data, first_log, second_log = _free_port(), tmp_path / "hub", [], []
+    port, data, first_log, second_log = free_port(), tmp_path / "hub", [], []
     server = HubServer(data, port=port, max_bytes_per_second=size / 3, log=first_log.append).start()
     api = HfApi(endpoint=server.endpoint)
     sha = push(trained_run, "faulty/r8", api=api).commit_sha
@@ -91,9 +85,9 @@ def test_5xx_answers_are_retried_with_backoff(trained_run, tmp_path):
 def test_unreachable_hub_is_a_clear_error_after_retries(tmp_path):
     from huggingface_hub import HfApi
 
-    from hubcompare.errors import HubUnavailableError, NotInCacheError
+    from hubcompare.errors import HubUnavailableError
     from hubcompare.hub.client import pull
 
-    api = HfApi(endpoint=f"http://127.0.0.1:{_free_port()}")
-    with pytest.raises((HubUnavailableError, NotInCacheError), match="nobody/r8"):
+    api = HfApi(endpoint=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HubUnavailableError, match="nobody/r8.* did not answer after 2 attempts"):
         pull("nobody/r8", api=api, cache_dir=tmp_path / "cache", attempts=2)

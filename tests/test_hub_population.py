@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import small_recipe
+from helpers import one_epoch_recipe
 
 SEEDS = (11, 12, 13)
 
@@ -17,7 +17,7 @@ def seed_runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("pop")
     runs = []
     for s in SEEDS:
-        train(small_recipe(**{"train.epochs": 1, "train.warmup_epochs": 0, "train.seed": s}), root / f"s{s}")
+        train(one_epoch_recipe(s), root / f"s{s}")
         runs.append(root / f"s{s}")
     return runs
 
@@ -43,6 +43,7 @@ def test_population_pushed_concurrently_found_by_collection_and_tag_and_resumed(
 
     from hubcompare.hub.client import population_repo_name, push_population
     from hubcompare.hub.registry import Registry, sync
+    from hubcompare.models import ModelMeta
 
     api = HfApi()
     flaky = FailOnce(api, f"-s{SEEDS[1]}")
@@ -63,7 +64,7 @@ def test_population_pushed_concurrently_found_by_collection_and_tag_and_resumed(
     assert collection.title == "zoo" and sorted(i.item_id for i in collection.items) == ids
     assert sorted(m.id for m in api.list_models(filter=["hubcompare", "population-zoo"])) == ids
     assert [m.id for m in api.list_models(author="carol", filter=["population-zoo", f"seed-{SEEDS[2]}"])] == [
-        f"carol/{population_repo_name({'dataset': 'digits', 'depth': 8, 'width': 1, 'data_fraction': 1, 'seed': SEEDS[2]}, 'zoo')}"]
+        f"carol/{population_repo_name(ModelMeta(dataset='digits', depth=8, width=1, data_fraction=1, seed=SEEDS[2]), 'zoo')}"]
 
     # the registry fills from list_models, pinned to each repo's sha; a population is a query over it
     registry = Registry(tmp_path / "registry.sqlite", curated_dirs=[])

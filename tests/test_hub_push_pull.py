@@ -39,9 +39,9 @@ def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, 
 
     meta = load_checkpoint(trained_run).meta
     found = list(HfApi().list_models(author="alice", filter=["hubcompare", "depth-8", "width-1", "dataset-digits",
-                                                             f"seed-{meta['seed']}", "fraction-1"], cardData=True))
+                                                             f"seed-{meta.seed}", "fraction-1"], cardData=True))
     assert [m.id for m in found] == ["alice/digits-r8"]
-    assert found[0].card_data.to_dict()["hubcompare"]["test_accuracy"] == pytest.approx(meta["test_accuracy"], abs=1e-6)
+    assert found[0].card_data.to_dict()["hubcompare"]["test_accuracy"] == pytest.approx(meta.test_accuracy, abs=1e-6)
 
     pulled = pull("alice/digits-r8", cache_dir=tmp_path / "fresh-cache")
     assert pulled.commit_sha == pushed.commit_sha and str(pulled.path).startswith(str(tmp_path / "fresh-cache"))
@@ -77,11 +77,11 @@ def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
     from hubcompare.hub.client import pull, push
     from hubcompare.training.loop import train
 
-    from conftest import small_recipe
+    from helpers import one_epoch_recipe
 
     first = push(trained_run, "alice/pinned")
     other = tmp_path / "other-seed"
-    train(small_recipe(**{"train.epochs": 1, "train.warmup_epochs": 0, "train.seed": 7}), other)
+    train(one_epoch_recipe(7), other)
     second = push(other, "alice/pinned")
     assert second.commit_sha != first.commit_sha and not second.skipped
 
@@ -94,7 +94,7 @@ def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
     from hubcompare.hub.references import resolve_reference
 
     resolved = resolve_reference(f"hf-hub:alice/pinned@{first.commit_sha}")
-    assert resolved.commit_sha == first.commit_sha and resolved.meta["seed"] == load_checkpoint(trained_run).meta["seed"]
+    assert resolved.commit_sha == first.commit_sha and resolved.meta.seed == load_checkpoint(trained_run).meta.seed
 
 
 def test_offline_pull_from_cache(pushed, monkeypatch, tmp_path):
@@ -196,7 +196,7 @@ def test_timm_pushed_model_can_be_registered_and_loaded(hub, tmp_path):
     push_to_hf_hub(model, "bob/timm-r14", model_args={"depth": 14, "width": 2})
     registry = Registry(tmp_path / "r.sqlite", curated_dirs=[])
     resolved = resolve_reference("hf-hub:bob/timm-r14", registry)
-    registry.add(entry_from_meta("bob-r14", str(resolved.pinned), resolved.config, resolved.commit_sha))
+    registry.add(entry_from_meta("bob-r14", str(resolved.pinned), resolved.meta, resolved.commit_sha))
     assert not (resolved.path / "pytorch_model.bin").exists()  # the pickle was never downloaded
     entry = registry.get("bob-r14")
     assert (entry.depth, entry.width, entry.architecture) == (14, 2, "cifar_resnet")

@@ -74,4 +74,4 @@ def test_timm_weights_only_published_as_pickles_are_refused():
 
 def test_local_folder_resolves_to_its_model(trained_run):
     resolved = resolve_reference(str(trained_run))
-    assert resolved.commit_sha is None and resolved.path == trained_run and resolved.meta["depth"] == 8
+    assert resolved.commit_sha is None and resolved.path == trained_run and resolved.meta.depth == 8

@@ -35,7 +35,7 @@ def test_curated_lines_merge_with_user_entries(tmp_path):
 
     with pytest.raises(RegistryConflictError, match="curated"):
         reg.remove("zoo-a")
-    with pytest.raises(RegistryConflictError, match="--replace"):
+    with pytest.raises(RegistryConflictError, match="replace it explicitly"):
         reg.add(Entry("zoo-a", "hf-hub:someone/else"))
     reg.add(Entry("zoo-a", "hf-hub:someone/else"), replace=True)  # a user entry overrides the curated one
     assert reg.get("zoo-a").reference == "hf-hub:someone/else" and reg.get("zoo-a").source == "user"

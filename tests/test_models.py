@@ -5,8 +5,8 @@ import timm
 import torch
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
-from hubcompare.errors import InvalidArchitectureError
-from hubcompare.similarity.capture import LayerCapture, LayerSelectionError
+from hubcompare.errors import InvalidArchitectureError, LayerSelectionError
+from hubcompare.similarity.capture import LayerCapture
 from hubcompare.models.resnet import CifarResNet
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import small_recipe
+from helpers import one_epoch_recipe
 from scipy import stats as sps
 from typer.testing import CliRunner
 
@@ -30,8 +30,7 @@ def populations(tmp_path_factory, hub):
     for name, width, seeds in (("narrow", 1, NARROW), ("wide", 2, WIDE)):
         for s in seeds:
             out = root / f"{name}-s{s}"
-            train(small_recipe(**{"model.width": width, "train.epochs": 1, "train.warmup_epochs": 0, "train.seed": s,
-                                  "data.fraction": "1/4"}), out)
+            train(one_epoch_recipe(s, **{"model.width": width, "data.fraction": "1/4"}), out)
             runs[name].append(out)
     pushed = {name: push_population(dirs, f"e2e-{name}", "erin", workers=2, api=HfApi()) for name, dirs in runs.items()}
     assert not any(p.failures for p in pushed.values())

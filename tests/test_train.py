@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import small_recipe
-from hubcompare.errors import RecipeError, TrainingError
+from helpers import small_recipe
+from hubcompare.errors import DatasetError, InvalidArchitectureError, RecipeError, TrainingError
 from hubcompare.training.recipes import load_recipe
 from hubcompare.training.loop import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
 from hubcompare.data.datasets import load_dataset
@@ -21,9 +21,9 @@ def test_digits_training_reaches_real_accuracy(trained_run):
     from hubcompare.models.checkpoint import load_checkpoint
 
     meta = load_checkpoint(trained_run).meta
-    assert meta["test_accuracy"] > 0.8  # chance is 0.1
-    assert meta["history"][-1]["epoch"] == 6 and len(meta["history"]) == 6
-    assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
+    assert meta.test_accuracy > 0.8  # chance is 0.1
+    assert meta.history[-1]["epoch"] == 6 and len(meta.history) == 6
+    assert meta.history[-1]["loss"] < meta.history[0]["loss"]
 
 
 def test_same_seed_same_weights_different_seed_different(tmp_path, trained_run):
@@ -52,7 +52,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, trained_run):
     starts = []
     result = train(small_recipe(), out, on_event=lambda e: starts.append(e.resumed_from) if e.kind == "start" else None)
     assert starts == [3]
-    assert result.meta["resumed_at_epochs"] == [3]
+    assert result.meta.resumed_at_epochs == [3]
     assert not (out / RESUME_DIR).exists()
     a, b = weights(trained_run), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same as the uninterrupted run
@@ -72,7 +72,7 @@ def test_resume_refuses_a_different_recipe(tmp_path):
 
 
 def test_finished_output_is_not_overwritten_silently(trained_run):
-    with pytest.raises(TrainingError, match="--overwrite"):
+    with pytest.raises(TrainingError, match="overwrite=True"):
         train(small_recipe(), trained_run)
 
 
@@ -103,14 +103,15 @@ def test_paper_recipe_values():
 
 
 @pytest.mark.parametrize(
-    "overrides,match",
-    [({"model.depth": 15}, "6n\\+2"), ({"train.schedule": "step"}, "schedule"), ({"data.dataset": "mnist"}, "unknown dataset"),
-     ({"data.fraction": "2"}, "fraction"), ({"train.batch_size": 1}, "batch_size"), ({"model.init": "xavier"}, "model.init"),
-     ({"model.bn_momentum": 0.99 + 1}, "bn_momentum"), ({"train.weight_decay_on": "bias"}, "weight_decay_on"),
-     ({"augment.offsets": "image"}, "augment.offsets")],
+    "overrides,error,match",
+    [({"model.depth": 15}, InvalidArchitectureError, "6n\\+2"), ({"train.schedule": "step"}, RecipeError, "schedule"),
+     ({"data.dataset": "mnist"}, RecipeError, "unknown dataset"), ({"data.fraction": "2"}, DatasetError, "fraction"),
+     ({"train.batch_size": 1}, RecipeError, "batch_size"), ({"model.init": "xavier"}, RecipeError, "model.init"),
+     ({"model.bn_momentum": 0.99 + 1}, RecipeError, "bn_momentum"), ({"train.weight_decay_on": "bias"}, RecipeError, "weight_decay_on"),
+     ({"augment.offsets": "image"}, RecipeError, "augment.offsets")],
 )
-def test_bad_recipe_values(overrides, match):
-    with pytest.raises((RecipeError, ValueError), match=match):
+def test_bad_recipe_values(overrides, error, match):
+    with pytest.raises(error, match=match):
         load_recipe("digits", overrides)
 
 
@@ -125,7 +126,6 @@ def test_unknown_recipe_key(tmp_path):
 
 def test_pytorch_style_options_train_and_round_trip(tmp_path):
     """init/BN/weight-decay options reach the model and optimiser, and a checkpoint reloads with its BN eps."""
-    from conftest import small_recipe
     from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.models.resnet import CifarResNet
 

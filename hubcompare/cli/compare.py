@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .options import DataDir, Threads, console, friendly_errors, set_threads, slug, warn, wrote
-from ..errors import HubcompareError
+from .options import DataDir, Threads, console, set_threads, slug, warn, wrote
 
 Layers = Annotated[
     Optional[list[str]],
@@ -26,46 +24,34 @@ Examples = Annotated[Optional[int], typer.Option("--examples", help="Use only th
 Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG/npz/json outputs (default: results/<command>-<models>).")]
 
 
+def _criterion(help: str):
+    """An option overriding one block criterion; unset, the library's calibrated default applies."""
+    return typer.Option(help=f"{help} [default: BlockCriteria's, shown with the result]", show_default=False)
+
+
+def _num(v: float | None, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def _load(refs: list[str], layers: Optional[list[str]]):
-    from ..similarity import CompareModel
+    """Resolve each reference to a model to compare, with its provenance."""
     from ..hub import resolve_reference
+    from ..similarity import CompareModel
 
     models = []
     for ref in refs:
         with console.status(f"loading {ref}"):
-            r = resolve_reference(ref)
-        meta = r.meta
-        prov = {
-            "resolved": str(r.pinned),
-            "commit_sha": r.commit_sha,
-            "path": str(r.path) if r.path else None,
-            "architecture": r.config.get("architecture"),
-            "model_args": r.config.get("model_args", {}),
-        } | {k: meta[k] for k in ("depth", "width", "dataset", "data_fraction", "seed", "test_accuracy", "recipe_hash", "weights_sha256") if k in meta}
-        models.append((CompareModel(ref, r.model, prov, layers), meta))
+            models.append(CompareModel.from_resolved(resolve_reference(ref), layers, ref=ref))
     return models
 
 
-def _dataset(name: Optional[str], split: str, data_dir: Optional[Path], metas: list[dict]):
-    from ..data import load_dataset
-
-    if name is None:
-        trained_on = {m.get("dataset") for m in metas if m.get("dataset")}
-        if len(trained_on) != 1:
-            raise HubcompareError(
-                "cannot tell which dataset to compare on"
-                + (f" (the models were trained on {sorted(trained_on)})" if trained_on else " (no model records its training data)")
-                + ": pass --dataset (and --data-dir for local data)."
-            )
-        name = trained_on.pop()
-    return load_dataset(name, split, data_dir)
-
-
 def _prepare(refs: list[str], layers, dataset, split, data_dir, threads):
-    """What every comparison command does first: threads, load the models, load the dataset."""
+    """What every comparison command does first: threads, load the models, load the dataset to compare on."""
+    from ..similarity import comparison_dataset
+
     set_threads(threads)
-    loaded = _load(refs, layers)
-    return [m for m, _ in loaded], _dataset(dataset, split, data_dir, [meta for _, meta in loaded])
+    models = _load(refs, layers)
+    return models, comparison_dataset(models, dataset, split, data_dir)
 
 
 def _with_progress(ds, split: str, run):
@@ -94,23 +80,20 @@ def _summary_table(result, top: int = 40) -> Table:
     return t
 
 
-@friendly_errors
 def layers(
     ref: Annotated[str, typer.Argument(help="A model reference (checkpoint folder, hf-hub:, timm:, registry name).")],
     patterns: Layers = None,
 ) -> None:
     """List the named layers a comparison can tap, in forward order, with per-example shapes."""
-    import torch
-
+    from ..models import InputSpec
     from ..similarity import LayerCapture
 
-    ((m, meta),) = _load([ref], patterns)
-    cfg = getattr(m.model, "pretrained_cfg", None) or {}
-    shape = cfg.get("input_size") or (getattr(m.model, "in_chans", 3), 32, 32)
-    cap = LayerCapture(m.model, patterns, example=torch.zeros(2, *shape))
+    (m,) = _load([ref], patterns)
+    spec = InputSpec.from_model(m.model)
+    cap = LayerCapture(m.model, patterns, example=spec.example())
     shapes: dict[int, tuple] = {}
-    cap.run(torch.zeros(2, *shape), lambda i, a: shapes.__setitem__(i, tuple(a.shape[1:])))
-    table = Table("#", "layer", "stage", "kind", "shape (per example)", "features", title=f"{ref}: {len(cap.layers)} layers (input {tuple(shape)})")
+    cap.run(spec.example(), lambda i, a: shapes.__setitem__(i, tuple(a.shape[1:])))
+    table = Table("#", "layer", "stage", "kind", "shape (per example)", "features", title=f"{ref}: {len(cap.layers)} layers (input {spec.shape})")
     for i, l in enumerate(cap.layers):
         sh = shapes.get(i, ())
         feats = 1
@@ -120,7 +103,6 @@ def layers(
     console.print(table)
 
 
-@friendly_errors
 def cross_cka(
     refs: Annotated[list[str], typer.Argument(help="Two or more model references; every pair is compared in one pass.")],
     layers: Layers = None,
@@ -135,11 +117,11 @@ def cross_cka(
     threads: Threads = None,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch)."""
-    from ..similarity import compare
-    from ..similarity import plot_cka
+    from ..similarity import compare, plot_cka
 
     if len(refs) < 2:
-        raise HubcompareError("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).")
+        raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
+                                 param_hint="REFS")
     models, ds = _prepare(refs, layers, dataset, split, data_dir, threads)
     out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
     comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
@@ -154,7 +136,6 @@ def cross_cka(
     wrote(written)
 
 
-@friendly_errors
 def cka(
     ref: Annotated[str, typer.Argument(help="A model reference.")],
     layers: Layers = None,
@@ -169,8 +150,7 @@ def cka(
     threads: Threads = None,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
-    from ..similarity import compare
-    from ..similarity import plot_cka
+    from ..similarity import compare, plot_cka
 
     models, ds = _prepare([ref], layers, dataset, split, data_dir, threads)
     out = out or Path("results") / f"cka-{slug(ref)}"
@@ -178,12 +158,11 @@ def cka(
     warn(comp.warnings)
     r = comp.pair(0, 0)
     files = [*r.save(out / "cka"), plot_cka(r, out / "cka.png")]
-    off = r.value[~np.eye(r.shape[0], dtype=bool)]
-    console.print(f"{ref}: {r.shape[0]} layers, mean off-diagonal CKA {float(off.mean()):.4f}, largest SE {r.summary()['max_se']:.4f}")
+    console.print(f"{ref}: {r.shape[0]} layers, mean off-diagonal CKA {_num(r.mean_off_diagonal_cka)}, "
+                  f"largest SE {_num(r.max_se)}")
     wrote(files)
 
 
-@friendly_errors
 def blocks(
     ref: Annotated[str, typer.Argument(help="A model reference.")],
     layers: Layers = None,
@@ -195,38 +174,42 @@ def blocks(
     seed: Seed = 0,
     examples: Examples = None,
     pc_examples: Annotated[int, typer.Option("--pc-examples", help="Fixed sample for the exact PC analysis.")] = 1024,
-    pc1_threshold: Annotated[float, typer.Option(help="A layer is PC1-dominated at or above this share of variance.")] = 0.5,
-    cka_threshold: Annotated[float, typer.Option(help="Minimum mean CKA inside a block.")] = 0.8,
-    min_size: Annotated[int, typer.Option(help="Minimum layers in a block.")] = 4,
-    max_gap: Annotated[int, typer.Option(help="Non-dominated layers tolerated inside a block (checkerboard).")] = 2,
-    min_mean_pc1: Annotated[float, typer.Option(help="Minimum mean PC1 share over a block's layers.")] = 0.63,
+    pc1_threshold: Annotated[Optional[float], _criterion("A layer is PC1-dominated at or above this share of variance.")] = None,
+    cka_threshold: Annotated[Optional[float], _criterion("Minimum mean CKA inside a block.")] = None,
+    min_size: Annotated[Optional[int], _criterion("Minimum layers in a block.")] = None,
+    max_gap: Annotated[Optional[int], _criterion("Non-dominated layers tolerated inside a block (checkerboard).")] = None,
+    min_mean_pc1: Annotated[Optional[float], _criterion("Minimum mean PC1 share over a block's layers.")] = None,
     out: Out = None,
     threads: Threads = None,
 ) -> None:
-    """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1."""
-    from ..similarity import analyze_blocks
-    from ..similarity import plot_block_report, plot_cka
-    from ..provenance import atomic_write_json
+    """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
 
+    The block criteria default to the calibrated ones of hubcompare.similarity.BlockCriteria
+    (printed with the result).
+    """
+    from ..provenance import atomic_write_json
+    from ..similarity import BlockCriteria, analyze_blocks, plot_block_report, plot_cka
+
+    criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
+                                        max_gap=max_gap, min_mean_pc1=min_mean_pc1)
     (m,), ds = _prepare([ref], layers, dataset, split, data_dir, threads)
     out = out or Path("results") / f"blocks-{slug(ref)}"
     rep = _with_progress(ds, split, lambda on_batch: analyze_blocks(
-        m, ds, batch_size, passes, seed, examples, pc_examples, pc1_threshold, cka_threshold, min_size, max_gap,
-        min_mean_pc1, on_batch=on_batch))
+        m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch))
     warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]
     t = Table("block", "layers", "size", "mean CKA inside", "inside, PC1 removed", "mean CKA to outside", "mean PC1 share",
-              title=f"{ref}: {len(rep.blocks)} block(s)  (PC1 >= {pc1_threshold}, mean >= {min_mean_pc1}; CKA >= {cka_threshold}; >= {min_size} layers)")
+              title=f"{ref}: {len(rep.blocks)} block(s)  ({rep.criteria.describe()})")
     for k, b in enumerate(rep.blocks):
         t.add_row(str(k + 1), f"{b.start}-{b.stop}: {b.layers[0]} .. {b.layers[-1]}", str(b.size), f"{b.mean_cka:.3f}",
                   f"{b.mean_cka_pc1_removed:.3f}", f"{b.outside_cka:.3f}", f"{b.mean_pc1:.3f}")
     console.print(t)
-    fr = rep.pcs.fraction
-    constant = [name for name, f in zip(rep.pcs.layers, fr) if np.isnan(f)]
-    if len(constant) < len(fr):
-        console.print(f"PC1 share of variance per layer ({rep.pcs.num_examples} examples): max {np.nanmax(fr):.3f} at "
-                      f"{rep.pcs.layers[int(np.nanargmax(fr))]}, median {float(np.nanmedian(fr)):.3f}")
+    pc1 = rep.pcs.fraction_summary()
+    if pc1 is not None:
+        console.print(f"PC1 share of variance per layer ({rep.pcs.num_examples} examples): max {pc1['max']:.3f} at "
+                      f"{pc1['max_layer']}, median {pc1['median']:.3f}")
+    constant = rep.pcs.constant_layers
     if constant:
         console.print(f"[yellow]{len(constant)} layer(s) constant on every example (PC1 share undefined; a collapsed "
                       f"model?): {', '.join(constant[:4])}{' ...' if len(constant) > 4 else ''}[/]")

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .options import RunDir, console, err_console, friendly_errors
+from .options import RunDir, console, err_console
 
 hub_app = typer.Typer(help="Run a local Hugging Face Hub-protocol server.", no_args_is_help=True)
 registry_app = typer.Typer(help="Names for models, with the metadata to select populations.", no_args_is_help=True)
@@ -19,7 +19,6 @@ Register = Annotated[bool, typer.Option("--register/--no-register", help="Record
 
 
 @hub_app.command("serve")
-@friendly_errors
 def serve(
     data: Annotated[Path, typer.Option("--data", help="Folder holding the repos (created if missing).")],
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
@@ -52,13 +51,11 @@ def _register(result, name: Optional[str], populations=()) -> str:
     from ..hub import Registry, entry_from_meta
 
     name = name or result.repo_id.replace("/", "--")
-    config = {"architecture": result.meta.get("architecture"), "hubcompare": result.meta}
-    entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", config, result.commit_sha, populations)
+    entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", result.meta, result.commit_sha, populations)
     Registry().add(entry, replace=True)
     return name
 
 
-@friendly_errors
 def push(
     run_dir: RunDir,
     repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME of the model repo (created if missing).")],
@@ -78,7 +75,6 @@ def push(
         console.print(f"registry: {_register(result, name)} -> hf-hub:{repo}@{result.commit_sha[:12]}")
 
 
-@friendly_errors
 def push_population(
     run_dirs: Annotated[list[Path], typer.Argument(help="Checkpoint folders (one per seed/member).")],
     population: Annotated[str, typer.Option("--population", help="Population name: a card tag and a collection title.")],
@@ -119,7 +115,6 @@ def push_population(
                         "command to finish them", {str(k): v for k, v in result.failures.items()})
 
 
-@friendly_errors
 def pull(
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name, or a folder.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Also record it in the registry under this name.")] = None,
@@ -135,21 +130,17 @@ def pull(
     table.add_row("reference (pinned)", str(resolved.pinned))
     table.add_row("commit", resolved.commit_sha or "(local folder)")
     table.add_row("files", str(resolved.path))
-    table.add_row("architecture", str(resolved.config.get("architecture")))
-    meta = resolved.meta
-    for key in ("depth", "width", "dataset", "data_fraction", "seed", "test_accuracy"):
-        if key in meta:
-            table.add_row(key, str(meta[key]))
+    for key, value in resolved.meta.summary().items():
+        table.add_row(key, str(value))
     table.add_row("parameters", f"{sum(p.numel() for p in resolved.model.parameters()):,}")
     console.print(table)
     if name:
-        registry.add(entry_from_meta(name, str(resolved.pinned), resolved.config, resolved.commit_sha), replace=True)
+        registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha), replace=True)
         console.print(f"registry: {name} -> {resolved.pinned}")
 
 
 # --- registry ---------------------------------------------------------------------------------
 @registry_app.command("add")
-@friendly_errors
 def registry_add(
     name: Annotated[str, typer.Argument(help="Short name (letters, digits, '-', '_', '.').")],
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, local-dir:PATH or a folder.")],
@@ -170,13 +161,12 @@ def registry_add(
         ref = parse_reference(f"local-dir:{Path(ref.target).expanduser().resolve()}")
     with console.status(f"resolving {ref}"):
         resolved = resolve_reference(ref, registry)
-    entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.config, resolved.commit_sha, population or ()),
+    entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, population or ()),
                          replace=replace)
     console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
 
 
 @registry_app.command("list")
-@friendly_errors
 def registry_list(
     population: Annotated[Optional[str], typer.Option("--population")] = None,
     architecture: Annotated[Optional[str], typer.Option("--architecture")] = None,
@@ -209,7 +199,6 @@ def registry_list(
 
 
 @registry_app.command("show")
-@friendly_errors
 def registry_show(name: Annotated[str, typer.Argument()]) -> None:
     """Show one entry."""
     from dataclasses import asdict
@@ -223,7 +212,6 @@ def registry_show(name: Annotated[str, typer.Argument()]) -> None:
 
 
 @registry_app.command("remove")
-@friendly_errors
 def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
     """Remove a user entry (curated entries live in registry/*.txt: edit the file)."""
     from ..hub import Registry
@@ -233,7 +221,6 @@ def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
 
 
 @registry_app.command("sync")
-@friendly_errors
 def registry_sync(
     author: Annotated[str, typer.Option("--author", help="Hub user or organisation.")],
     population: Annotated[Optional[str], typer.Option("--population", help="Only models tagged population-NAME.")] = None,

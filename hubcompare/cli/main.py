@@ -1,186 +1,75 @@
-"""The ``hubcompare`` command line: the only place that talks to the terminal (Typer + rich)."""
+"""The ``hubcompare`` app: its one error boundary, and where every command group is registered."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from typer.core import TyperGroup
 
-from .options import DataDir, RunDir, Threads, console
-from .options import friendly_errors as _friendly_errors
-from .options import set_threads as _set_threads
+from . import compare as _compare
+from . import hub as _hub
+from . import population as _population
+from . import train as _train
+from ..errors import HubcompareError
+from .options import err_console, error_line
+
+__all__ = ["ERROR_EXIT_CODE", "INTERRUPT_EXIT_CODE", "HubcompareGroup", "app", "main"]
+
+ERROR_EXIT_CODE = 2  # a typed error the user can fix (click's usage errors exit 2 as well)
+INTERRUPT_EXIT_CODE = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+class HubcompareGroup(TyperGroup):
+    """The root command. Every command runs inside its :meth:`invoke`, so this is the one place errors
+    become terminal output, for the console script (``main``) and ``CliRunner().invoke(app, ...)`` alike:
+
+    - a :class:`~hubcompare.errors.HubcompareError`: one red line on stderr (with the command-line
+      options for the arguments it names), exit code 2, no traceback;
+    - Ctrl-C: "Interrupted." and exit code 130;
+    - Typer/click usage errors are raised before or outside this and keep their own output;
+      anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HubcompareError as e:
+            err_console.print(error_line(e), soft_wrap=True, highlight=False)
+            raise typer.Exit(code=ERROR_EXIT_CODE) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted.[/]", highlight=False)
+            raise typer.Exit(code=INTERRUPT_EXIT_CODE) from None
+
 
 app = typer.Typer(
     name="hubcompare",
+    cls=HubcompareGroup,
     help="Do these two neural networks learn the same things? Train, publish and compare models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
+app.command("train")(_train.train)
+app.command("eval")(_train.eval_)
+app.command("info")(_train.info)
 
-@app.command()
-@_friendly_errors
-def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a bundled recipe name: digits, digits-blocks, cifar10.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder to write (default: runs/<recipe>-d<depth>-w<width>-s<seed>).")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="ResNet depth, 6n+2 (14, 20, 26, ..., 56, 62, 110).")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Width multiplier k (stage channels 16k, 32k, 64k).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
-    data_fraction: Annotated[Optional[str], typer.Option("--data-fraction", help="Share of the training split: 1, 1/4, 1/16, ...")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset: digits, cifar10, cifar10-jpeg, cifar100, imagefolder.")] = None,
-    data_dir: DataDir = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain even if --out holds a checkpoint or a resumable run.")] = False,
-    threads: Threads = None,
-) -> None:
-    """Train a recipe into a checkpoint folder (resumes an interrupted run in the same --out)."""
-    from ..training import load_recipe
-    from ..training import TrainEvent, train as run_training
+app.add_typer(_hub.hub_app, name="hub")
+app.add_typer(_hub.registry_app, name="registry")
+app.command("push")(_hub.push)
+app.command("push-population")(_hub.push_population)
+app.command("pull")(_hub.pull)
 
-    _set_threads(threads)
-    if width is not None and float(width).is_integer():
-        width = int(width)
-    r = load_recipe(recipe, {
-        "model.depth": depth, "model.width": width, "train.seed": seed, "data.fraction": data_fraction,
-        "train.epochs": epochs, "data.dataset": dataset,
-    })
-    m = r["model"]
-    out = out or Path("runs") / f"{r.name}-d{m['depth']}-w{m['width']:g}-s{r['train']['seed']}"
-    console.print(
-        f"[bold]Training[/] ResNet-{m['depth']} ({m['width']:g}x) on {r['data']['dataset']} "
-        f"(fraction {r['data']['fraction']}, seed {r['train']['seed']}, {r['train']['epochs']} epochs) "
-        f"-> {out}  [dim]recipe {r.name} {r.hash}[/]"
-    )
-    progress = Progress(
-        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  lr {task.fields[lr]:.4g}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    )
-    task = None
+app.command("layers")(_compare.layers)
+app.command("cross-cka")(_compare.cross_cka)
+app.command("cka")(_compare.cka)
+app.command("blocks")(_compare.blocks)
 
-    def on_event(e: TrainEvent) -> None:
-        nonlocal task
-        if e.kind == "start":
-            if e.resumed_from:
-                console.print(f"[yellow]Resuming[/] after epoch {e.resumed_from} of {e.epochs} from {out / '.resume'}")
-            console.print(f"{e.num_train} training examples, {e.steps} steps per epoch")
-            task = progress.add_task("train", total=e.steps * e.epochs, completed=e.steps * e.resumed_from, loss=0.0, acc=0.0, lr=0.0)
-        elif e.kind == "step":
-            progress.update(task, advance=1, description=f"epoch {e.epoch}/{e.epochs}", loss=e.loss, acc=e.accuracy, lr=e.lr)
-        elif e.kind == "epoch":
-            progress.console.print(f"epoch {e.epoch:>4}/{e.epochs}  loss {e.loss:.4f}  train acc {e.accuracy:.4f}  lr {e.lr:.5f}")
-        elif e.kind == "evaluate":
-            progress.update(task, description="evaluating on the test split")
-
-    try:
-        with progress:
-            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]Interrupted.[/] Completed epochs are saved in {out / '.resume'}: rerun the same command to resume.")
-        raise typer.Exit(code=130) from None
-    console.print(
-        f"[bold green]Done:[/] test accuracy [bold]{result.test_accuracy:.4f}[/] (train {result.train_accuracy:.4f}), "
-        f"{result.wall_time_s:.1f} s of training. Checkpoint: {result.run_dir}"
-    )
+app.command("agreement")(_population.agreement)
+app.command("class-diff")(_population.class_diff)
 
 
-@app.command("eval")
-@_friendly_errors
-def eval_(
-    run_dir: RunDir,
-    data_dir: DataDir = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
-    write: Annotated[bool, typer.Option("--write", help="Store the recomputed predictions (and their hash) in the folder.")] = False,
-    threads: Threads = None,
-) -> None:
-    """Recompute test accuracy and per-example predictions of a checkpoint folder."""
-    from ..models import load_checkpoint
-    from ..training import evaluate_checkpoint
-
-    _set_threads(threads)
-    ckpt = load_checkpoint(run_dir)
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
-        task = p.add_task("eval", total=None)
-        report = evaluate_checkpoint(ckpt, data_dir, batch_size, write, on_batch=lambda done, n: p.update(task, completed=done, total=n))
-    preds = report.predictions
-    table = Table(title=f"{run_dir} on {preds.dataset['name']} {preds.dataset['split']}", show_header=False)
-    table.add_row("examples", str(len(preds.ids)))
-    table.add_row("accuracy (recomputed)", f"{preds.accuracy:.4f}")
-    if report.stored_accuracy is not None:
-        table.add_row("accuracy (stored)", f"{report.stored_accuracy:.4f}")
-    if report.stored_predictions_agree is not None:
-        table.add_row("argmax agreement with stored predictions", f"{report.stored_predictions_agree:.4f}")
-        table.add_row("max |logit difference|", f"{report.max_abs_logit_diff:.2e}")
-    table.add_row("dataset fingerprint", preds.dataset["fingerprint"])
-    table.add_row("predictions written", "yes" if report.written else "no (use --write)")
-    console.print(table)
-
-
-@app.command()
-@_friendly_errors
-def info(
-    run_dir: RunDir,
-    as_json: Annotated[bool, typer.Option("--json", help="Print config.json's hubcompare block as JSON.")] = False,
-) -> None:
-    """Show a checkpoint folder's model-card metadata and training provenance."""
-    from huggingface_hub import ModelCard
-
-    from ..models import CARD_FILE, load_checkpoint
-
-    ckpt = load_checkpoint(run_dir)
-    meta = ckpt.meta
-    if as_json:
-        console.print_json(json.dumps(meta))
-        return
-    table = Table(title=str(run_dir), show_header=False)
-    card_path = ckpt.path / CARD_FILE
-    if card_path.is_file():
-        card = ModelCard.load(card_path)
-        table.add_row("model", str(card.data.model_name))
-        table.add_row("tags", ", ".join(card.data.tags or []))
-        for r in card.data.eval_results or []:
-            table.add_row(f"{r.metric_type} ({r.dataset_name} {r.dataset_split})", f"{r.metric_value:.4f}")
-    table.add_row("architecture", f"{ckpt.architecture} {json.dumps(ckpt.config.get('model_args', {}))}")
-    for key in ("dataset", "data_fraction", "seed", "epochs", "recipe_hash", "train_accuracy", "wall_time_s", "created_at"):
-        if key in meta:
-            table.add_row(key, str(meta[key]))
-    for split in ("train_data", "test_data"):
-        if split in meta:
-            d = meta[split]
-            table.add_row(split, f"{d['num_examples']} examples, fingerprint {d['fingerprint']}, {d['source']}")
-    if "package_versions" in meta:
-        table.add_row("versions", ", ".join(f"{k} {v}" for k, v in meta["package_versions"].items()))
-    table.add_row("files", ", ".join(sorted(p.name for p in ckpt.path.iterdir() if p.is_file())))
-    console.print(table)
-
-
-from . import hub as cli_hub  # noqa: E402
-
-app.add_typer(cli_hub.hub_app, name="hub")
-app.add_typer(cli_hub.registry_app, name="registry")
-app.command("push")(cli_hub.push)
-app.command("push-population")(cli_hub.push_population)
-app.command("pull")(cli_hub.pull)
-
-
-from . import compare as cli_compare  # noqa: E402
-
-app.command("layers")(cli_compare.layers)
-app.command("cross-cka")(cli_compare.cross_cka)
-app.command("cka")(cli_compare.cka)
-app.command("blocks")(cli_compare.blocks)
-
-
-from . import population as cli_population  # noqa: E402
-
-app.command("agreement")(cli_population.agreement)
-app.command("class-diff")(cli_population.class_diff)
-
-
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The console script: runs the app (errors are mapped in :class:`HubcompareGroup`)."""
+    app(prog_name="hubcompare")

@@ -1,8 +1,7 @@
-"""What every CLI module shares: the rich consoles, typed-error handling, common options."""
+"""What every CLI module shares: the rich consoles, common options, and how errors and results are printed."""
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,19 +22,27 @@ DataDir = Annotated[
 ]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")]
 
+# library parameter (HubcompareError.params) -> how the command line spells it
+OPTION_FOR_PARAM = {
+    "batch_size": "--batch-size",
+    "data_dir": "--data-dir",
+    "dataset": "--dataset",
+    "layers": "--layers (`hubcompare layers REF` lists a model's layers)",
+    "null_side": "--null-side",
+    "num_examples": "--examples",
+    "out": "--out",
+    "overwrite": "--overwrite",
+    "passes": "--passes",
+    "replace": "--replace",
+}
 
-def friendly_errors(fn):
-    """Turn hubcompare's typed errors into one red line and exit code 2 (no traceback)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except HubcompareError as e:
-            err_console.print(f"[bold red]Error ({type(e).__name__}):[/] {escape(str(e))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
+def error_line(e: HubcompareError) -> str:
+    """The one line (rich markup) a typed error becomes: its class, its message, and the command-line
+    options that set the arguments it asks to change."""
+    options = [OPTION_FOR_PARAM[p] for p in e.params if p in OPTION_FOR_PARAM]
+    hint = f" [dim](command line: {escape(', '.join(options))})[/]" if options else ""
+    return f"[bold red]Error ({type(e).__name__}):[/] {escape(str(e))}{hint}"
 
 
 def warn(warnings: list[str]) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .options import DataDir, console, friendly_errors, slug, warn, wrote
+from .options import DataDir, console, slug, warn, wrote
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -49,7 +49,6 @@ def _p(v) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
-@friendly_errors
 def agreement(
     a: SideArg,
     b: SideArg,
@@ -105,7 +104,6 @@ def _null_header(n: dict) -> str:
     return f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
 
 
-@friendly_errors
 def class_diff(
     a: SideArg,
     b: SideArg,

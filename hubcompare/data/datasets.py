@@ -150,7 +150,7 @@ def stratified_subset(ds: ImageDataset, fraction: float | str, seed: int) -> Ima
 
 # --- loaders ----------------------------------------------------------------------------------
 def default_data_root() -> Path:
-    """Where downloads go when no --data-dir is given: $HUBCOMPARE_DATA_DIR or ~/.cache/hubcompare/data."""
+    """Where downloads go when no ``data_dir`` is given: $HUBCOMPARE_DATA_DIR or ~/.cache/hubcompare/data."""
     env = os.environ.get("HUBCOMPARE_DATA_DIR")
     return Path(env) if env else Path.home() / ".cache" / "hubcompare" / "data"
 
@@ -229,24 +229,26 @@ def _cifar_loader(name: str, tv_name: str, num_classes: int, folder: str, npz_on
     def load(split: str, data_dir: Path | None, download: bool) -> ImageDataset:
         if data_dir is not None:
             if not data_dir.exists():
-                raise DatasetNotFoundError(f"--data-dir {data_dir} does not exist. {_HOW_TO[name]}")
+                raise DatasetNotFoundError(f"data_dir {data_dir} does not exist. {_HOW_TO[name]}", params=("data_dir",))
             npz = _npz_file(data_dir, split)
             if npz is not None:
                 return _load_npz(name, npz, split, default_classes)
             if npz_only:
-                raise DatasetNotFoundError(f"no {split}.npz in {data_dir}. {_HOW_TO[name]}")
+                raise DatasetNotFoundError(f"no {split}.npz in {data_dir}. {_HOW_TO[name]}", params=("data_dir",))
         if npz_only:
-            raise DatasetNotFoundError(f"{name} needs --data-dir. {_HOW_TO[name]}")
+            raise DatasetNotFoundError(f"{name} needs a data_dir. {_HOW_TO[name]}", params=("data_dir",))
         root = data_dir or default_data_root()
         if not (root / folder).is_dir() and data_dir is not None:
-            raise DatasetNotFoundError(f"no {split}.npz and no torchvision '{folder}' folder in {root}. {_HOW_TO[name]}")
+            raise DatasetNotFoundError(f"no {split}.npz and no torchvision '{folder}' folder in {root}. {_HOW_TO[name]}",
+                                       params=("data_dir",))
         import torchvision
 
         cls = getattr(torchvision.datasets, tv_name)
         try:
             tv = cls(str(root), train=(split == "train"), download=download and not (root / folder).is_dir())
         except Exception as e:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
-            raise DatasetNotFoundError(f"{name} is not in {root} and could not be downloaded ({e}). {_HOW_TO[name]}") from e
+            raise DatasetNotFoundError(f"{name} is not in {root} and could not be downloaded ({e}). {_HOW_TO[name]}",
+                                       params=("data_dir",)) from e
         return _from_arrays(name, split, tv.data, tv.targets, tv.classes, f"{split}-", f"torchvision:{tv_name}:{root.resolve()}")
 
     return load
@@ -256,14 +258,14 @@ def _load_imagefolder(split: str, data_dir: Path | None, download: bool) -> Imag
     from PIL import Image
 
     if data_dir is None:
-        raise DatasetNotFoundError(f"imagefolder needs --data-dir. {_HOW_TO['imagefolder']}")
+        raise DatasetNotFoundError(f"imagefolder needs a data_dir. {_HOW_TO['imagefolder']}", params=("data_dir",))
     root = data_dir / split if (data_dir / split).is_dir() else data_dir
     if not root.is_dir():
-        raise DatasetNotFoundError(f"--data-dir {data_dir} is not a folder. {_HOW_TO['imagefolder']}")
+        raise DatasetNotFoundError(f"data_dir {data_dir} is not a folder. {_HOW_TO['imagefolder']}", params=("data_dir",))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     files = [(f, c) for c, cls in enumerate(classes) for f in sorted((root / cls).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
-        raise DatasetNotFoundError(f"no images in class sub-folders of {root}. {_HOW_TO['imagefolder']}")
+        raise DatasetNotFoundError(f"no images in class sub-folders of {root}. {_HOW_TO['imagefolder']}", params=("data_dir",))
     first = Image.open(files[0][0])
     mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
     size = first.size
@@ -281,14 +283,14 @@ def _load_imagefolder(split: str, data_dir: Path | None, download: bool) -> Imag
 
 _HOW_TO = {
     "cifar10": "Run once with network access (torchvision downloads it to $HUBCOMPARE_DATA_DIR or "
-    "~/.cache/hubcompare/data), or point --data-dir at a torchvision CIFAR-10 root or at a folder "
+    "~/.cache/hubcompare/data), or point data_dir at a torchvision CIFAR-10 root or at a folder "
     "with train.npz/test.npz ('images' uint8 NHWC, 'labels').",
     "cifar100": "Run once with network access (torchvision downloads it to $HUBCOMPARE_DATA_DIR or "
-    "~/.cache/hubcompare/data), or point --data-dir at a torchvision CIFAR-100 root or a folder with "
+    "~/.cache/hubcompare/data), or point data_dir at a torchvision CIFAR-100 root or a folder with "
     "train.npz/test.npz.",
-    "cifar10-jpeg": "Point --data-dir at the folder holding train.npz/test.npz of the JPEG-degraded "
+    "cifar10-jpeg": "Point data_dir at the folder holding train.npz/test.npz of the JPEG-degraded "
     "CIFAR-10 copy (e.g. ../shared/data/cifar10-jpeg).",
-    "imagefolder": "Point --data-dir at a folder with train/ and test/ sub-folders, each holding one "
+    "imagefolder": "Point data_dir at a folder with train/ and test/ sub-folders, each holding one "
     "sub-folder of images per class (torchvision ImageFolder layout).",
     "digits": "",
 }

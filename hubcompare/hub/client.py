@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -40,42 +39,29 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ..models import build_card, format_number
-from ..models import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from ..models import CARD_FILE, CONFIG_FILE, PREDICTIONS_FILE, WEIGHTS_FILE, ModelMeta, build_card, format_number, load_checkpoint
 from ..errors import (
     CheckpointMismatchError,
     HubFileNotFoundError,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
     HubUnavailableError,
-    InvalidReferenceError,
     NotInCacheError,
     PickleWeightsRefusedError,
     PushError,
 )
-from ..models import PREDICTIONS_FILE
 from ..provenance import atomic_write_json, git_blob_oid
+from .names import check_name, check_repo_id
 
 __all__ = [
     "PushResult", "PopulationResult", "Pulled", "push", "push_population", "pull", "population_repo_name",
-    "check_repo_id", "PICKLE_PATTERNS", "with_retries",
+    "PICKLE_PATTERNS", "with_retries",
 ]
 
 UPLOAD_FILES = (WEIGHTS_FILE, CONFIG_FILE, PREDICTIONS_FILE)  # README.md is generated per repo
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 PUSH_RECORD = Path(".hub") / "pushes.json"
-REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?/[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?")
 T = TypeVar("T")
-
-
-def check_repo_id(repo_id: str) -> str:
-    """``OWNER/NAME`` as the Hub accepts it, or an error saying what is wrong."""
-    if not REPO_ID.fullmatch(repo_id or "") or "--" in repo_id or ".." in repo_id:
-        raise InvalidReferenceError(
-            f"{repo_id!r} is not a Hub repo id: use OWNER/NAME (letters, digits, '-', '_', '.'; "
-            "no '--' or '..'; at most 96 characters each), e.g. alice/digits-r14-s0"
-        )
-    return repo_id
 
 
 def _transient(e: BaseException) -> bool:
@@ -132,21 +118,21 @@ class PushResult:
     repo_id: str
     commit_sha: str
     skipped: bool  # the repo already held exactly these files
-    meta: dict = field(default_factory=dict)
+    meta: ModelMeta = field(default_factory=ModelMeta)
 
 
-def _upload_contents(run_dir: Path, repo_id: str, populations: Iterable[str]) -> tuple[dict[str, bytes], dict]:
+def _upload_contents(run_dir: Path, repo_id: str, populations: Iterable[str]) -> tuple[dict[str, bytes], ModelMeta]:
     """The files a push uploads (from a validated folder), with a card generated for this repo."""
     ckpt = load_checkpoint(run_dir)
     contents = {name: (run_dir / name).read_bytes() for name in UPLOAD_FILES if (run_dir / name).is_file()}
-    meta = dict(ckpt.meta)
-    expected = meta.get("weights_sha256")
+    meta = ckpt.meta
+    expected = meta.weights_sha256
     if expected and hashlib.sha256(contents[WEIGHTS_FILE]).hexdigest() != expected:
         raise CheckpointMismatchError(
             f"{run_dir / WEIGHTS_FILE} does not match the sha256 in {CONFIG_FILE}: refusing to publish it.", run_dir / WEIGHTS_FILE
         )
-    if meta.get("depth") is not None and "test_data" in meta:
-        meta["populations"] = sorted(set(meta.get("populations", [])) | set(populations))
+    if meta.is_hubcompare_run:
+        meta.populations = sorted(set(meta.populations) | set(populations))
         contents[CARD_FILE] = str(build_card(meta, repo_id=repo_id)).encode()
     elif (run_dir / CARD_FILE).is_file():  # a plain timm folder: keep its own card
         contents[CARD_FILE] = (run_dir / CARD_FILE).read_bytes()
@@ -172,7 +158,7 @@ def push(run_dir: str | Path, repo_id: str, *, populations: Iterable[str] = (), 
         if all(remote.get(name) == git_blob_oid(data) for name, data in contents.items()):
             return info.sha, True
         ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in contents.items()]
-        message = commit_message or f"hubcompare: {meta.get('architecture', 'model')} from {run_dir.name}"
+        message = commit_message or f"hubcompare: {meta.architecture or 'model'} from {run_dir.name}"
         try:
             return api.create_commit(repo_id, ops, commit_message=message, parent_commit=info.sha).oid, False
         except HfHubHTTPError as e:
@@ -209,10 +195,10 @@ def _record_push(run_dir: Path, repo_id: str, sha: str, endpoint: str) -> None:
     atomic_write_json(path, record)
 
 
-def population_repo_name(meta: dict, population: str) -> str:
+def population_repo_name(meta: ModelMeta, population: str) -> str:
     """One repo per member: ``POPULATION-DATASET-dDEPTH-wWIDTH-fFRACTION-sSEED``."""
-    return (f"{population}-{meta['dataset']}-d{meta['depth']}-w{format_number(meta['width'])}"
-            f"-f{format_number(meta['data_fraction'])}-s{meta['seed']}")
+    return (f"{population}-{meta.dataset}-d{meta.depth}-w{format_number(meta.width)}"
+            f"-f{format_number(meta.data_fraction)}-s{meta.seed}")
 
 
 @dataclass
@@ -231,13 +217,12 @@ def push_population(run_dirs: Iterable[str | Path], population: str, owner: str,
     Members already on the Hub with the same content are skipped; a failed member does not stop
     the others (rerun the same command to finish). ``on_done`` is called once per folder.
     """
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", population or ""):
-        raise InvalidReferenceError(f"population name {population!r}: use letters, digits, '-', '_' and '.'")
+    check_name(population, "population name")
     api = api or HfApi()
     plan: dict[Path, str] = {}
     for d in map(Path, run_dirs):
         meta = load_checkpoint(d).meta
-        if not {"dataset", "depth", "width", "data_fraction", "seed"} <= set(meta):
+        if not meta.is_hubcompare_run:
             raise PushError(f"{d} is not a hubcompare checkpoint (no training metadata): push it with `hubcompare push`.")
         plan[d] = check_repo_id(f"{owner}/{population_repo_name(meta, population)}")
     names = list(plan.values())

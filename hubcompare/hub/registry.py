@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -22,12 +21,16 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Iterable
 
+from huggingface_hub import HfApi
+
 from ..bundled import bundled_dir
+from ..models import ModelMeta
 from ..errors import RegistryConflictError, RegistryEntryNotFoundError, RegistryError
+from .client import with_retries
+from .names import ACCEPTED_FORMS, check_registry_name, parse_reference
 
 __all__ = ["Entry", "Registry", "default_registry_path", "default_curated_dirs", "entry_from_meta", "sync"]
 
-NAME = re.compile(r"[A-Za-z0-9][\w.\-]*")
 LINE_KEYS = {"architecture": str, "depth": int, "width": float, "dataset": str, "fraction": float, "seed": int,
              "accuracy": float, "populations": str, "commit": str}
 
@@ -75,15 +78,7 @@ class Entry:
         return " ".join(parts)
 
 
-def _check_name(name: str) -> str:
-    if not NAME.fullmatch(name or ""):
-        raise RegistryError(f"registry name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
-    return name
-
-
 def _check_reference(ref: str) -> str:
-    from .references import parse_reference
-
     parsed = parse_reference(ref) if ref.partition(":")[0] in ("hf-hub", "timm", "local-dir") else None
     if parsed is None:
         raise RegistryError(f"registry references must be hf-hub:..., timm:... or local-dir:... (got {ref!r})")
@@ -107,7 +102,7 @@ def parse_line(line: str, source: str) -> Entry | None:
         except ValueError:
             raise RegistryError(f"{source}: {key}={value!r} is not a {LINE_KEYS[key].__name__}") from None
     return Entry(
-        name=_check_name(name), reference=_check_reference(ref), commit_sha=values.get("commit"),
+        name=check_registry_name(name), reference=_check_reference(ref), commit_sha=values.get("commit"),
         architecture=values.get("architecture"), depth=values.get("depth"), width=values.get("width"),
         dataset=values.get("dataset"), data_fraction=values.get("fraction"), seed=values.get("seed"),
         accuracy=values.get("accuracy"), populations=[p for p in values.get("populations", "").split(",") if p],
@@ -170,8 +165,6 @@ class Registry:
     def get(self, name: str) -> Entry:
         entries = self.entries()
         if name not in entries:
-            from .references import ACCEPTED_FORMS
-
             known = ", ".join(sorted(entries)[:10]) or "none yet"
             raise RegistryEntryNotFoundError(
                 f"no registry entry {name!r} (known: {known}{' ...' if len(entries) > 10 else ''}). "
@@ -180,12 +173,12 @@ class Registry:
         return entries[name]
 
     def add(self, entry: Entry, replace: bool = False) -> Entry:
-        _check_name(entry.name)
+        check_registry_name(entry.name)
         entry.reference = _check_reference(entry.reference)
         existing = self.entries().get(entry.name)
         if existing is not None and existing.reference != entry.reference and not replace:
             raise RegistryConflictError(
-                f"{entry.name} already names {existing.reference} ({existing.source}); use --replace or another name"
+                f"{entry.name} already names {existing.reference} ({existing.source}); replace it explicitly (replace=True) or use another name"
             )
         entry.added_at = entry.added_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
         row = asdict(entry)
@@ -224,16 +217,13 @@ class Registry:
         return out
 
 
-def entry_from_meta(name: str, reference: str, config: dict, commit_sha: str | None = None,
+def entry_from_meta(name: str, reference: str, meta: ModelMeta, commit_sha: str | None = None,
                     populations: Iterable[str] = ()) -> Entry:
-    """An entry from a checkpoint's config.json (hubcompare block, or timm's model_args)."""
-    meta = config.get("hubcompare", {})
-    args = config.get("model_args", {})
+    """An entry describing a model by its metadata (a checkpoint's, or a Hub card's ``hubcompare`` block)."""
     return Entry(
-        name=name, reference=reference, commit_sha=commit_sha, architecture=config.get("architecture"),
-        depth=meta.get("depth", args.get("depth")), width=meta.get("width", args.get("width")),
-        dataset=meta.get("dataset"), data_fraction=meta.get("data_fraction"), seed=meta.get("seed"),
-        accuracy=meta.get("test_accuracy"), populations=sorted(set(meta.get("populations", [])) | set(populations)),
+        name=name, reference=reference, commit_sha=commit_sha, architecture=meta.architecture, depth=meta.depth,
+        width=meta.width, dataset=meta.dataset, data_fraction=meta.data_fraction, seed=meta.seed,
+        accuracy=meta.test_accuracy, populations=sorted(set(meta.populations) | set(populations)),
     )
 
 
@@ -242,10 +232,6 @@ def sync(registry: Registry, author: str, population: str | None = None, api=Non
 
     Names are ``OWNER--NAME``. Existing entries of the same name are updated.
     """
-    from huggingface_hub import HfApi
-
-    from .client import with_retries
-
     api = api or HfApi()
     tags = ["hubcompare"] + ([f"population-{population}"] if population else [])
     models = with_retries(lambda: list(api.list_models(author=author, filter=tags, cardData=True, full=True)),
@@ -255,7 +241,6 @@ def sync(registry: Registry, author: str, population: str | None = None, api=Non
         sha = m.sha or with_retries(lambda: api.model_info(m.id).sha, f"look up {m.id}")
         card = (m.card_data.to_dict() if m.card_data else {}).get("hubcompare", {})
         pops = [t.removeprefix("population-") for t in m.tags or [] if t.startswith("population-")]
-        entry = entry_from_meta(m.id.replace("/", "--"), f"hf-hub:{m.id}@{sha}", {
-            "architecture": card.get("architecture"), "hubcompare": card}, sha, pops)
+        entry = entry_from_meta(m.id.replace("/", "--"), f"hf-hub:{m.id}@{sha}", ModelMeta.from_dict(card), sha, pops)
         added.append(registry.add(entry, replace=True))
     return added

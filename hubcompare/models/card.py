@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .metadata import ModelMeta
+
 __all__ = ["build_card", "card_tags", "format_number"]
 
+# The card's machine-readable ``hubcompare`` block: what Hub search and `registry sync` read back.
 CARD_KEYS = ("architecture", "depth", "width", "num_classes", "dataset", "data_fraction", "seed", "recipe_hash", "epochs", "test_accuracy")
 
 
@@ -19,60 +22,64 @@ def format_number(x: float) -> str:
     return f"{x:g}"
 
 
-def card_tags(meta: dict) -> list[str]:
+def card_tags(meta: ModelMeta) -> list[str]:
     tags = [
         "hubcompare",
         "timm",
         "image-classification",
-        meta["architecture"],
-        f"depth-{meta['depth']}",
-        f"width-{format_number(meta['width'])}",
-        f"dataset-{meta['dataset']}",
-        f"fraction-{format_number(meta['data_fraction'])}",
-        f"seed-{meta['seed']}",
+        meta.architecture,
+        f"depth-{meta.depth}",
+        f"width-{format_number(meta.width)}",
+        f"dataset-{meta.dataset}",
+        f"fraction-{format_number(meta.data_fraction)}",
+        f"seed-{meta.seed}",
     ]
-    return tags + [f"population-{p}" for p in meta.get("populations", [])]
+    return tags + [f"population-{p}" for p in meta.populations]
 
 
-def build_card(meta: dict, repo_id: str | None = None) -> ModelCard:
-    """A model card for a trained checkpoint; ``meta`` is the ``hubcompare`` block of config.json."""
-    title = f"ResNet-{meta['depth']} ({format_number(meta['width'])}x) on {meta['dataset']}, seed {meta['seed']}"
+def build_card(meta: ModelMeta, repo_id: str | None = None) -> ModelCard:
+    """A model card for a checkpoint trained by hubcompare (``meta.is_hubcompare_run``)."""
+    block = meta.to_dict()
+    title = f"ResNet-{meta.depth} ({format_number(meta.width)}x) on {meta.dataset}, seed {meta.seed}"
     data = ModelCardData(
         library_name="timm",
         license="apache-2.0",
         pipeline_tag="image-classification",
         tags=card_tags(meta),
-        datasets=[meta["dataset"]],
+        datasets=[meta.dataset],
         metrics=["accuracy"],
         model_name=title,
         eval_results=[
             EvalResult(
                 task_type="image-classification",
-                dataset_type=meta["dataset"],
-                dataset_name=meta["dataset"],
+                dataset_type=meta.dataset,
+                dataset_name=meta.dataset,
                 dataset_split="test",
                 metric_type="accuracy",
-                metric_value=round(float(meta["test_accuracy"]), 6),
+                metric_value=round(float(meta.test_accuracy), 6),
             )
         ],
-        hubcompare={k: meta[k] for k in CARD_KEYS if k in meta} | {"dataset_fingerprint": meta["test_data"]["fingerprint"]},
+        hubcompare={k: block[k] for k in CARD_KEYS if k in block} | {"dataset_fingerprint": meta.test_fingerprint},
     )
     ref = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH/TO/THIS/FOLDER"
-    t = meta.get("recipe", {}).get("train", {})
+    recipe = meta.recipe or {}
+    t = recipe.get("train", {})
+    decay_on = "every parameter" if t.get("weight_decay_on") == "all" else "kernels only"
+    test, train = meta.test_data or {}, meta.train_data or {}
     body = f"""
 # {title}
 
-A CIFAR ResNet v1 (depth {meta['depth']} = 6n+2, width multiplier {format_number(meta['width'])}) trained with
+A CIFAR ResNet v1 (depth {meta.depth} = 6n+2, width multiplier {format_number(meta.width)}) trained with
 hubcompare for representation-similarity studies in the style of Nguyen, Raghu &
 Kornblith, *Do Wide and Deep Networks Learn the Same Things?* (ICLR 2021).
 
 | | |
 |---|---|
-| test accuracy | {meta['test_accuracy']:.4f} on `{meta['dataset']}` test split ({meta['test_data']['num_examples']} examples) |
-| training data | `{meta['dataset']}` train, fraction {format_number(meta['data_fraction'])} ({meta['train_data']['num_examples']} examples, seeded class-stratified draw) |
-| recipe | `{meta.get('recipe', {}).get('name', '?')}` (hash `{meta['recipe_hash']}`): {meta['epochs']} epochs, batch {t.get('batch_size', '?')}, SGD lr {t.get('lr', '?')} momentum {t.get('momentum', '?')}, cosine schedule, weight decay {t.get('weight_decay', '?')} on kernels only |
-| seed | {meta['seed']} |
-| dataset fingerprint | test `{meta['test_data']['fingerprint']}`, train `{meta['train_data']['fingerprint']}` |
+| test accuracy | {meta.test_accuracy:.4f} on `{meta.dataset}` test split ({test.get('num_examples', '?')} examples) |
+| training data | `{meta.dataset}` train, fraction {format_number(meta.data_fraction)} ({train.get('num_examples', '?')} examples, seeded class-stratified draw) |
+| recipe | `{recipe.get('name', '?')}` (hash `{meta.recipe_hash}`): {meta.epochs} epochs, batch {t.get('batch_size', '?')}, SGD lr {t.get('lr', '?')} momentum {t.get('momentum', '?')}, {t.get('schedule', 'cosine')} schedule, weight decay {t.get('weight_decay', '?')} on {decay_on} |
+| seed | {meta.seed} |
+| dataset fingerprint | test `{test.get('fingerprint', '?')}`, train `{train.get('fingerprint', '?')}` |
 
 The weights are the **last epoch** (never selected on the test set). Inputs are images scaled to [0, 1]
 with no mean/std normalisation. `predictions.safetensors` holds the test-set logits keyed by example id.

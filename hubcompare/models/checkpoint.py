@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 from timm.models._hub import save_config_for_hf
 
 from .card import build_card
+from .metadata import ModelMeta
 from ..errors import (
     CheckpointCorruptError,
     CheckpointFileMissingError,
@@ -47,36 +48,37 @@ CARD_FILE = "README.md"
 def write_checkpoint(
     run_dir: str | Path,
     model: torch.nn.Module,
-    meta: dict,
+    meta: ModelMeta,
     predictions: Predictions | None = None,
     repo_id: str | None = None,
 ) -> Path:
     """Write weights, predictions, card and (last) config.json into ``run_dir``; returns config's path.
 
     ``model`` must come from ``timm.create_model`` (it needs ``pretrained_cfg``); ``meta`` becomes
-    the config's ``hubcompare`` block and is completed with file hashes here.
+    the config's ``hubcompare`` block, completed here with the files' hashes.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta)
+    meta = replace(meta)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = st_save(state, metadata={"format": "pt"})
     atomic_write_bytes(run_dir / WEIGHTS_FILE, weights)
-    meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    meta.weights_sha256 = hashlib.sha256(weights).hexdigest()
     if predictions is not None:
-        meta["predictions"] = predictions.save(run_dir / PREDICTIONS_FILE)
+        meta.predictions = predictions.save(run_dir / PREDICTIONS_FILE)
     config = timm_config(model, meta)
     atomic_write_text(run_dir / CARD_FILE, str(build_card(meta, repo_id=repo_id)))
     return atomic_write_json(run_dir / CONFIG_FILE, config)
 
 
-def timm_config(model: torch.nn.Module, meta: dict) -> dict:
+def timm_config(model: torch.nn.Module, meta: ModelMeta) -> dict:
     """config.json as timm's ``save_config_for_hf`` writes it, plus the ``hubcompare`` block."""
-    model_args = {k: meta[k] for k in ("depth", "width", "in_chans", "bn_momentum", "bn_eps") if k in meta}
+    block = meta.to_dict()
+    model_args = {k: block[k] for k in ("depth", "width", "in_chans", "bn_momentum", "bn_eps") if k in block}
     with tempfile.TemporaryDirectory() as tmp:
         save_config_for_hf(model, Path(tmp) / CONFIG_FILE, model_args=model_args)
         config = json.loads((Path(tmp) / CONFIG_FILE).read_text())
-    config["hubcompare"] = meta
+    config["hubcompare"] = block
     return config
 
 
@@ -88,9 +90,9 @@ class Checkpoint:
     config: dict
 
     @property
-    def meta(self) -> dict:
-        """hubcompare's metadata block (empty for folders written by plain timm)."""
-        return self.config.get("hubcompare", {})
+    def meta(self) -> ModelMeta:
+        """What describes the model (config.json's ``hubcompare`` block, or timm's keys for plain timm folders)."""
+        return ModelMeta.from_config(self.config)
 
     @property
     def architecture(self) -> str:
@@ -106,7 +108,7 @@ class Checkpoint:
 
     def predictions(self) -> Predictions:
         preds = Predictions.load(self.path / PREDICTIONS_FILE)
-        expected = self.meta.get("predictions", {}).get("sha256")
+        expected = (self.meta.predictions or {}).get("sha256")
         if expected and sha256_file(self.path / PREDICTIONS_FILE) != expected:
             raise CheckpointMismatchError(
                 f"{self.path / PREDICTIONS_FILE} does not match the sha256 recorded in {CONFIG_FILE}: "
@@ -129,7 +131,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointFileMissingError(f"checkpoint folder {run_dir} does not exist", run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        hint = " (training did not finish: rerun `hubcompare train` with the same --out to resume)" if (run_dir / ".resume").is_dir() else ""
+        hint = " (training did not finish: train the same recipe into this folder again to resume)" if (run_dir / ".resume").is_dir() else ""
         raise CheckpointFileMissingError(f"{cfg_path} is missing: not a checkpoint folder{hint}", cfg_path)
     try:
         config = json.loads(cfg_path.read_text())

@@ -21,27 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from ..errors import PopulationError, TooFewModelsError
+from .nulls import comparison_provenance, example_split, null_side_for
 from .sides import Side, check_aligned
-from ..provenance import atomic_write_json, atomic_write_text, package_versions
+from ..provenance import atomic_write_json, atomic_write_text
 
-__all__ = ["AgreementResult", "agreement", "null_side_for", "split_seeds_note"]
+__all__ = ["AgreementResult", "agreement"]
 
 BAND_TOL = 1e-6  # the null is computed in float32; accuracies are multiples of 1/models
-split_seeds_note = "numpy.random.default_rng(seed): half splits drawn first, then the permutations; each split is argsort of uniform draws"
-
-
-def null_side_for(a: Side, b: Side, choice: str, need: int = 2) -> Side | None:
-    """The side whose population gives the null (``choice``: a, b or auto = A when it has ``need`` models, else B)."""
-    if choice not in ("a", "b", "auto"):
-        raise PopulationError(f"null side {choice!r}: use a, b or auto")
-    if choice == "auto":
-        return a if a.num_models >= need else b if b.num_models >= need else None
-    side = a if choice == "a" else b
-    if side.num_models < need:
-        raise TooFewModelsError(f"the null needs two disjoint halves of one population: side {side.label} has "
-                                f"{side.num_models} model(s), at least {need} are needed (or choose --null-side auto).")
-    return side
 
 
 @dataclass
@@ -158,8 +144,7 @@ def agreement(a: Side, b: Side, *, splits: int = 1000, permutations: int = 1000,
         null = {"side": nside.label, "splits": splits, "half_size": h, "band_lo": lo, "band_hi": hi, "z_band": [zlo, zhi],
                 "expected_outside": float(null_out.mean()), "mean_abs_difference": float(np.abs(d).mean()),
                 "example_a": nside.correct[first == 1].mean(0), "example_b": nside.correct[first == -1].mean(0),
-                "example_split": {"first_half": [nside.members[i].ref for i in np.flatnonzero(first == 1)],
-                                  "second_half": [nside.members[i].ref for i in np.flatnonzero(first == -1)]}}
+                "example_split": example_split(nside, first)}
         if h < 2:
             warnings.append(f"the null's halves hold {h} model(s) each: its band is coarse; add seeds to {nside.label}")
     elif pair is None:
@@ -175,13 +160,8 @@ def agreement(a: Side, b: Side, *, splits: int = 1000, permutations: int = 1000,
     result.null = null
     if null is not None:
         null["outside"] = int(result.outside.sum())
-    result.provenance = {
-        "command": "agreement",
-        "side_a": a.provenance(), "side_b": b.provenance(), "dataset": a.dataset, "classes": a.classes,
-        "settings": {"splits": splits, "permutations": permutations, "null_side": null_side,
-                     "null_from": null["side"] if null else None, "band_level": 0.95, **(settings or {})},
-        "random": {"seed": seed, "generator": split_seeds_note,
-                   "example_split": null["example_split"] if null else None},
-        "package_versions": package_versions(),
-    }
+    result.provenance = comparison_provenance(
+        "agreement", a, b, seed=seed, null=null,
+        settings={"splits": splits, "permutations": permutations, "null_side": null_side, "band_level": 0.95, **(settings or {})},
+    )
     return result

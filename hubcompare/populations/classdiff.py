@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .agreement import null_side_for, split_seeds_note
 from ..errors import TooFewModelsError
+from .nulls import comparison_provenance, example_split, null_side_for
 from .sides import Side, check_aligned
-from ..provenance import atomic_write_json, atomic_write_text, package_versions
+from ..provenance import atomic_write_json, atomic_write_text
 
 __all__ = ["MIN_MODELS", "ClassDiffResult", "class_diff"]
 
@@ -105,7 +105,7 @@ def class_diff(a: Side, b: Side, *, alpha: float = 0.05, splits: int = 1000, see
         raise TooFewModelsError(
             "class-diff needs at least 2 models per side (Welch's t-test needs a variance on each side): "
             + ", ".join(f"side {s.label} has {s.num_models}" for s in short)
-            + ". Add seeds (e.g. a population) to that side; for two single models use `hubcompare agreement` (McNemar)."
+            + ". Add seeds (e.g. a population) to that side; for two single models use agreement (McNemar's exact test)."
         )
     k = a.num_classes
     xa, xb = stats.class_accuracy(a.correct, a.labels, k), stats.class_accuracy(b.correct, b.labels, k)
@@ -127,20 +127,14 @@ def class_diff(a: Side, b: Side, *, alpha: float = 0.05, splits: int = 1000, see
         diff, p, half = stats.welch_halves(x, memb, confidence=conf)
         qs = stats.bh_qvalues_rows(p)
         lo, hi = np.quantile(diff, [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2], axis=0)
-        first = memb[0]
         null = {"side": nside.label, "splits": splits, "half_size": nside.num_models // 2, "band_lo": lo, "band_hi": hi,
                 "significant_per_split": (np.nan_to_num(qs, nan=1.0) < alpha).sum(1),
                 "example": {"diff": diff[0], "ci_lo": diff[0] - half[0], "ci_hi": diff[0] + half[0], "q": qs[0]},
-                "example_split": {"first_half": [nside.members[i].ref for i in np.flatnonzero(first == 1)],
-                                  "second_half": [nside.members[i].ref for i in np.flatnonzero(first == -1)]}}
+                "example_split": example_split(nside, memb[0])}
     result = ClassDiffResult(a.label, b.label, list(a.classes), xa, xb, w, q, alpha, null, warnings=warnings)
-    result.provenance = {
-        "command": "class-diff",
-        "side_a": a.provenance(), "side_b": b.provenance(), "dataset": a.dataset, "classes": a.classes,
-        "settings": {"alpha": alpha, "confidence": conf, "test": "scipy.stats.ttest_ind(equal_var=False)",
-                     "multiple_testing": "Benjamini-Hochberg", "splits": splits, "null_side": null_side,
-                     "null_from": null["side"] if null else None, **(settings or {})},
-        "random": {"seed": seed, "generator": split_seeds_note, "example_split": null["example_split"] if null else None},
-        "package_versions": package_versions(),
-    }
+    result.provenance = comparison_provenance(
+        "class-diff", a, b, seed=seed, null=null,
+        settings={"alpha": alpha, "confidence": conf, "test": "scipy.stats.ttest_ind(equal_var=False)",
+                  "multiple_testing": "Benjamini-Hochberg", "splits": splits, "null_side": null_side, **(settings or {})},
+    )
     return result

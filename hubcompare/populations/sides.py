@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
+from ..data import load_dataset
 from ..errors import (
     DatasetMismatchError,
     EmptyPopulationError,
@@ -23,6 +26,9 @@ from ..errors import (
     InvalidReferenceError,
     PredictionsUnavailableError,
 )
+from ..hub import Registry, default_registry_path, resolve_reference, with_retries
+from ..models import WEIGHTS_FILE, InputSpec, Predictions, predict
+from ..provenance import sha256_file
 
 __all__ = ["SIDE_FORMS", "Member", "Side", "check_aligned", "default_cache_dir", "expand_side", "load_side"]
 
@@ -41,8 +47,6 @@ QUERY_KEYS = {"population": str, "architecture": str, "depth": int, "width": flo
 
 def default_cache_dir() -> Path:
     """Where computed predictions are kept: beside the user registry ($HUBCOMPARE_HOME or ~/.cache/hubcompare)."""
-    from ..hub import default_registry_path
-
     return default_registry_path().parent / "predictions"
 
 
@@ -138,8 +142,6 @@ def _query(text: str, registry) -> list[str]:
 
 
 def _hub_tag(tags: str, api) -> list[str]:
-    from ..hub import with_retries
-
     wanted = [t for t in tags.split(",") if t]
     models = with_retries(lambda: list(api.list_models(filter=wanted, full=True)), f"list models tagged {wanted}")
     if not models:
@@ -153,10 +155,6 @@ def _hub_tag(tags: str, api) -> list[str]:
 
 
 def _collection(slug: str, api) -> list[str]:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ..hub import with_retries
-
     try:
         coll = with_retries(lambda: api.get_collection(slug), f"get collection {slug}")
     except HfHubHTTPError as e:
@@ -200,49 +198,15 @@ def _expand_token(token: str, registry, api) -> list[str]:
         if not rest:
             raise InvalidReferenceError(f"nothing follows '{scheme}:'.\n{SIDE_FORMS}")
         if scheme in ("population", "registry"):
-            from ..hub import Registry
-
             registry = registry if registry is not None else Registry()
             return _query(f"population={rest}" if scheme == "population" else rest, registry)
-        from huggingface_hub import HfApi
-
         api = api or HfApi()
         return _hub_tag(rest, api) if scheme == "hf-tag" else _collection(rest, api)
     return [token]
 
 
 # --- predictions --------------------------------------------------------------------------------
-def _open(ref_text: str, registry, api):
-    """(reference, checkpoint or None, resolved model or None, commit sha, registry name) without building models."""
-    from ..models import load_checkpoint
-    from ..hub import pull
-    from ..hub import parse_reference, resolve_reference
-
-    names = registry.names() if registry is not None else None
-    ref = parse_reference(ref_text, names)
-    registry_name = None
-    if ref.kind == "registry":
-        if registry is None:
-            from ..hub import Registry
-
-            registry = Registry()
-        entry = registry.get(ref.target)
-        registry_name, ref = entry.name, parse_reference(entry.reference)
-        if ref.kind == "registry":
-            raise InvalidReferenceError(f"registry entry {entry.name} points at another registry name ({entry.reference})")
-    if ref.kind == "local-dir":
-        return ref, load_checkpoint(Path(ref.target).expanduser()), None, None, registry_name
-    if ref.kind == "hf-hub":
-        pulled = pull(ref.target, ref.revision, api=api)
-        return ref, load_checkpoint(pulled.path), None, pulled.commit_sha, registry_name
-    resolved = resolve_reference(ref, registry, api)
-    return ref, None, resolved, resolved.commit_sha, registry_name
-
-
 def _compute(model, ds, cache_file: Path, label: str):
-    from ..similarity import InputSpec
-    from ..models import Predictions, predict
-
     if cache_file.is_file():
         cached = Predictions.load(cache_file)
         if cached.ids == list(ds.ids) and cached.dataset.get("fingerprint") == ds.fingerprint:
@@ -258,12 +222,9 @@ def _compute(model, ds, cache_file: Path, label: str):
 
 
 def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path):
-    from ..data import load_dataset
-    from ..provenance import sha256_file
-
-    ref, ckpt, resolved, sha, registry_name = _open(ref_text, registry, api)
-    config = ckpt.config if ckpt is not None else resolved.config
-    meta = config.get("hubcompare", {})
+    resolved = resolve_reference(ref_text, registry, api)  # a checkpoint is opened, its model not built yet
+    ckpt, sha = resolved.checkpoint, resolved.commit_sha
+    meta = resolved.meta
     source = None
     if ckpt is not None and ckpt.has_predictions:
         stored = ckpt.predictions()
@@ -272,24 +233,21 @@ def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_d
     if source is None:
         ds = dataset
         if ds is None:
-            if not meta.get("dataset"):
+            if not meta.dataset:
                 raise PredictionsUnavailableError(
-                    f"{ref_text} has no stored predictions and records no dataset: pass --dataset (and --data-dir) to say "
-                    "which data to compute them on."
+                    f"{ref_text} has no stored predictions and records no dataset: pass a dataset to compute them on."
                 )
-            ds = load_dataset(meta["dataset"], "test", data_dir)
+            ds = load_dataset(meta.dataset, "test", data_dir)
         if ckpt is not None:
-            key = meta.get("weights_sha256") or sha256_file(ckpt.path / "model.safetensors")
-            model = ckpt.model
+            key = meta.weights_sha256 or sha256_file(ckpt.path / WEIGHTS_FILE)
         else:
-            key, model = f"{ref.target}-{sha}", resolved.model
-        preds, source = _compute(model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text)
-    path = ckpt.path if ckpt is not None else resolved.path
+            key = f"{resolved.reference.target}-{sha}"
+        preds, source = _compute(resolved.model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text)
     member = Member(
-        ref=ref_text, resolved=str(ref.pinned(sha)), commit_sha=sha, registry_name=registry_name,
-        path=str(path) if path else None, predictions=source, weights_sha256=meta.get("weights_sha256"),
+        ref=ref_text, resolved=str(resolved.pinned), commit_sha=sha, registry_name=resolved.registry_name,
+        path=str(resolved.path) if resolved.path else None, predictions=source, weights_sha256=meta.weights_sha256,
         accuracy=preds.accuracy,
-        info={"architecture": config.get("architecture")} | {k: meta[k] for k in ("depth", "width", "dataset", "data_fraction", "seed") if k in meta},
+        info=meta.summary(),
     )
     return member, preds
 
@@ -305,21 +263,20 @@ def _check_same_data(members_preds: list, where: str) -> None:
         groups.setdefault((preds.dataset.get("fingerprint"), len(preds.ids)), []).append(member.ref)
     if len(groups) > 1:
         raise DatasetMismatchError(
-            f"{where}: the models' predictions are about different data ({_describe_groups(groups)}). Pass --dataset "
-            "(and --data-dir) to recompute every model's predictions on one dataset, or compare models evaluated on the same test set."
+            f"{where}: the models' predictions are about different data ({_describe_groups(groups)}). Pass a dataset "
+            "(and its data_dir) to recompute every model's predictions on one dataset, or compare models evaluated on the same test set.",
+            params=("dataset", "data_dir"),
         )
     first = members_preds[0][1]
     for member, preds in members_preds[1:]:
         if preds.ids != first.ids or not np.array_equal(preds.labels.numpy(), first.labels.numpy()):
             raise DatasetMismatchError(
                 f"{where}: {member.ref} and {members_preds[0][0].ref} share a dataset fingerprint but not the same example ids "
-                "and labels in the same order: regenerate their predictions with `hubcompare eval --write`."
+                "and labels in the same order: regenerate their predictions (`hubcompare eval` with write)."
             )
 
 
 def _class_names(describe: dict, dataset, data_dir) -> tuple[list[str], list[str]]:
-    from ..data import load_dataset
-
     if dataset is not None:
         return list(dataset.classes), []
     k = describe.get("num_classes")
@@ -329,7 +286,7 @@ def _class_names(describe: dict, dataset, data_dir) -> tuple[list[str], list[str
             return list(ds.classes), []
     except (HubcompareError, KeyError):
         pass
-    return [str(i) for i in range(k)], [f"class names of {describe.get('name')} not available here (pass --data-dir): classes are shown by index"]
+    return [str(i) for i in range(k)], [f"class names of {describe.get('name')} not available here (no data_dir holds that dataset): classes are shown by index"]
 
 
 def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=None, api=None,
@@ -364,8 +321,9 @@ def check_aligned(a: Side, b: Side) -> None:
         why = (f"dataset fingerprints differ ({a.label}: {fa} on {a.dataset.get('name')}, {b.label}: {fb} on {b.dataset.get('name')})"
                if fa != fb else "the example ids or labels differ")
         raise DatasetMismatchError(
-            f"{a.label} and {b.label} are not about the same examples: {why}. Pass --dataset (and --data-dir) to recompute "
-            "both sides on one dataset, or compare models evaluated on the same test set."
+            f"{a.label} and {b.label} are not about the same examples: {why}. Pass a dataset (and its data_dir) to recompute "
+            "both sides on one dataset, or compare models evaluated on the same test set.",
+            params=("dataset", "data_dir"),
         )
     if a.num_classes != b.num_classes:
         raise DatasetMismatchError(f"{a.label} has {a.num_classes} classes and {b.label} {b.num_classes}")

@@ -6,16 +6,17 @@ representations, in which one principal component dominates. CKA alone is a frag
 so the detector requires all of:
 
 1. **PC1 dominance**: a run of consecutive layers whose fraction of variance on the first
-   principal component is at least ``pc1_threshold`` (default 0.5), allowing up to ``max_gap``
-   (default 2) layers below it inside the run (the residual checkerboard: the first, downsampling
+   principal component is at least ``pc1_threshold``, allowing up to ``max_gap``
+   layers below it inside the run (the residual checkerboard: the first, downsampling
    block of a stage dips for one or two layers); the run starts and ends on a dominant layer;
-2. **size and similarity**: the run has at least ``min_size`` layers (default 4) and the mean
-   off-diagonal CKA inside its square is at least ``cka_threshold`` (default 0.8);
+2. **size and similarity**: the run has at least ``min_size`` layers and the mean
+   off-diagonal CKA inside its square is at least ``cka_threshold``;
 3. **strong dominance over the run**: the mean PC1 fraction over the whole run (gap layers
-   included) is at least ``min_mean_pc1`` (default 0.63).
+   included) is at least ``min_mean_pc1``.
 
-The defaults were set on 49 digits ResNet-56 maps (widths 1 and 2, 17 training settings)
-labelled by eye, 12 of them with a visible block; they classify all 49 as labelled. Runs in
+The defaults (:class:`BlockCriteria`) were set on 49 digits ResNet-56 maps (widths 1 and 2,
+17 training settings) labelled by eye, 12 of them with a visible block; they classify all 49 as
+labelled. Runs in
 maps a person calls a block had mean PC1 0.66-0.80; the bright stage-aligned squares of the
 residual paths that pass (1) and (2) in no-block maps had 0.50-0.61. The mean CKA inside with
 each layer's PC1 removed is reported (``mean_cka_pc1_removed``) but not used: the paper shows
@@ -32,21 +33,42 @@ squared singular values of the centred activations.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .capture import InputSpec, LayerCapture
+from .capture import LayerCapture
 from .cka import gram
 from .engine import CompareModel, compare
 from ..data import ImageDataset
+from ..models import InputSpec
 from .results import CKAResult
 
-__all__ = ["Block", "PCAnalysis", "BlockReport", "detect_blocks", "pc_analysis", "analyze_blocks", "DEFAULT_BLOCK_LAYERS"]
+__all__ = ["Block", "BlockCriteria", "PCAnalysis", "BlockReport", "detect_blocks", "pc_analysis", "analyze_blocks",
+           "DEFAULT_BLOCK_LAYERS"]
 
 DEFAULT_BLOCK_LAYERS = ("stem", "*.out")  # for hubcompare ResNets: stem + every block output
+
+
+@dataclass(frozen=True)
+class BlockCriteria:
+    """What the detector calls a block (see the module docstring); the defaults are the calibrated ones."""
+
+    pc1_threshold: float = 0.5  # a layer is PC1-dominated at or above this share of variance
+    cka_threshold: float = 0.8  # minimum mean CKA inside a block
+    min_size: int = 4  # minimum layers in a block
+    max_gap: int = 2  # non-dominated layers tolerated inside a block (the residual checkerboard)
+    min_mean_pc1: float = 0.63  # minimum mean PC1 share over a block's layers
+
+    def override(self, **changes) -> BlockCriteria:
+        """These criteria with some changed; ``None`` values keep the current ones."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        return (f"PC1 >= {self.pc1_threshold}, mean >= {self.min_mean_pc1}; CKA >= {self.cka_threshold}; "
+                f">= {self.min_size} layers, gaps <= {self.max_gap}")
 
 
 @dataclass
@@ -68,9 +90,22 @@ class Block:
 @dataclass
 class PCAnalysis:
     layers: list[str]
-    fraction: np.ndarray  # (L,) share of variance on PC1
+    fraction: np.ndarray  # (L,) share of variance on PC1; NaN for a layer constant on every example
     cosine: np.ndarray  # (L, L) |cos| between layers' first PCs (example-space score vectors)
     num_examples: int
+
+    @property
+    def constant_layers(self) -> list[str]:
+        """Layers whose output is the same for every example (no variance: PC1 share undefined)."""
+        return [name for name, f in zip(self.layers, self.fraction) if np.isnan(f)]
+
+    def fraction_summary(self) -> dict | None:
+        """Largest PC1 share (and its layer) and the median over layers with variance; None if none has any."""
+        fr = self.fraction
+        if np.isnan(fr).all():
+            return None
+        top = int(np.nanargmax(fr))
+        return {"max": float(fr[top]), "max_layer": self.layers[top], "median": float(np.nanmedian(fr))}
 
 
 @dataclass
@@ -82,6 +117,10 @@ class BlockReport:
     pcs: PCAnalysis
     params: dict = field(default_factory=dict)
 
+    @property
+    def criteria(self) -> BlockCriteria:
+        return BlockCriteria(**{k: self.params[k] for k in BlockCriteria.__dataclass_fields__ if k in self.params})
+
     def to_json(self) -> dict:
         return {
             "ref": self.ref,
@@ -89,6 +128,8 @@ class BlockReport:
             "blocks": [asdict(b) | {"size": b.size} for b in self.blocks],
             "layers": self.pcs.layers,
             "pc1_fraction": self.pcs.fraction.tolist(),
+            "pc1_summary": self.pcs.fraction_summary(),
+            "constant_layers": self.pcs.constant_layers,
             "pc1_cosine": self.pcs.cosine.tolist(),
             "pc_examples": self.pcs.num_examples,
             "cka": self.cka.to_json(),
@@ -100,14 +141,17 @@ def detect_blocks(
     cka: np.ndarray,
     pc1_fraction: np.ndarray,
     layers: Sequence[str] | None = None,
-    pc1_threshold: float = 0.5,
-    cka_threshold: float = 0.8,
-    min_size: int = 4,
-    max_gap: int = 2,
-    min_mean_pc1: float = 0.63,
+    criteria: BlockCriteria = BlockCriteria(),
     cka_pc1_removed: np.ndarray | None = None,
+    **changes,
 ) -> list[Block]:
-    """Blocks of a within-model CKA matrix (L, L) given per-layer PC1 fractions (L,). See module doc."""
+    """Blocks of a within-model CKA matrix (L, L) given per-layer PC1 fractions (L,). See module doc.
+
+    ``changes``: criteria to change for this call (``max_gap=0``, ...), as :meth:`BlockCriteria.override`.
+    """
+    c = criteria.override(**changes)
+    pc1_threshold, cka_threshold, min_size, max_gap, min_mean_pc1 = (
+        c.pc1_threshold, c.cka_threshold, c.min_size, c.max_gap, c.min_mean_pc1)
     cka, frac = np.asarray(cka, dtype=float), np.asarray(pc1_fraction, dtype=float)
     n = len(frac)
     layers = list(layers) if layers is not None else [str(i) for i in range(n)]
@@ -173,11 +217,7 @@ def analyze_blocks(
     seed: int = 0,
     num_examples: int | None = None,
     pc_examples: int = 1024,
-    pc1_threshold: float = 0.5,
-    cka_threshold: float = 0.8,
-    min_size: int = 4,
-    max_gap: int = 2,
-    min_mean_pc1: float = 0.63,
+    criteria: BlockCriteria = BlockCriteria(),
     on_batch=None,
 ) -> BlockReport:
     """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model."""
@@ -186,10 +226,8 @@ def analyze_blocks(
     comp = compare([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch)
     cka = comp.pair(0, 0)
     pcs = pc_analysis(model, dataset, pc_examples)
-    params = dict(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size, max_gap=max_gap,
-                  min_mean_pc1=min_mean_pc1, pc_examples=pcs.num_examples)
+    params = asdict(criteria) | {"pc_examples": pcs.num_examples}
     removed = comp.pc1_removed[0]
-    blocks = detect_blocks(cka.value, pcs.fraction, cka.layers_a, pc1_threshold, cka_threshold, min_size, max_gap,
-                           min_mean_pc1, removed.value)
+    blocks = detect_blocks(cka.value, pcs.fraction, cka.layers_a, criteria, removed.value)
     cka.provenance["block_detection"] = params
     return BlockReport(model.ref, blocks, cka, removed, pcs, params)

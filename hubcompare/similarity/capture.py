@@ -5,30 +5,25 @@
   the output; any ``named_modules()`` name can be picked with glob patterns (forward hooks).
 - any other ``nn.Module``: module-name glob patterns (forward hooks).
 
-Each model also gets its own input preprocessing (:class:`InputSpec`: channels, size, mean/std
-from its pretrained config), so models that see data differently are fed the same examples the
-way each expects, and the result records what each saw.
+Each model's input preprocessing (:class:`~hubcompare.models.InputSpec`) lives with the models:
+capture only runs the model on what it is given.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import HubcompareError
+from ..errors import LayerSelectionError
+from ..models import InputSpec
 
-__all__ = ["LayerInfo", "LayerCapture", "InputSpec", "LayerSelectionError"]
+__all__ = ["LayerInfo", "LayerCapture"]
 
 Sink = Callable[[int, torch.Tensor], None]
-
-
-class LayerSelectionError(HubcompareError, ValueError):
-    """Layer patterns that match nothing, or a layer that cannot be captured."""
 
 
 @dataclass(frozen=True)
@@ -36,51 +31,6 @@ class LayerInfo:
     name: str
     stage: int | None = None
     kind: str = "module"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How one model wants its input: channels, (H, W), per-channel mean/std after scaling to [0, 1]."""
-
-    channels: int
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def from_model(cls, model: nn.Module, data_shape: Sequence[int]) -> "InputSpec":
-        """From the model's timm ``pretrained_cfg``; a model without one takes the data as it is."""
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        c, h, w = cfg.get("input_size", (getattr(model, "in_chans", data_shape[0]), *data_shape[1:]))
-        mean = tuple(cfg.get("mean", (0.0,) * c))
-        std = tuple(cfg.get("std", (1.0,) * c))
-        interp = cfg.get("interpolation", "bilinear")
-        return cls(int(c), (int(h), int(w)), mean, std, interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float model input: [0, 1], channels adapted, resized, normalised."""
-        x = images.to(torch.float32).div_(255.0)
-        if x.shape[1] != self.channels:
-            if x.shape[1] == 1:
-                x = x.expand(-1, self.channels, -1, -1)
-            elif self.channels == 1 and x.shape[1] == 3:
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            else:
-                raise HubcompareError(f"cannot feed {x.shape[1]}-channel images to a model that takes {self.channels} channels")
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode=self.interpolation, align_corners=False if self.interpolation != "nearest" else None,
-                              antialias=self.interpolation != "nearest" and x.shape[-1] > self.size[1])
-        if any(m != 0 for m in self.mean) or any(s != 1 for s in self.std):
-            x = (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
-        return x.contiguous()
-
-    def describe(self, source_shape: Sequence[int]) -> dict:
-        d = asdict(self)
-        d["source_image_shape"] = list(source_shape)
-        d["resized"] = tuple(source_shape[-2:]) != self.size
-        d["channels_adapted"] = source_shape[0] != self.channels
-        return d
 
 
 class _StopForward(Exception):
@@ -109,13 +59,15 @@ class LayerCapture:
                 sample = ", ".join(l.name for l in available[:6])
                 raise LayerSelectionError(
                     f"layer pattern(s) {unmatched} match no layer of {type(model).__name__}; its layers look like "
-                    f"{sample}, ... (run `hubcompare layers REF` for the full list; globs like '*.out' work)."
+                    f"{sample}, ... (LayerCapture.available(model) lists them all; globs like '*.out' work).",
+                    params=("layers",),
                 )
         else:
             chosen = self.default_layers(model, available)
         chosen = [l for l in chosen if l.name not in set(exclude)]
         if not chosen:
-            raise LayerSelectionError("no layers left to compare after exclusions")
+            raise LayerSelectionError("no layers left to compare after exclusions: choose other layer patterns",
+                                      params=("layers",))
         self.layers = chosen
         if not self.native:
             self.layers = self._forward_order(chosen, example)
@@ -145,16 +97,14 @@ class LayerCapture:
 
     def _forward_order(self, chosen: list[LayerInfo], example: torch.Tensor | None) -> list[LayerInfo]:
         order: list[str] = []
-        if example is None:
-            cfg = getattr(self.model, "pretrained_cfg", None) or {}
-            example = torch.zeros(2, *cfg.get("input_size", (getattr(self.model, "in_chans", 3), 32, 32)))
-        x = example
+        x = example if example is not None else InputSpec.from_model(self.model).example()
         names = [l.name for l in chosen]
         with torch.no_grad():
             self._run_hooks(x, names, lambda i, a: order.append(names[i]), stop_early=False)
         missing = [n for n in names if n not in order]
         if missing:
-            raise LayerSelectionError(f"layer(s) {missing} produce no tensor output in a forward pass and cannot be compared")
+            raise LayerSelectionError(f"layer(s) {missing} produce no tensor output in a forward pass and cannot be "
+                                      "compared: leave them out of the layer patterns", params=("layers",))
         by_name = {l.name: l for l in chosen}
         return [by_name[n] for n in dict.fromkeys(order)]
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import CompareError
+
 __all__ = ["gram", "u_center", "hsic1", "cka", "MinibatchCKA", "CKAEstimate", "MIN_BATCH"]
 
 MIN_BATCH = 4  # the unbiased estimator divides by n (n - 3)
@@ -34,7 +36,8 @@ MIN_BATCH = 4  # the unbiased estimator divides by n (n - 3)
 
 def _check_n(n: int) -> None:
     if n < MIN_BATCH:
-        raise ValueError(f"the unbiased HSIC estimator needs at least {MIN_BATCH} examples per batch, got {n}")
+        raise CompareError(f"the unbiased HSIC estimator needs at least {MIN_BATCH} examples per batch, got {n}: "
+                           "use larger batches", params=("batch_size",))
 
 
 GRAM_CHUNK_ELEMENTS = 1 << 18  # centred copy made per feature chunk: 1 MiB of float32, small enough to stay in cache
@@ -177,7 +180,8 @@ class MinibatchCKA:
     def update(self, u_grams: torch.Tensor) -> None:
         """Add one minibatch: ``u_grams`` (L, n, n) float64, the U-centred Grams of every layer."""
         if u_grams.shape[0] != self.num_layers:
-            raise ValueError(f"expected {self.num_layers} Gram matrices, got {u_grams.shape[0]}")
+            raise CompareError(f"expected {self.num_layers} Gram matrices (one per layer this accumulator was made for), "
+                               f"got {u_grams.shape[0]}")
         n = u_grams.shape[-1]
         _check_n(n)
         h = self.batch_hsic(u_grams) * n
@@ -198,7 +202,7 @@ class MinibatchCKA:
 
     def compute(self) -> CKAEstimate:
         if self.num_batches == 0:
-            raise ValueError("no minibatch was accumulated")
+            raise CompareError("no minibatch was accumulated: call update() with at least one batch before compute()")
         value = self.normalise(self.total)
         se = torch.full_like(value, float("nan"))
         if self.keep_batches and self.num_batches >= 2:

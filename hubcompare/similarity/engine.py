@@ -10,24 +10,28 @@ within- and cross-model layer pair, for any number of models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .capture import InputSpec, LayerCapture
+from .capture import LayerCapture
 from .cka import MIN_BATCH, MinibatchCKA, gram, u_center
-from ..data import ImageDataset
-from ..errors import HubcompareError
+from ..data import ImageDataset, load_dataset
+from ..errors import CompareError, DatasetChoiceError
+from ..models import InputSpec
 from ..provenance import package_versions
 from .results import CKAResult
 
-__all__ = ["CompareModel", "Comparison", "compare", "CompareError", "remove_top_pc"]
+if TYPE_CHECKING:
+    from ..hub import ResolvedModel
 
+__all__ = ["CompareModel", "Comparison", "Minibatch", "compare", "comparison_dataset", "minibatch_plan", "remove_top_pc"]
 
-class CompareError(HubcompareError, ValueError):
-    """Settings or activations that make a CKA comparison impossible (batch too small, NaN, ...)."""
+# what a compared model's provenance records from its metadata, beyond what identifies it (SUMMARY_KEYS)
+PROVENANCE_KEYS = ("recipe_hash", "weights_sha256")
 
 
 @dataclass
@@ -38,6 +42,43 @@ class CompareModel:
     model: nn.Module
     provenance: dict = field(default_factory=dict)
     layers: Sequence[str] | None = None  # glob patterns; None = the model's default layers
+
+    @classmethod
+    def from_resolved(cls, resolved: ResolvedModel, layers: Sequence[str] | None = None, ref: str | None = None) -> CompareModel:
+        """A resolved reference (``hubcompare.hub.resolve_reference``) with its provenance: the pinned
+        reference, commit, folder, architecture and model args, and what its metadata says about it.
+        ``ref``: the name results use (default: the reference as resolved)."""
+        meta = resolved.meta
+        block = meta.to_dict()
+        provenance = {
+            "resolved": str(resolved.pinned),
+            "commit_sha": resolved.commit_sha,
+            "path": str(resolved.path) if resolved.path else None,
+            "architecture": resolved.config.get("architecture"),
+            "model_args": resolved.config.get("model_args", {}),
+        } | meta.summary() | {k: block[k] for k in PROVENANCE_KEYS if k in block}
+        return cls(ref if ref is not None else str(resolved.reference), resolved.model, provenance, layers)
+
+    @property
+    def trained_on(self) -> str | None:
+        """The dataset the model was trained on, when its provenance records it."""
+        return self.provenance.get("dataset")
+
+
+def comparison_dataset(models: Sequence[CompareModel], name: str | None = None, split: str = "test",
+                       data_dir: str | Path | None = None) -> ImageDataset:
+    """The dataset to compare ``models`` on: ``name``, else the one dataset all of them were trained on."""
+    if name is None:
+        trained_on = {m.trained_on for m in models if m.trained_on}
+        if len(trained_on) != 1:
+            raise DatasetChoiceError(
+                "cannot tell which dataset to compare on"
+                + (f" (the models were trained on {sorted(trained_on)})" if trained_on else " (no model records its training data)")
+                + ": name the dataset (and, for local data, its folder).",
+                params=("dataset", "data_dir"),
+            )
+        name = trained_on.pop()
+    return load_dataset(name, split, data_dir)
 
 
 @dataclass
@@ -84,6 +125,32 @@ def remove_top_pc(k: torch.Tensor) -> torch.Tensor:
     return k.to(torch.float64) - evals[-1] * (u1 @ u1.T)
 
 
+@dataclass(frozen=True)
+class Minibatch:
+    """One minibatch of a comparison: positions ``start:stop`` of pass ``pass_index``'s shuffled order."""
+
+    pass_index: int
+    start: int
+    stop: int
+    indices: torch.Tensor  # example indices into the dataset
+
+
+def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: int = 0) -> list[Minibatch]:
+    """The minibatches :func:`compare` feeds, in order: each pass a fresh shuffle from one generator
+    seeded with ``seed``, cut into ``batch_size`` slices; a short final slice below the estimator's
+    minimum (``MIN_BATCH``) is merged into the one before it."""
+    starts = list(range(0, num_examples, batch_size))
+    if len(starts) > 1 and num_examples - starts[-1] < MIN_BATCH:
+        starts.pop()
+    bounds = list(zip(starts, starts[1:] + [num_examples]))
+    generator = torch.Generator().manual_seed(seed)
+    plan = []
+    for p in range(passes):
+        order = torch.randperm(num_examples, generator=generator)
+        plan += [Minibatch(p, lo, hi, order[lo:hi]) for lo, hi in bounds]
+    return plan
+
+
 def compare(
     models: Sequence[CompareModel],
     dataset: ImageDataset,
@@ -97,20 +164,22 @@ def compare(
     """Minibatch CKA between every layer pair of every model (and within each model).
 
     ``passes`` sweeps over the (optionally first ``num_examples``) examples, each in a fresh
-    seeded shuffle; all models always see the same minibatch. With ``remove_pc1`` each model's
-    within-model CKA is also computed after removing every layer's first principal component per
-    minibatch.
+    seeded shuffle; all models always see the same minibatch (:func:`minibatch_plan`). With
+    ``remove_pc1`` each model's within-model CKA is also computed after removing every layer's
+    first principal component per minibatch.
     """
     if batch_size < MIN_BATCH:
         raise CompareError(
-            f"--batch-size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
-            "(use >= 64; the paper uses 256)."
+            f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
+            "(use >= 64; the paper uses 256).",
+            params=("batch_size",),
         )
     if passes < 1:
-        raise CompareError("--passes must be >= 1")
+        raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
     n_total = len(dataset) if num_examples is None else min(num_examples, len(dataset))
     if n_total < MIN_BATCH:
-        raise CompareError(f"{n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})")
+        raise CompareError(f"{n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})",
+                           params=("num_examples",))
     warnings: list[str] = []
     captures, specs = [], []
     for m in models:
@@ -121,7 +190,8 @@ def compare(
             if m.layers and any(p in ("logits", "output") for p in m.layers):
                 raise CompareError(
                     f"{m.ref} has a {num_classes}-class head but {dataset.name} has {dataset.num_classes} classes: "
-                    "its logits mean nothing here. CKA does not need the head: drop 'logits' from --layers."
+                    "its logits mean nothing here. CKA does not need the head: drop 'logits' from the layer patterns.",
+                    params=("layers",),
                 )
             warnings.append(
                 f"{m.ref}: its head has {num_classes} classes, {dataset.name} has {dataset.num_classes}; CKA does not "
@@ -135,42 +205,32 @@ def compare(
     acc = MinibatchCKA(offsets[-1])
     pc_acc = [MinibatchCKA(s) for s in sizes] if remove_pc1 else []
 
-    # batch plan: a short final batch below the estimator's minimum is merged into the previous one
-    starts = list(range(0, n_total, batch_size))
-    if len(starts) > 1 and n_total - starts[-1] < MIN_BATCH:
-        starts.pop()
-    bounds = [(s, starts[i + 1] if i + 1 < len(starts) else n_total) for i, s in enumerate(starts)]
-    total_batches = passes * len(bounds)
-    generator = torch.Generator().manual_seed(seed)
-    done = 0
-    for p in range(passes):
-        order = torch.randperm(n_total, generator=generator)  # a fresh seeded shuffle per pass
-        for lo, hi in bounds:
-            idx = order[lo:hi]
-            images = dataset.images[idx]
-            u_all = torch.empty(offsets[-1], hi - lo, hi - lo, dtype=torch.float64)
-            for mi, (cap, spec) in enumerate(zip(captures, specs)):
-                pc_grams = []
+    plan = minibatch_plan(n_total, batch_size, passes, seed)
+    for done, mb in enumerate(plan, 1):
+        images = dataset.images[mb.indices]
+        n = len(mb.indices)
+        u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64)
+        for mi, (cap, spec) in enumerate(zip(captures, specs)):
+            pc_grams = []
 
-                def sink(li: int, act: torch.Tensor, mi=mi, cap=cap, pc_grams=pc_grams) -> None:
-                    k = gram(act, centred=remove_pc1)  # PC1 removal needs the centred Gram; HSIC alone does not
-                    if not torch.isfinite(k).all():  # NaN/inf anywhere in the activations reaches the Gram matrix
-                        raise CompareError(
-                            f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations (or ones whose products "
-                            f"overflow float32) on pass {p + 1}, examples {lo}-{hi - 1} of the shuffled order; check the "
-                            "model's weights and input preprocessing."
-                        )
-                    u_center(k, out=u_all[offsets[mi] + li])
-                    if remove_pc1:
-                        pc_grams.append(u_center(remove_top_pc(k)))
-
-                cap.run(spec(images), sink)
+            def sink(li: int, act: torch.Tensor, mi=mi, cap=cap, pc_grams=pc_grams) -> None:
+                k = gram(act, centred=remove_pc1)  # PC1 removal needs the centred Gram; HSIC alone does not
+                if not torch.isfinite(k).all():  # NaN/inf anywhere in the activations reaches the Gram matrix
+                    raise CompareError(
+                        f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations (or ones whose products "
+                        f"overflow float32) on pass {mb.pass_index + 1}, examples {mb.start}-{mb.stop - 1} of the shuffled "
+                        "order; check the model's weights and input preprocessing."
+                    )
+                u_center(k, out=u_all[offsets[mi] + li])
                 if remove_pc1:
-                    pc_acc[mi].update(torch.stack(pc_grams))
-            acc.update(u_all)
-            done += 1
-            if on_batch:
-                on_batch(done, total_batches)
+                    pc_grams.append(u_center(remove_top_pc(k)))
+
+            cap.run(spec(images), sink)
+            if remove_pc1:
+                pc_acc[mi].update(torch.stack(pc_grams))
+        acc.update(u_all)
+        if on_batch:
+            on_batch(done, len(plan))
     est = acc.compute()
     for i in est.undefined:
         mi = int(np.searchsorted(offsets, i, side="right") - 1)

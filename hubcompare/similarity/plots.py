@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -39,8 +40,6 @@ def _ticks(ax, axis: str, names: Sequence[str]) -> None:
 
 def _heatmap(fig, ax, value, names_a, names_b, bounds_a, bounds_b, label_a, label_b, title, vmin=0.0, vmax=1.0,
              blocks=(), cbar_label="CKA"):
-    import matplotlib as mpl
-
     cmap = mpl.colormaps["magma"].with_extremes(bad="#bbbbbb")
     im = ax.imshow(np.ma.masked_invalid(value), origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                    interpolation="nearest")

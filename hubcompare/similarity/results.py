@@ -44,22 +44,40 @@ class CKAResult:
     def shape(self) -> tuple[int, int]:
         return self.value.shape  # type: ignore[return-value]
 
+    @property
+    def mean_off_diagonal_cka(self) -> float | None:
+        """Within-model results: mean CKA over distinct layer pairs (undefined, NaN, layers left out);
+        None for cross-model results, whose off-diagonal means nothing in particular."""
+        if self.kind == "cross" or self.value.shape[0] < 2:
+            return None
+        off = self.value[~np.eye(self.value.shape[0], dtype=bool)]
+        return float(np.nanmean(off)) if np.isfinite(off).any() else None
+
+    @property
+    def max_se(self) -> float | None:
+        """The largest jackknife standard error (None with a single minibatch: no SE)."""
+        return float(np.nanmax(self.se)) if np.isfinite(self.se).any() else None
+
     def summary(self) -> dict:
-        """Mean 'diagonal' CKA (same relative depth), and for each layer of A the best match in B."""
+        """Mean 'diagonal' CKA (same relative depth), and for each layer of A the best match in B;
+        within a model, also the mean CKA between distinct layers."""
         match = relative_depth_match(*self.value.shape)
         diag = self.value[np.arange(len(match)), match]
         finite = np.where(np.isfinite(self.value), self.value, -np.inf)
         best = finite.argmax(1)
-        return {
+        s = {
             "mean_diagonal_cka": float(np.nanmean(diag)),
             "diagonal": "same layer index" if self.value.shape[0] == self.value.shape[1] else "same relative depth",
             "mean_cka": float(np.nanmean(self.value)),
-            "max_se": float(np.nanmax(self.se)) if np.isfinite(self.se).any() else None,
+            "max_se": self.max_se,
             "best_match": [
                 {"layer_a": self.layers_a[i], "layer_b": self.layers_b[j], "cka": float(self.value[i, j]), "se": float(self.se[i, j])}
                 for i, j in enumerate(best)
             ],
         }
+        if self.kind != "cross":
+            s["mean_off_diagonal_cka"] = self.mean_off_diagonal_cka
+        return s
 
     def to_json(self) -> dict:
         return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..models import CONFIG_FILE, Checkpoint
@@ -32,16 +32,16 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Recompute predictions on the checkpoint's test split; optionally store them (and their hash)."""
     meta = ckpt.meta
-    dataset = meta.get("dataset")
+    dataset = meta.dataset
     if dataset is None:
         raise CheckpointMismatchError(f"{ckpt.path / CONFIG_FILE} records no dataset (not trained by hubcompare)", ckpt.path / CONFIG_FILE)
     test = load_dataset(dataset, "test", data_dir)
-    recorded = meta.get("test_data", {}).get("fingerprint")
+    recorded = meta.test_fingerprint
     if recorded and recorded != test.fingerprint:
         raise CheckpointMismatchError(
             f"the {dataset} test split found here (fingerprint {test.fingerprint}) is not the one this model was "
-            f"evaluated on ({recorded}); point --data-dir at the same copy of the data.",
-            ckpt.path / CONFIG_FILE,
+            f"evaluated on ({recorded}); load the same copy of the data it was evaluated on.",
+            ckpt.path / CONFIG_FILE, params=("data_dir",),
         )
     preds = predict(ckpt.model, test, batch_size=batch_size, on_batch=on_batch)
     agree = diff = None
@@ -51,8 +51,8 @@ def evaluate_checkpoint(
             agree = float((stored.predicted == preds.predicted).double().mean())
             diff = float((stored.logits - preds.logits).abs().max())
     if write:
-        config = dict(ckpt.config)
-        config["hubcompare"] = dict(meta) | {"predictions": preds.save(ckpt.path / PREDICTIONS_FILE)}
+        meta = replace(meta, predictions=preds.save(ckpt.path / PREDICTIONS_FILE))
+        config = dict(ckpt.config) | {"hubcompare": meta.to_dict()}
         atomic_write_json(ckpt.path / CONFIG_FILE, config)
         ckpt.config = config
-    return EvalReport(preds, meta.get("test_accuracy"), agree, diff, write)
+    return EvalReport(preds, meta.test_accuracy, agree, diff, write)

@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..data import pad_crop_flip, to_float
-from ..models import CONFIG_FILE, write_checkpoint
-from ..data import ImageDataset, load_dataset, parse_fraction, stratified_subset
+from ..data import ImageDataset, load_dataset, pad_crop_flip, parse_fraction, stratified_subset, to_float
+from ..models import ARCHITECTURE, CONFIG_FILE, ModelMeta, predict, write_checkpoint
 from ..errors import TrainingError
-from ..models import ARCHITECTURE
-from ..models import predict
 from ..provenance import atomic_write_bytes, package_versions
 from .recipes import Recipe
 
@@ -61,7 +58,7 @@ class TrainResult:
     test_accuracy: float
     train_accuracy: float
     wall_time_s: float
-    meta: dict = field(repr=False)
+    meta: ModelMeta = field(repr=False)
 
 
 def lr_at_epoch(epoch: int, recipe: Recipe, step: int = 0, steps: int = 1) -> float:
@@ -133,7 +130,8 @@ def train(
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if (out / CONFIG_FILE).exists():
-        raise TrainingError(f"{out} already holds a finished checkpoint: pass --overwrite to retrain it, or choose another --out.")
+        raise TrainingError(f"{out} already holds a finished checkpoint: retrain it with overwrite=True, or choose another "
+                            "output folder.", params=("overwrite", "out"))
 
     t, aug, seed = recipe["train"], recipe["augment"], recipe["train"]["seed"]
     dataset = recipe["data"]["dataset"]
@@ -202,38 +200,38 @@ def train(
     model = model.to(memory_format=torch.contiguous_format)
     preds = predict(model, test, batch_size=t["eval_batch_size"])
     last = state["history"][-1]
-    meta = {
-        "architecture": ARCHITECTURE,
-        "depth": recipe["model"]["depth"],
-        "width": recipe["model"]["width"],
-        "bn_momentum": recipe["model"]["bn_momentum"],
-        "bn_eps": recipe["model"]["bn_eps"],
-        "in_chans": train_data.image_shape[0],
-        "num_classes": train_data.num_classes,
-        "class_names": list(train_data.classes),
-        "dataset": dataset,
-        "data_fraction": parse_fraction(recipe["data"]["fraction"]),
-        "seed": seed,
-        "epochs": epochs,
-        "test_accuracy": preds.accuracy,
-        "train_accuracy": last["train_accuracy"],
-        "train_loss": last["loss"],
-        "train_data": train_data.describe(),
-        "test_data": test.describe(),
-        "recipe": recipe.to_dict(),
-        "recipe_hash": recipe.hash,
-        "history": state["history"],
-        "wall_time_s": round(state["elapsed_s"], 2),
-        "resumed_at_epochs": state["resumed_at"],
-        "precision": precision,
-        "torch_threads": torch.get_num_threads(),
-        "package_versions": package_versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = ModelMeta(
+        architecture=ARCHITECTURE,
+        depth=recipe["model"]["depth"],
+        width=recipe["model"]["width"],
+        bn_momentum=recipe["model"]["bn_momentum"],
+        bn_eps=recipe["model"]["bn_eps"],
+        in_chans=train_data.image_shape[0],
+        num_classes=train_data.num_classes,
+        class_names=list(train_data.classes),
+        dataset=dataset,
+        data_fraction=parse_fraction(recipe["data"]["fraction"]),
+        seed=seed,
+        epochs=epochs,
+        test_accuracy=preds.accuracy,
+        train_accuracy=last["train_accuracy"],
+        train_loss=last["loss"],
+        train_data=train_data.describe(),
+        test_data=test.describe(),
+        recipe=recipe.to_dict(),
+        recipe_hash=recipe.hash,
+        history=state["history"],
+        wall_time_s=round(state["elapsed_s"], 2),
+        resumed_at_epochs=state["resumed_at"],
+        precision=precision,
+        torch_threads=torch.get_num_threads(),
+        package_versions=package_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     write_checkpoint(out, model, meta, preds)
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
     emit(TrainEvent("done", epochs, epochs, accuracy=preds.accuracy))
-    return TrainResult(out, preds.accuracy, last["train_accuracy"], meta["wall_time_s"], meta)
+    return TrainResult(out, preds.accuracy, last["train_accuracy"], meta.wall_time_s, meta)
 
 
 # --- resume state: one safetensors file (tensors + JSON metadata), written atomically ----------
@@ -255,11 +253,13 @@ def _load_resume(path: Path, model, optimizer, generator: torch.Generator, recip
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         state = json.loads(meta["state"])
     except Exception as e:  # any unreadable state means we cannot resume safely
-        raise TrainingError(f"cannot resume from {path} ({e}): delete {path.parent} or pass --overwrite to start over.") from e
+        raise TrainingError(f"cannot resume from {path} ({e}): delete {path.parent} or start over with overwrite=True.",
+                            params=("overwrite",)) from e
     if meta.get("recipe_hash") != recipe.hash:
         raise TrainingError(
             f"{path.parent} belongs to a run with a different recipe (hash {meta.get('recipe_hash')} vs {recipe.hash}): "
-            "resume with the same recipe and overrides, pass --overwrite to start over, or choose another --out."
+            "resume with the same recipe and overrides, start over with overwrite=True, or choose another output folder.",
+            params=("overwrite", "out"),
         )
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = dict(model.named_parameters())

@@ -1,0 +1,128 @@
+"""Name rules and the reference parser, written once.
+
+A leaf (it imports only ``errors``) so that the client, the registry, the resolver and the server
+can all check names the same way without importing each other.
+
+Accepted reference forms (``ACCEPTED_FORMS``): ``hf-hub:OWNER/NAME[@REV]``, ``local-dir:PATH``, a
+bare path to a checkpoint folder, ``timm:NAME`` and registry names. Parsing is lexical and strict:
+anything else, or a bare word that is both a folder and a registry name, is an
+:class:`InvalidReferenceError` that lists the accepted forms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..errors import InvalidReferenceError, RegistryError
+
+__all__ = [
+    "ACCEPTED_FORMS", "NAME_PATTERN", "NAME", "REPO_ID", "Reference", "check_name", "check_registry_name",
+    "check_repo_id", "parse_reference",
+]
+
+# One name: a registry entry, a population, a timm model tag, an owner or repo name in a server route.
+NAME_PATTERN = r"[A-Za-z0-9][\w.\-]*"
+NAME = re.compile(NAME_PATTERN)
+# A Hub repo id as huggingface.co accepts it: OWNER/NAME, each at most 96 characters, not ending in '-' or '.'.
+_REPO_PART = r"[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?"
+REPO_ID = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
+_HUB = re.compile(r"(?P<repo>[^@\s]+)(?:@(?P<rev>[^@\s]+))?")  # what follows hf-hub:
+_SCHEME = re.compile(r"[A-Za-z][\w+.\-]*")
+
+ACCEPTED_FORMS = """accepted forms:
+  hf-hub:OWNER/NAME[@REVISION]  a Hub model repo, optionally pinned to a branch, tag or commit sha
+  local-dir:PATH                a checkpoint folder on disk
+  PATH                          a checkpoint folder on disk (it must exist)
+  timm:NAME                     a timm architecture with timm's pretrained weights, e.g. timm:resnet18.a1_in1k
+  NAME                          a registry name (see `hubcompare registry list`)"""
+
+Kind = Literal["hf-hub", "local-dir", "timm", "registry"]
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``OWNER/NAME`` as the Hub accepts it, or an error saying what is wrong."""
+    if not REPO_ID.fullmatch(repo_id or "") or "--" in repo_id or ".." in repo_id:
+        raise InvalidReferenceError(
+            f"{repo_id!r} is not a Hub repo id: use OWNER/NAME (letters, digits, '-', '_', '.'; "
+            "no '--' or '..'; at most 96 characters each), e.g. alice/digits-r14-s0"
+        )
+    return repo_id
+
+
+def check_name(name: str, what: str) -> str:
+    """A population (or other) name: letters, digits, '-', '_' and '.', starting with a letter or digit."""
+    if not NAME.fullmatch(name or ""):
+        raise InvalidReferenceError(f"{what} {name!r}: use letters, digits, '-', '_' and '.'")
+    return name
+
+
+def check_registry_name(name: str) -> str:
+    if not NAME.fullmatch(name or ""):
+        raise RegistryError(f"registry name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference: ``kind`` and ``target`` (repo id, path, timm name or registry name)."""
+
+    kind: Kind
+    target: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "hf-hub":
+            return f"hf-hub:{self.target}" + (f"@{self.revision}" if self.revision else "")
+        if self.kind == "registry":
+            return self.target
+        return f"{self.kind}:{self.target}"
+
+    def pinned(self, commit_sha: str | None) -> "Reference":
+        """The same Hub reference pinned to ``commit_sha`` (other kinds unchanged)."""
+        if self.kind != "hf-hub" or not commit_sha:
+            return self
+        return Reference("hf-hub", self.target, commit_sha)
+
+
+def _bad(text: str, why: str) -> InvalidReferenceError:
+    return InvalidReferenceError(f"{text!r} is not a model reference: {why}.\n{ACCEPTED_FORMS}")
+
+
+def parse_reference(text: str, registry_names: "set[str] | None" = None) -> Reference:
+    """Parse ``text``; ``registry_names`` (when given) lets a bare word be checked for ambiguity."""
+    if not isinstance(text, str) or not text.strip():
+        raise _bad(str(text), "it is empty")
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in ("hf-hub", "local-dir", "timm"):
+        if not rest:
+            raise _bad(text, f"nothing follows '{scheme}:'")
+        if scheme == "hf-hub":
+            m = _HUB.fullmatch(rest)
+            if not m:
+                raise _bad(text, "use hf-hub:OWNER/NAME or hf-hub:OWNER/NAME@REVISION (one '@' at most)")
+            try:
+                check_repo_id(m["repo"])
+            except InvalidReferenceError as e:
+                raise _bad(text, str(e)) from None
+            return Reference("hf-hub", m["repo"], m["rev"])
+        if scheme == "local-dir":
+            return Reference("local-dir", rest)
+        if not NAME.fullmatch(rest):
+            raise _bad(text, "a timm name has no '/' or spaces (for a Hub repo use hf-hub:OWNER/NAME)")
+        return Reference("timm", rest)
+    if sep and _SCHEME.fullmatch(scheme) and len(scheme) > 1:
+        raise _bad(text, f"unknown scheme '{scheme}:'")
+    is_dir = Path(text).expanduser().is_dir()
+    named = NAME.fullmatch(text) is not None
+    if is_dir and named and registry_names is not None and text in registry_names:
+        raise _bad(text, f"it is both a folder and a registry name; write local-dir:{text} or rename the entry")
+    if is_dir:
+        return Reference("local-dir", text)
+    if named:
+        return Reference("registry", text)
+    hint = f" (for the Hub repo write hf-hub:{text})" if re.fullmatch(r"[^/\s]+/[^/\s]+", text) else ""
+    raise _bad(text, f"no folder {text} exists and it is not a registry name{hint}")

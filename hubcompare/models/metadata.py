@@ -1,0 +1,93 @@
+"""The one typed record of what describes a model: config.json's ``hubcompare`` block.
+
+Cards, the registry, pull/info, comparisons and populations all read a model's depth, width,
+dataset, fraction, seed and accuracy from here, so which keys describe a model is written once.
+Folders written by plain timm (no ``hubcompare`` block) still give what timm's config says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["ModelMeta", "SUMMARY_KEYS"]
+
+# What identifies a model in a population: the registry's columns, the card's tags, a comparison's provenance.
+SUMMARY_KEYS = ("architecture", "depth", "width", "dataset", "data_fraction", "seed", "test_accuracy")
+
+
+@dataclass
+class ModelMeta:
+    """config.json's ``hubcompare`` block, typed. Unknown keys are kept in ``extra`` and written back."""
+
+    architecture: str | None = None
+    depth: int | None = None
+    width: float | None = None
+    bn_momentum: float | None = None
+    bn_eps: float | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    dataset: str | None = None
+    data_fraction: float | None = None
+    seed: int | None = None
+    epochs: int | None = None
+    test_accuracy: float | None = None
+    train_accuracy: float | None = None
+    train_loss: float | None = None
+    train_data: dict | None = None  # ImageDataset.describe() of the training subset
+    test_data: dict | None = None  # ImageDataset.describe() of the test split
+    recipe: dict | None = None
+    recipe_hash: str | None = None
+    history: list[dict] | None = None
+    wall_time_s: float | None = None
+    resumed_at_epochs: list[int] | None = None
+    precision: str | None = None
+    torch_threads: int | None = None
+    package_versions: dict | None = None
+    created_at: str | None = None
+    weights_sha256: str | None = None
+    predictions: dict | None = None  # the predictions file's record (sha256, dataset fingerprint, ...)
+    populations: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, block: dict) -> ModelMeta:
+        """From a ``hubcompare`` block (a card's or a config's); unknown keys go to ``extra``."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        meta = cls(**{k: v for k, v in block.items() if k in known})
+        meta.extra = {k: v for k, v in block.items() if k not in known}
+        meta.populations = list(meta.populations or [])
+        return meta
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelMeta:
+        """From a whole config.json: its ``hubcompare`` block, else what timm's own keys say."""
+        meta = cls.from_dict(config.get("hubcompare") or {})
+        args = config.get("model_args") or {}
+        meta.architecture = meta.architecture or config.get("architecture")
+        meta.depth = meta.depth if meta.depth is not None else args.get("depth")
+        meta.width = meta.width if meta.width is not None else args.get("width")
+        meta.num_classes = meta.num_classes if meta.num_classes is not None else config.get("num_classes")
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hubcompare`` block as written to config.json (fields that are set, then ``extra``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {k: v for k, v in out.items() if v is not None and not (k == "populations" and not v)}
+        return out | self.extra
+
+    def summary(self) -> dict[str, Any]:
+        """The keys that identify the model in a population (``SUMMARY_KEYS``), those that are known."""
+        return {k: getattr(self, k) for k in SUMMARY_KEYS if getattr(self, k) is not None}
+
+    @property
+    def test_fingerprint(self) -> str | None:
+        """The fingerprint of the test split the model was evaluated on (None when not recorded)."""
+        return (self.test_data or {}).get("fingerprint")
+
+    @property
+    def is_hubcompare_run(self) -> bool:
+        """Written by ``hubcompare train`` (so it has depth, width, dataset, fraction and seed for a card)."""
+        return all(getattr(self, k) is not None for k in ("depth", "width", "dataset", "data_fraction", "seed")) \
+            and self.test_data is not None
