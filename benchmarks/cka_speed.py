@@ -60,8 +60,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
-from hubcompare.data import ImageDataset
-from hubcompare.similarity import CompareModel, compare, minibatch_plan
+from hubcompare.data.datasets import ImageDataset
+from hubcompare.similarity.engine import compare, CompareModel, minibatch_plan
 
 TOOLS_DIR = Path(__file__).resolve().parent / ".cka-tools"
 TOOL_PACKAGES = [

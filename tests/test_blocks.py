@@ -8,6 +8,7 @@ from torch import nn
 import hubcompare  # noqa: F401
 from hubcompare.similarity.blocks import analyze_blocks, detect_blocks, pc_analysis
 from hubcompare.similarity.engine import CompareModel
+from hubcompare.models.weights import load_model
 from helpers import small_recipe, toy_dataset
 
 
@@ -124,7 +125,7 @@ def test_real_digits_resnet20_has_no_block(tmp_path):
     run = train(small_recipe(**{"model.depth": 20, "train.epochs": 8}), tmp_path / "r20").run_dir
     ckpt = load_checkpoint(run)
     assert ckpt.meta.test_accuracy > 0.8
-    rep = analyze_blocks(CompareModel(str(run), ckpt.model), load_dataset("digits", "test"), batch_size=250, pc_examples=500)
+    rep = analyze_blocks(CompareModel(str(run), load_model(ckpt)), load_dataset("digits", "test"), batch_size=250, pc_examples=500)
     assert rep.cka.layers_a[0] == "stem" and len(rep.cka.layers_a) == 10  # stem + 9 block outputs
     assert rep.blocks == []
     assert rep.pcs.fraction.max() < 0.5

@@ -10,11 +10,13 @@ import torch
 from huggingface_hub import ModelCard
 
 import hubcompare  # noqa: F401
-from hubcompare.models import ModelMeta
+from hubcompare.models.metadata import ModelMeta
 from hubcompare.models.checkpoint import load_checkpoint
 from hubcompare.data.datasets import load_dataset
 from hubcompare.errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
 from hubcompare.training.evaluate import evaluate_checkpoint
+from hubcompare.models.predictions import stored_predictions
+from hubcompare.models.weights import load_model
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_folder_layout_and_timm_config(trained_run):
 
 def test_timm_local_dir_round_trip(trained_run):
     via_timm = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()
-    ours = load_checkpoint(trained_run).model
+    ours = load_model(load_checkpoint(trained_run))
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(via_timm(x), ours(x))
@@ -82,7 +84,7 @@ def test_card_metadata_parses_back(trained_run):
 
 def test_stored_predictions_match_a_fresh_evaluation(trained_run):
     ckpt = load_checkpoint(trained_run)
-    stored = ckpt.predictions()
+    stored = stored_predictions(ckpt)
     test = load_dataset("digits", "test")
     assert stored.ids == test.ids and torch.equal(stored.labels, test.labels)
     assert stored.accuracy == pytest.approx(ckpt.meta.test_accuracy)
@@ -98,7 +100,7 @@ def test_corrupt_weights_name_the_file(run_copy):
     del cfg["hubcompare"]["weights_sha256"]  # get past the hash check to the parser
     (run_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointCorruptError, match="model.safetensors") as e:
-        load_checkpoint(run_copy).model
+        load_model(load_checkpoint(run_copy))
     assert e.value.path.name == "model.safetensors"
 
 
@@ -109,7 +111,7 @@ def test_replaced_weights_are_a_mismatch(run_copy, tmp_path):
     other = train(small_recipe(**{"train.seed": 5, "train.epochs": 2}), tmp_path / "other").run_dir
     shutil.copy(other / "model.safetensors", run_copy / "model.safetensors")
     with pytest.raises(CheckpointMismatchError, match="model.safetensors"):
-        load_checkpoint(run_copy).model
+        load_model(load_checkpoint(run_copy))
 
 
 def test_config_that_does_not_fit_the_weights(run_copy):
@@ -118,7 +120,7 @@ def test_config_that_does_not_fit_the_weights(run_copy):
     del cfg["hubcompare"]["weights_sha256"]
     (run_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="missing"):
-        load_checkpoint(run_copy).model
+        load_model(load_checkpoint(run_copy))
 
 
 def test_missing_and_unparsable_files(run_copy, tmp_path):
@@ -126,7 +128,7 @@ def test_missing_and_unparsable_files(run_copy, tmp_path):
         load_checkpoint(tmp_path / "nothing")
     (run_copy / "predictions.safetensors").write_bytes(b"12345678")
     with pytest.raises(CheckpointCorruptError, match="predictions.safetensors"):
-        load_checkpoint(run_copy).predictions()
+        stored_predictions(load_checkpoint(run_copy))
     (run_copy / "model.safetensors").unlink()
     with pytest.raises(CheckpointFileMissingError, match="model.safetensors"):
         load_checkpoint(run_copy)

@@ -37,11 +37,11 @@ def test_errors_are_one_clear_line(tmp_path):
 
 
 def test_interrupt_is_one_short_line_and_exit_130(monkeypatch, tmp_path):
-    import hubcompare.training as training
+    import hubcompare.training.recipes as recipes
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "load_recipe", interrupted)
+    monkeypatch.setattr(recipes, "load_recipe", interrupted)
     r = runner.invoke(app, ["train", "digits", "--out", str(tmp_path / "x")])
     assert r.exit_code == 130 and r.output.strip() == "Interrupted." and "Traceback" not in r.output

@@ -55,10 +55,11 @@ def test_blocks_names_constant_layers_of_a_collapsed_model(trained_run, tmp_path
     """A layer that outputs the same values for every example has no PC1 share: say which, don't print nan."""
     import torch
 
-    from hubcompare.models.checkpoint import load_checkpoint, write_checkpoint
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.models.weights import load_model, write_checkpoint
 
     ckpt = load_checkpoint(trained_run)
-    model = ckpt.model
+    model = load_model(ckpt)
     block = model.stages[2][0]
     with torch.no_grad():  # shortcut -> 0, branch -> -1: relu(0 - 1) = 0 for every input
         block.shortcut.weight.zero_(), block.shortcut.bias.zero_()

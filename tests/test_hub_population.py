@@ -43,7 +43,7 @@ def test_population_pushed_concurrently_found_by_collection_and_tag_and_resumed(
 
     from hubcompare.hub.client import population_repo_name, push_population
     from hubcompare.hub.registry import Registry, sync
-    from hubcompare.models import ModelMeta
+    from hubcompare.models.metadata import ModelMeta
 
     api = HfApi()
     flaky = FailOnce(api, f"-s{SEEDS[1]}")

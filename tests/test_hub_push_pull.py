@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hubcompare.models.weights import load_model
+
 
 def _outputs(model, seed=0):
     c, h, w = model.pretrained_cfg["input_size"]
@@ -46,7 +48,7 @@ def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, 
     pulled = pull("alice/digits-r8", cache_dir=tmp_path / "fresh-cache")
     assert pulled.commit_sha == pushed.commit_sha and str(pulled.path).startswith(str(tmp_path / "fresh-cache"))
     assert pulled.path.name == pushed.commit_sha
-    local, remote = load_checkpoint(trained_run).model, load_checkpoint(pulled.path).model
+    local, remote = load_model(load_checkpoint(trained_run)), load_model(load_checkpoint(pulled.path))
     assert torch.equal(_outputs(local), _outputs(remote))
     assert (pulled.path / "predictions.safetensors").read_bytes() == (trained_run / "predictions.safetensors").read_bytes()
 
@@ -69,7 +71,7 @@ def test_pushed_model_loads_with_plain_timm(pushed, trained_run):
     from hubcompare.models.checkpoint import load_checkpoint
 
     model = timm.create_model("hf-hub:alice/digits-r8", pretrained=True)
-    assert torch.equal(_outputs(model), _outputs(load_checkpoint(trained_run).model))
+    assert torch.equal(_outputs(model), _outputs(load_model(load_checkpoint(trained_run))))
 
 
 def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
@@ -88,8 +90,8 @@ def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
     old = pull("alice/pinned", first.commit_sha)
     new = pull("alice/pinned")
     assert (old.commit_sha, new.commit_sha) == (first.commit_sha, second.commit_sha)
-    assert torch.equal(_outputs(load_checkpoint(old.path).model), _outputs(load_checkpoint(trained_run).model))
-    assert torch.equal(_outputs(load_checkpoint(new.path).model), _outputs(load_checkpoint(other).model))
+    assert torch.equal(_outputs(load_model(load_checkpoint(old.path))), _outputs(load_model(load_checkpoint(trained_run))))
+    assert torch.equal(_outputs(load_model(load_checkpoint(new.path))), _outputs(load_model(load_checkpoint(other))))
     # a reference pinned with @sha resolves to the old weights too
     from hubcompare.hub.references import resolve_reference
 
@@ -180,7 +182,7 @@ def test_concurrent_pulls_of_one_model_share_a_sound_cache(pushed, tmp_path):
     for t in threads:
         t.join()
     assert not errors and len({r.path for r in results}) == 1
-    load_checkpoint(results[0].path).model  # weights hash verified on load
+    load_model(load_checkpoint(results[0].path))  # weights hash verified on load
     assert not list(cache.rglob("*.incomplete"))
 
 

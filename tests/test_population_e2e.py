@@ -13,6 +13,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from hubcompare.cli import app
+from hubcompare.models.predictions import stored_predictions
 
 runner = CliRunner()
 NARROW, WIDE = (21, 22, 23, 24), (31, 32)
@@ -40,7 +41,7 @@ def populations(tmp_path_factory, hub):
 def _stored(run_dirs):
     from hubcompare.models.checkpoint import load_checkpoint
 
-    preds = [load_checkpoint(d).predictions() for d in run_dirs]
+    preds = [stored_predictions(load_checkpoint(d)) for d in run_dirs]
     return np.stack([p.correct.numpy() for p in preds]), preds[0].labels.numpy()
 
 

@@ -11,6 +11,7 @@ from hubcompare.errors import DatasetError, InvalidArchitectureError, RecipeErro
 from hubcompare.training.recipes import load_recipe
 from hubcompare.training.loop import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
 from hubcompare.data.datasets import load_dataset
+from hubcompare.models.weights import load_model
 
 
 def weights(run):
@@ -135,7 +136,7 @@ def test_pytorch_style_options_train_and_round_trip(tmp_path):
             "augment.offsets": "batch"}
     result = train(small_recipe(**opts, **{"train.epochs": 2}), tmp_path / "run")
     ckpt = load_checkpoint(result.run_dir)
-    bns = [m for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns = [m for m in load_model(ckpt).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {(m.eps, m.momentum) for m in bns} == {(1e-5, 0.1)}
     assert ckpt.config["model_args"]["bn_eps"] == 1e-5
     from hubcompare.training.evaluate import evaluate_checkpoint

@@ -35,8 +35,8 @@ def _num(v: float | None, spec: str = ".4f") -> str:
 
 def _load(refs: list[str], layers: Optional[list[str]]):
     """Resolve each reference to a model to compare, with its provenance."""
-    from ..hub import resolve_reference
-    from ..similarity import CompareModel
+    from ..hub.references import resolve_reference
+    from ..similarity.engine import CompareModel
 
     models = []
     for ref in refs:
@@ -47,7 +47,7 @@ def _load(refs: list[str], layers: Optional[list[str]]):
 
 def _prepare(refs: list[str], layers, dataset, split, data_dir, threads):
     """What every comparison command does first: threads, load the models, load the dataset to compare on."""
-    from ..similarity import comparison_dataset
+    from ..similarity.engine import comparison_dataset
 
     set_threads(threads)
     models = _load(refs, layers)
@@ -71,7 +71,7 @@ def _summary_table(result, top: int = 40) -> Table:
     t.add_column("best match in B")
     t.add_column("CKA ± SE", justify="right")
     t.add_column("same-depth CKA", justify="right")
-    from ..similarity import relative_depth_match
+    from ..similarity.results import relative_depth_match
 
     match = relative_depth_match(*result.shape)
     for i, m in enumerate(s["best_match"][:top]):
@@ -85,8 +85,8 @@ def layers(
     patterns: Layers = None,
 ) -> None:
     """List the named layers a comparison can tap, in forward order, with per-example shapes."""
-    from ..models import InputSpec
-    from ..similarity import LayerCapture
+    from ..models.inputs import InputSpec
+    from ..similarity.capture import LayerCapture
 
     (m,) = _load([ref], patterns)
     spec = InputSpec.from_model(m.model)
@@ -117,7 +117,8 @@ def cross_cka(
     threads: Threads = None,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch)."""
-    from ..similarity import compare, plot_cka
+    from ..similarity.engine import compare
+    from ..similarity.plots import plot_cka
 
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
@@ -150,7 +151,8 @@ def cka(
     threads: Threads = None,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
-    from ..similarity import compare, plot_cka
+    from ..similarity.engine import compare
+    from ..similarity.plots import plot_cka
 
     models, ds = _prepare([ref], layers, dataset, split, data_dir, threads)
     out = out or Path("results") / f"cka-{slug(ref)}"
@@ -188,7 +190,8 @@ def blocks(
     (printed with the result).
     """
     from ..provenance import atomic_write_json
-    from ..similarity import BlockCriteria, analyze_blocks, plot_block_report, plot_cka
+    from ..similarity.blocks import analyze_blocks, BlockCriteria
+    from ..similarity.plots import plot_block_report, plot_cka
 
     criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
                                         max_gap=max_gap, min_mean_pc1=min_mean_pc1)

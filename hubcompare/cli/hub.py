@@ -48,7 +48,7 @@ def serve(
 
 
 def _register(result, name: Optional[str], populations=()) -> str:
-    from ..hub import Registry, entry_from_meta
+    from ..hub.registry import entry_from_meta, Registry
 
     name = name or result.repo_id.replace("/", "--")
     entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", result.meta, result.commit_sha, populations)
@@ -65,7 +65,7 @@ def push(
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default OWNER--NAME).")] = None,
 ) -> None:
     """Upload a checkpoint folder to the Hub as one commit; prints and records the commit sha."""
-    from ..hub import push as do_push
+    from ..hub.client import push as do_push
 
     with console.status(f"pushing {run_dir} to {repo}"):
         result = do_push(run_dir, repo, private=private, commit_message=message)
@@ -89,7 +89,7 @@ def push_population(
     finishes the rest without duplicate commits.
     """
     from ..errors import PushError
-    from ..hub import push_population as do_push
+    from ..hub.client import push_population as do_push
 
     progress = Progress(TextColumn("[bold blue]pushing {task.fields[population]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
@@ -120,8 +120,8 @@ def pull(
     name: Annotated[Optional[str], typer.Option("--name", help="Also record it in the registry under this name.")] = None,
 ) -> None:
     """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit, and load it."""
-    from ..hub import resolve_reference
-    from ..hub import Registry, entry_from_meta
+    from ..hub.references import resolve_reference
+    from ..hub.registry import entry_from_meta, Registry
 
     registry = Registry()
     with console.status(f"pulling {reference}"):
@@ -148,8 +148,9 @@ def registry_add(
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite an entry of the same name.")] = False,
 ) -> None:
     """Resolve (pull and load) a reference, then record it under NAME, pinned to the commit it resolved to."""
-    from ..hub import parse_reference, resolve_reference
-    from ..hub import Registry, entry_from_meta
+    from ..hub.names import parse_reference
+    from ..hub.references import resolve_reference
+    from ..hub.registry import entry_from_meta, Registry
 
     registry = Registry()
     ref = parse_reference(reference)
@@ -180,7 +181,7 @@ def registry_list(
     """List entries (user and curated), filtered: a population is such a query."""
     from fractions import Fraction
 
-    from ..hub import Registry
+    from ..hub.registry import Registry
 
     frac = float(Fraction(fraction)) if fraction else None
     entries = Registry().query(population=population, architecture=architecture, depth=depth, width=width,
@@ -203,7 +204,7 @@ def registry_show(name: Annotated[str, typer.Argument()]) -> None:
     """Show one entry."""
     from dataclasses import asdict
 
-    from ..hub import Registry
+    from ..hub.registry import Registry
 
     table = Table(title=name, show_header=False)
     for key, value in asdict(Registry().get(name)).items():
@@ -214,7 +215,7 @@ def registry_show(name: Annotated[str, typer.Argument()]) -> None:
 @registry_app.command("remove")
 def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
     """Remove a user entry (curated entries live in registry/*.txt: edit the file)."""
-    from ..hub import Registry
+    from ..hub.registry import Registry
 
     e = Registry().remove(name)
     console.print(f"removed {e.name} ({e.reference})")
@@ -226,7 +227,7 @@ def registry_sync(
     population: Annotated[Optional[str], typer.Option("--population", help="Only models tagged population-NAME.")] = None,
 ) -> None:
     """Fill the registry from list_models (tags hubcompare [+ population-P]), each pinned to its current sha."""
-    from ..hub import Registry, sync
+    from ..hub.registry import Registry, sync
 
     with console.status(f"listing models of {author}"):
         entries = sync(Registry(), author, population)

@@ -23,8 +23,8 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where comput
 
 
 def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir):
-    from ..data import load_dataset
-    from ..populations import load_side
+    from ..data.datasets import load_dataset
+    from ..populations.sides import load_side
 
     ds = load_dataset(dataset, "test", data_dir) if dataset else None
     sides = []
@@ -64,8 +64,8 @@ def agreement(
     cache_dir: CacheDir = None,
 ) -> None:
     """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement."""
-    from ..populations import agreement as compute
-    from ..populations import plot_agreement
+    from ..populations.agreement import agreement as compute
+    from ..populations.plots import plot_agreement
 
     sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir)
     with console.status("computing"):
@@ -120,8 +120,8 @@ def class_diff(
     cache_dir: CacheDir = None,
 ) -> None:
     """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs."""
-    from ..populations import class_diff as compute
-    from ..populations import plot_class_diff
+    from ..populations.classdiff import class_diff as compute
+    from ..populations.plots import plot_class_diff
 
     sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir)
     with console.status("computing"):

@@ -27,8 +27,8 @@ def train(
     threads: Threads = None,
 ) -> None:
     """Train a recipe into a checkpoint folder (resumes an interrupted run in the same --out)."""
-    from ..training import load_recipe
-    from ..training import TrainEvent, train as run_training
+    from ..training.recipes import load_recipe
+    from ..training.loop import train as run_training, TrainEvent
 
     set_threads(threads)
     if width is not None and float(width).is_integer():
@@ -85,8 +85,8 @@ def eval_(
     threads: Threads = None,
 ) -> None:
     """Recompute test accuracy and per-example predictions of a checkpoint folder."""
-    from ..models import load_checkpoint
-    from ..training import evaluate_checkpoint
+    from ..models.checkpoint import load_checkpoint
+    from ..training.evaluate import evaluate_checkpoint
 
     set_threads(threads)
     ckpt = load_checkpoint(run_dir)
@@ -114,7 +114,7 @@ def info(
     """Show a checkpoint folder's model-card metadata and training provenance."""
     from huggingface_hub import ModelCard
 
-    from ..models import CARD_FILE, load_checkpoint
+    from ..models.checkpoint import CARD_FILE, load_checkpoint
 
     ckpt = load_checkpoint(run_dir)
     meta = ckpt.meta

@@ -39,7 +39,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ..models import CARD_FILE, CONFIG_FILE, PREDICTIONS_FILE, WEIGHTS_FILE, ModelMeta, build_card, format_number, load_checkpoint
+from ..models.checkpoint import CARD_FILE, CONFIG_FILE, load_checkpoint, PREDICTIONS_FILE, WEIGHTS_FILE
+from ..models.metadata import ModelMeta
+from ..models.card import build_card, format_number
 from ..errors import (
     CheckpointMismatchError,
     HubFileNotFoundError,

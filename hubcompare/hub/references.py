@@ -16,10 +16,12 @@ import torch
 from timm.models import get_pretrained_cfg
 
 from ..errors import InvalidReferenceError, PickleWeightsRefusedError, ReferenceNotFoundError
-from ..models import WEIGHTS_FILE, Checkpoint, ModelMeta, load_checkpoint
+from ..models.checkpoint import Checkpoint, load_checkpoint, WEIGHTS_FILE
+from ..models.metadata import ModelMeta
 from .client import pull
 from .names import ACCEPTED_FORMS, Reference, parse_reference
 from .registry import Registry
+from ..models.weights import load_model
 
 __all__ = ["Reference", "ResolvedModel", "parse_reference", "resolve_reference", "ACCEPTED_FORMS"]
 
@@ -43,7 +45,7 @@ class ResolvedModel:
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            self._model = self.checkpoint.model
+            self._model = load_model(self.checkpoint)
         return self._model
 
     @property

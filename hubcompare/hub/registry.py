@@ -24,7 +24,7 @@ from typing import Iterable
 from huggingface_hub import HfApi
 
 from ..bundled import bundled_dir
-from ..models import ModelMeta
+from ..models.metadata import ModelMeta
 from ..errors import RegistryConflictError, RegistryEntryNotFoundError, RegistryError
 from .client import with_retries
 from .names import ACCEPTED_FORMS, check_registry_name, parse_reference

@@ -17,14 +17,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from ..data import to_float
-from ..data import ImageDataset
-from ..errors import CheckpointCorruptError, CheckpointFileMissingError
-from ..provenance import atomic_write_bytes
+from ..data.augment import to_float
+from ..data.datasets import ImageDataset
+from ..errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
+from ..provenance import atomic_write_bytes, sha256_file
+from .checkpoint import CONFIG_FILE, PREDICTIONS_FILE, Checkpoint
 
-__all__ = ["Predictions", "predict", "PREDICTIONS_FILE"]
-
-PREDICTIONS_FILE = "predictions.safetensors"
+__all__ = ["Predictions", "predict", "stored_predictions"]
 
 
 @dataclass(eq=False)
@@ -104,3 +103,22 @@ def predict(
     finally:
         model.train(was_training)
     return Predictions(logits=torch.cat(chunks), labels=dataset.labels.clone(), ids=list(dataset.ids), dataset=dataset.describe())
+
+
+def stored_predictions(ckpt: Checkpoint) -> Predictions:
+    """The predictions stored in a checkpoint folder, checked against config.json (hash, number of classes)."""
+    preds = Predictions.load(ckpt.path / PREDICTIONS_FILE)
+    expected = (ckpt.meta.predictions or {}).get("sha256")
+    if expected and sha256_file(ckpt.path / PREDICTIONS_FILE) != expected:
+        raise CheckpointMismatchError(
+            f"{ckpt.path / PREDICTIONS_FILE} does not match the sha256 recorded in {CONFIG_FILE}: "
+            "it was replaced or modified; regenerate it with `hubcompare eval`.",
+            ckpt.path / PREDICTIONS_FILE,
+        )
+    num_classes = ckpt.config.get("num_classes")
+    if num_classes is not None and preds.logits.shape[1] != num_classes:
+        raise CheckpointMismatchError(
+            f"{ckpt.path / PREDICTIONS_FILE} has {preds.logits.shape[1]} classes but {CONFIG_FILE} says {num_classes}",
+            ckpt.path / PREDICTIONS_FILE,
+        )
+    return preds

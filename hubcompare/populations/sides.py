@@ -18,7 +18,7 @@ import numpy as np
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..data import load_dataset
+from ..data.datasets import load_dataset
 from ..errors import (
     DatasetMismatchError,
     EmptyPopulationError,
@@ -26,9 +26,14 @@ from ..errors import (
     InvalidReferenceError,
     PredictionsUnavailableError,
 )
-from ..hub import Registry, default_registry_path, resolve_reference, with_retries
-from ..models import WEIGHTS_FILE, InputSpec, Predictions, predict
+from ..hub.registry import default_registry_path, Registry
+from ..hub.references import resolve_reference
+from ..hub.client import with_retries
+from ..models.checkpoint import WEIGHTS_FILE
+from ..models.inputs import InputSpec
+from ..models.predictions import predict, Predictions
 from ..provenance import sha256_file
+from ..models.predictions import stored_predictions
 
 __all__ = ["SIDE_FORMS", "Member", "Side", "check_aligned", "default_cache_dir", "expand_side", "load_side"]
 
@@ -227,7 +232,7 @@ def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_d
     meta = resolved.meta
     source = None
     if ckpt is not None and ckpt.has_predictions:
-        stored = ckpt.predictions()
+        stored = stored_predictions(ckpt)
         if dataset is None or (stored.dataset.get("fingerprint") == dataset.fingerprint and stored.ids == list(dataset.ids)):
             preds, source = stored, "stored"
     if source is None:

@@ -42,8 +42,8 @@ import torch
 from .capture import LayerCapture
 from .cka import gram
 from .engine import CompareModel, compare
-from ..data import ImageDataset
-from ..models import InputSpec
+from ..data.datasets import ImageDataset
+from ..models.inputs import InputSpec
 from .results import CKAResult
 
 __all__ = ["Block", "BlockCriteria", "PCAnalysis", "BlockReport", "detect_blocks", "pc_analysis", "analyze_blocks",

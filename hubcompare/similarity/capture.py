@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerSelectionError
-from ..models import InputSpec
+from ..models.inputs import InputSpec
 
 __all__ = ["LayerInfo", "LayerCapture"]
 

@@ -19,14 +19,14 @@ from torch import nn
 
 from .capture import LayerCapture
 from .cka import MIN_BATCH, MinibatchCKA, gram, u_center
-from ..data import ImageDataset, load_dataset
+from ..data.datasets import ImageDataset, load_dataset
 from ..errors import CompareError, DatasetChoiceError
-from ..models import InputSpec
+from ..models.inputs import InputSpec
 from ..provenance import package_versions
 from .results import CKAResult
 
 if TYPE_CHECKING:
-    from ..hub import ResolvedModel
+    from ..hub.references import ResolvedModel
 
 __all__ = ["CompareModel", "Comparison", "Minibatch", "compare", "comparison_dataset", "minibatch_plan", "remove_top_pc"]
 

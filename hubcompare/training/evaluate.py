@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..models import CONFIG_FILE, Checkpoint
-from ..data import load_dataset
+from ..models.checkpoint import Checkpoint, CONFIG_FILE
+from ..data.datasets import load_dataset
 from ..errors import CheckpointMismatchError
-from ..models import PREDICTIONS_FILE, Predictions, predict
+from ..models.checkpoint import PREDICTIONS_FILE
+from ..models.predictions import predict, Predictions
 from ..provenance import atomic_write_json
+from ..models.weights import load_model
+from ..models.predictions import stored_predictions
 
 __all__ = ["EvalReport", "evaluate_checkpoint"]
 
@@ -43,10 +46,10 @@ def evaluate_checkpoint(
             f"evaluated on ({recorded}); load the same copy of the data it was evaluated on.",
             ckpt.path / CONFIG_FILE, params=("data_dir",),
         )
-    preds = predict(ckpt.model, test, batch_size=batch_size, on_batch=on_batch)
+    preds = predict(load_model(ckpt), test, batch_size=batch_size, on_batch=on_batch)
     agree = diff = None
     if ckpt.has_predictions:
-        stored = ckpt.predictions()
+        stored = stored_predictions(ckpt)
         if stored.ids == preds.ids:
             agree = float((stored.predicted == preds.predicted).double().mean())
             diff = float((stored.logits - preds.logits).abs().max())

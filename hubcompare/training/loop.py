@@ -24,15 +24,19 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..data import ImageDataset, load_dataset, pad_crop_flip, parse_fraction, stratified_subset, to_float
-from ..models import ARCHITECTURE, CONFIG_FILE, ModelMeta, predict, write_checkpoint
+from ..data.datasets import ImageDataset, load_dataset, parse_fraction, stratified_subset
+from ..data.augment import pad_crop_flip, to_float
+from ..models.resnet import ARCHITECTURE
+from ..models.checkpoint import CONFIG_FILE, RESUME_DIR
+from ..models.weights import write_checkpoint
+from ..models.metadata import ModelMeta
+from ..models.predictions import predict
 from ..errors import TrainingError
 from ..provenance import atomic_write_bytes, package_versions
 from .recipes import Recipe
 
 __all__ = ["TrainEvent", "TrainResult", "train", "lr_at_epoch", "build_model", "RESUME_DIR"]
 
-RESUME_DIR = ".resume"
 RESUME_FILE = "state.safetensors"
 
 

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..data import DATASETS, parse_fraction
+from ..data.datasets import DATASETS, parse_fraction
 from ..errors import RecipeError
 from ..bundled import bundled_dir
-from ..models import BN_EPS, BN_MOMENTUM, INITS, check_architecture
+from ..models.resnet import BN_EPS, BN_MOMENTUM, check_architecture, INITS
 
 __all__ = ["Recipe", "load_recipe", "find_recipe", "RECIPE_DIR"]
 
