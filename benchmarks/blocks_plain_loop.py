@@ -25,10 +25,10 @@ from torch import nn
 
 import hubcompare  # noqa: F401  (registers the model family)
 from hubcompare.data.augment import pad_crop_flip
-from hubcompare.similarity.blocks import analyze_blocks
-from hubcompare.similarity.engine import CompareModel
 from hubcompare.data.datasets import load_dataset
 from hubcompare.models.resnet import CifarResNet
+from hubcompare.similarity.blocks import analyze_blocks
+from hubcompare.similarity.engine import CompareModel
 
 
 def train_and_analyse(depth: int, width: int, seed: int, lr: float, shift: str, epochs: int = 60, batch: int = 128,
@@ -75,8 +75,8 @@ def train_and_analyse(depth: int, width: int, seed: int, lr: float, shift: str, 
     except Exception as e:  # a diverged model has NaN activations: report, go on with the next seed
         return result | {"error": str(e).splitlines()[0]}
     if out is not None:  # the figure a person checks the detector against, and its numbers
-        from hubcompare.similarity.plots import plot_block_report
         from hubcompare.provenance import atomic_write_json
+        from hubcompare.similarity.plots import plot_block_report
 
         name = f"blocks-d{depth}-w{width}-{shift}-lr{lr}-s{seed}"
         plot_block_report(rep, out / f"{name}.png")

@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
 from hubcompare.data.datasets import ImageDataset
-from hubcompare.similarity.engine import compare, CompareModel, minibatch_plan
+from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
 
 TOOLS_DIR = Path(__file__).resolve().parent / ".cka-tools"
 TOOL_PACKAGES = [

@@ -32,8 +32,8 @@ os.environ.setdefault("HF_TOKEN", "hf_benchmark_dummy")
 from huggingface_hub import HfApi  # noqa: E402
 
 from hubcompare.hub.client import pull, push, push_population  # noqa: E402
-from hubcompare.training.recipes import load_recipe  # noqa: E402
 from hubcompare.training.loop import train  # noqa: E402
+from hubcompare.training.recipes import load_recipe  # noqa: E402
 
 
 def free_port() -> int:

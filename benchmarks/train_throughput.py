@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import hubcompare  # noqa: F401  (registers cifar_resnet)
-from hubcompare.training.recipes import load_recipe
-from hubcompare.training.loop import TrainEvent, build_model, resolve_precision, train
 from hubcompare.data.datasets import load_dataset
+from hubcompare.training.loop import TrainEvent, build_model, resolve_precision, train
+from hubcompare.training.recipes import load_recipe
 
 
 class PilCifar(Dataset):

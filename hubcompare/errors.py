@@ -65,6 +65,16 @@ class CheckpointMismatchError(CheckpointError, ValueError):
     """Checkpoint files parse but disagree with each other (weights vs config, predictions vs data)."""
 
 
+class ModelConfigError(CheckpointCorruptError):
+    """config.json describes a model hubcompare will not build: an unknown architecture or a reference to
+    another repo in its place, ``model_args`` the architecture does not take or of the wrong type."""
+
+
+class ModelTooLargeError(CheckpointError, ValueError):
+    """The model config.json describes would have more parameters than ``max_params`` allows (refused before
+    anything is allocated)."""
+
+
 class InputMismatchError(HubcompareError, ValueError):
     """Images a model cannot be fed (channel counts that cannot be adapted to the model's)."""
 
@@ -83,6 +93,14 @@ class ReferenceNotFoundError(HubcompareError, LookupError):
 
 class HubError(HubcompareError):
     """Base class for failures talking to a Hugging Face Hub (or the local Hub-protocol server)."""
+
+
+class HubServerConfigError(HubError, ValueError):
+    """Settings the Hub-protocol server refuses to start with (a network address without tokens, a bad token file)."""
+
+
+class InvalidNameError(HubcompareError, ValueError):
+    """A revision, a path inside a repo or a collection name that breaks the Hub's name rules."""
 
 
 class HubRepoNotFoundError(HubError, LookupError):
@@ -127,6 +145,10 @@ class RegistryEntryNotFoundError(RegistryError, LookupError):
 
 class RegistryConflictError(RegistryError, ValueError):
     """An entry of that name exists with another reference, or a curated entry would be changed."""
+
+
+class RegistryCorruptError(RegistryError):
+    """The registry cannot be read: registry.sqlite is not a registry database, a curated file is malformed or not UTF-8."""
 
 
 class CompareError(HubcompareError, ValueError):

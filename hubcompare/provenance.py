@@ -10,7 +10,9 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,15 @@ def git_blob_oid(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file.
+
+    The temporary file is ``.NAME.PID.RANDOM.tmp``; ones a killed write of the same target left behind
+    are removed first (see :func:`_remove_stale_tmp`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -60,6 +67,45 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+STALE_TMP_AGE_S = 600  # a temporary file without a pid in its name is left alone until it is this old
+LIVE_TMP_AGE_S = 86400  # one whose pid is alive (or reused) is left alone until it is this old
+_TMP_REST = re.compile(r"(?:(?P<pid>[0-9]+)\.)?[a-z0-9_]{8}")  # [PID.]RANDOM: mkstemp's 8 characters
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary files a killed write of ``path`` left beside it: those whose writer's pid is
+    dead, and old ones (a concurrent writer's file is never touched: its pid is alive and it is fresh)."""
+    prefix, now = f".{path.name}.", time.time()
+    try:
+        with os.scandir(path.parent) as it:
+            entries = [e for e in it if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for entry in entries:
+        match = _TMP_REST.fullmatch(entry.name[len(prefix):-len(".tmp")])
+        if match is None:  # another target's file (e.g. NAME.bak's), or not ours at all
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            pid = match["pid"]
+            if (pid is None and age > STALE_TMP_AGE_S) or age > LIVE_TMP_AGE_S or (pid is not None and not _alive(int(pid))):
+                os.unlink(entry.path)
+        except OSError:  # gone already (another writer cleaned it), or not ours to remove
+            pass
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # someone else's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or not a pid at all
+        return False
+    return True
 
 
 def _umask() -> int:

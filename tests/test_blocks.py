@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import small_recipe, toy_dataset
 from torch import nn
 
 import hubcompare  # noqa: F401
+from hubcompare.models.weights import load_model
 from hubcompare.similarity.blocks import analyze_blocks, detect_blocks, pc_analysis
 from hubcompare.similarity.engine import CompareModel
-from hubcompare.models.weights import load_model
-from helpers import small_recipe, toy_dataset
 
 
 class Projection(nn.Module):
@@ -118,8 +118,8 @@ def test_planted_block_found_exactly_and_none_without():
 
 def test_real_digits_resnet20_has_no_block(tmp_path):
     """A small model that fits its data shows no block (the paper's and this project's measurements)."""
-    from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.data.datasets import load_dataset
+    from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.training.loop import train
 
     run = train(small_recipe(**{"model.depth": 20, "train.epochs": 8}), tmp_path / "r20").run_dir

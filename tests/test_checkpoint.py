@@ -10,13 +10,13 @@ import torch
 from huggingface_hub import ModelCard
 
 import hubcompare  # noqa: F401
-from hubcompare.models.metadata import ModelMeta
-from hubcompare.models.checkpoint import load_checkpoint
 from hubcompare.data.datasets import load_dataset
 from hubcompare.errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
-from hubcompare.training.evaluate import evaluate_checkpoint
+from hubcompare.models.checkpoint import load_checkpoint
+from hubcompare.models.metadata import ModelMeta
 from hubcompare.models.predictions import stored_predictions
 from hubcompare.models.weights import load_model
+from hubcompare.training.evaluate import evaluate_checkpoint
 
 
 @pytest.fixture
@@ -106,6 +106,7 @@ def test_corrupt_weights_name_the_file(run_copy):
 
 def test_replaced_weights_are_a_mismatch(run_copy, tmp_path):
     from helpers import small_recipe
+
     from hubcompare.training.loop import train
 
     other = train(small_recipe(**{"train.seed": 5, "train.epochs": 2}), tmp_path / "other").run_dir

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from helpers import toy_dataset
 from torch import nn
 
 import hubcompare  # noqa: F401
 from hubcompare.errors import CompareError, LayerSelectionError
+from hubcompare.models.resnet import CifarResNet
 from hubcompare.similarity.cka import MinibatchCKA, cka, gram, u_center
 from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
-from hubcompare.models.resnet import CifarResNet
-from helpers import toy_dataset
 
 
 # ---- independent reference: numpy float64, the recipe's three-term formula ------------------

@@ -140,9 +140,8 @@ def test_hub_serve_command(tmp_path):
     import time
     from pathlib import Path
 
-    from huggingface_hub import HfApi
-
     from helpers import free_port
+    from huggingface_hub import HfApi
 
     port = free_port()
     cli = str(Path(sys.executable).parent / "hubcompare")
@@ -164,7 +163,7 @@ def test_hub_serve_command(tmp_path):
         assert (tmp_path / "data" / "repos" / "models" / "served" / "x" / "refs.json").is_file()
         busy = subprocess.run([cli, "hub", "serve", "--data", str(tmp_path / "d2"), "--port", str(port)],
                               capture_output=True, text=True, timeout=120)
-        assert busy.returncode == 2 and "choose another --port" in busy.stderr
+        assert busy.returncode == 2 and "Address already in use; choose another port" in busy.stderr and "--port" in busy.stderr
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)

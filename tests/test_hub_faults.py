@@ -19,9 +19,9 @@ def _wait_for(predicate, timeout=60.0):
 def test_server_killed_mid_download_then_restarted_pull_resumes(trained_run, tmp_path, monkeypatch):
     from huggingface_hub import HfApi, constants
 
-    from hubcompare.models.checkpoint import WEIGHTS_FILE
     from hubcompare.hub.client import pull, push
     from hubcompare.hub.server import HubServer
+    from hubcompare.models.checkpoint import WEIGHTS_FILE
 
     size = (trained_run / WEIGHTS_FILE).stat().st_size
     # The client writes to disk (and so can resume from) whole chunks of DOWNLOAD_CHUNK_SIZE (10 MB): shrink

@@ -32,8 +32,8 @@ def pushed(hub, trained_run):
 def test_push_find_by_tags_pull_fresh_cache_identical(hub, pushed, trained_run, tmp_path):
     from huggingface_hub import HfApi
 
-    from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.hub.client import pull
+    from hubcompare.models.checkpoint import load_checkpoint
 
     assert len(pushed.commit_sha) == 40 and not pushed.skipped
     record = json.loads((trained_run / ".hub" / "pushes.json").read_text())
@@ -75,11 +75,11 @@ def test_pushed_model_loads_with_plain_timm(pushed, trained_run):
 
 
 def test_pinned_revision_survives_a_later_commit(hub, trained_run, tmp_path):
-    from hubcompare.models.checkpoint import load_checkpoint
-    from hubcompare.hub.client import pull, push
-    from hubcompare.training.loop import train
-
     from helpers import one_epoch_recipe
+
+    from hubcompare.hub.client import pull, push
+    from hubcompare.models.checkpoint import load_checkpoint
+    from hubcompare.training.loop import train
 
     first = push(trained_run, "alice/pinned")
     other = tmp_path / "other-seed"
@@ -165,8 +165,8 @@ def test_missing_repo_revision_and_file_name_the_culprit(pushed):
 
 
 def test_concurrent_pulls_of_one_model_share_a_sound_cache(pushed, tmp_path):
-    from hubcompare.models.checkpoint import load_checkpoint
     from hubcompare.hub.client import pull
+    from hubcompare.models.checkpoint import load_checkpoint
 
     cache, results, errors = tmp_path / "cache", [], []
 

@@ -63,8 +63,9 @@ def test_references_that_name_nothing(tmp_path):
 
 
 def test_timm_weights_only_published_as_pickles_are_refused():
-    from hubcompare.errors import PickleWeightsRefusedError
     from timm.models import get_pretrained_cfg
+
+    from hubcompare.errors import PickleWeightsRefusedError
 
     name = next(n for n in __import__("timm").list_models(pretrained=True)
                 if (c := get_pretrained_cfg(n)) is not None and c.url and not c.hf_hub_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hubcompare.errors import RegistryConflictError, RegistryError
+from hubcompare.errors import RegistryConflictError, RegistryCorruptError, RegistryError
 from hubcompare.hub.registry import Entry, Registry, parse_line
 
 runner = CliRunner()
@@ -50,6 +50,8 @@ def test_curated_lines_merge_with_user_entries(tmp_path):
     ("x hf-hub:a/b colour=red", "unknown field 'colour=red'"),
     ("x some-registry-name", "must be hf-hub:"),
     ("bad/name hf-hub:a/b", "registry name 'bad/name'"),
+    ("onlyname", "'onlyname' names no model: write NAME REFERENCE"),
+    ("x hf-hub:not-a-repo", "f.txt:1: .*not-a-repo"),
 ])
 def test_bad_curated_lines_are_errors(line, msg):
     with pytest.raises(RegistryError, match=msg):
@@ -125,3 +127,80 @@ def test_cli_push_population(hub, trained_run, tmp_path, monkeypatch):
     r = runner.invoke(app, ["push-population", str(bad), "--population", "broken", "--owner", "erin"])
     flat = " ".join(r.output.split())
     assert r.exit_code == 2 and "1 of 1 pushes failed" in flat and "does not match the sha256" in flat
+
+
+def test_an_unusable_registry_database_is_a_typed_error_naming_the_fix(tmp_path):
+    import sqlite3
+
+    garbage = tmp_path / "garbage" / "registry.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a database" * 100)
+    reg = Registry(garbage, curated_dirs=[])
+    for call in (reg.names, lambda: reg.add(Entry("x", "hf-hub:a/b")), lambda: reg.remove("x")):
+        with pytest.raises(RegistryCorruptError, match=r"not a readable registry .*mv .*registry.sqlite.bad.*HUBCOMPARE_HOME"):
+            call()
+    assert garbage.read_bytes() == b"not a database" * 100  # the user's file is never moved or rewritten
+
+    other = tmp_path / "other.sqlite"  # an SQLite file of something else
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE entries (name TEXT)")
+    with pytest.raises(RegistryCorruptError, match="no such column"):
+        Registry(other, curated_dirs=[]).names()
+
+    home_is_file = tmp_path / "a-file"
+    home_is_file.write_text("x")
+    with pytest.raises(RegistryError, match="cannot open the registry database.*writable folder"):
+        Registry(home_is_file / "registry.sqlite", curated_dirs=[]).names()
+
+
+def test_unreadable_curated_files_are_typed_errors(tmp_path):
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    (curated / "zoo.txt").write_bytes(b"zoo-a hf-hub:a/b depth=\xff\n")
+    with pytest.raises(RegistryCorruptError, match="zoo.txt is not UTF-8 text.*save it as UTF-8"):
+        Registry(tmp_path / "r.sqlite", curated_dirs=[curated]).names()
+    (curated / "zoo.txt").unlink()
+    (curated / "folder.txt").mkdir()
+    with pytest.raises(RegistryCorruptError, match="cannot read the curated registry file"):
+        Registry(tmp_path / "r.sqlite", curated_dirs=[curated]).names()
+
+
+def test_sync_checks_its_arguments_and_the_database_before_asking_the_hub(tmp_path):
+    from hubcompare.errors import InvalidNameError, InvalidReferenceError
+    from hubcompare.hub.registry import sync
+
+    class NoHub:
+        def list_models(self, **kwargs):
+            raise AssertionError("the Hub must not be asked")
+
+    reg = Registry(tmp_path / "r.sqlite", curated_dirs=[])
+    with pytest.raises(InvalidNameError, match="bad owner!"):
+        sync(reg, "bad owner!", api=NoHub())
+    with pytest.raises(InvalidReferenceError, match="bad pop!"):
+        sync(reg, "me", "bad pop!", api=NoHub())
+    (tmp_path / "r.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(RegistryCorruptError):
+        sync(reg, "me", api=NoHub())
+
+
+def test_push_succeeds_and_warns_when_the_registry_cannot_record_it(hub, trained_run, tmp_path, monkeypatch):
+    """The commit has landed: a broken registry is a warning with the fix, not a failure that makes the user push again."""
+    from hubcompare.cli import app
+
+    (tmp_path / "registry.sqlite").write_bytes(b"garbage" * 100)
+    monkeypatch.setenv("HUBCOMPARE_HOME", str(tmp_path))
+    r = runner.invoke(app, ["push", str(trained_run), "--repo", "frank/corrupt-registry"])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 0 and r.exception is None, r.output
+    sha = flat.split("committed")[1].split()[0]
+    assert "the push succeeded, but recording it in the registry failed" in flat and "mv " in flat
+    assert f"hubcompare registry add frank--corrupt-registry hf-hub:frank/corrupt-registry@{sha}" in flat
+    assert "no need to push again" in flat and "Traceback" not in r.output
+
+    r = runner.invoke(app, ["push-population", str(trained_run), "--population", "corrupt", "--owner", "frank"])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 0 and r.exception is None, r.output
+    assert "1 members" in flat and "registry sync --author frank --population corrupt" in flat
+
+    r = runner.invoke(app, ["push", str(trained_run), "--repo", "frank/x", "--name", "bad/name"])
+    assert r.exit_code == 2 and "registry name 'bad/name'" in r.output and "committed" not in r.output

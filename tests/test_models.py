@@ -6,8 +6,8 @@ import torch
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
 from hubcompare.errors import InvalidArchitectureError, LayerSelectionError
-from hubcompare.similarity.capture import LayerCapture
 from hubcompare.models.resnet import CifarResNet
+from hubcompare.similarity.capture import LayerCapture
 
 
 def expected_param_count(depth: int, width: float, in_chans: int = 3, classes: int = 10) -> int:

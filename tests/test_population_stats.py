@@ -9,10 +9,10 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import cohen_kappa_score
 
+from hubcompare.errors import DatasetMismatchError, TooFewModelsError
 from hubcompare.populations import stats
 from hubcompare.populations.agreement import agreement
 from hubcompare.populations.classdiff import class_diff
-from hubcompare.errors import DatasetMismatchError, TooFewModelsError
 from hubcompare.populations.sides import Side
 from hubcompare.populations.synthetic import synthetic_labels, synthetic_side
 

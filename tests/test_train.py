@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
+from helpers import small_recipe
 from safetensors.torch import load_file
 
-from helpers import small_recipe
-from hubcompare.errors import DatasetError, InvalidArchitectureError, RecipeError, TrainingError
-from hubcompare.training.recipes import load_recipe
-from hubcompare.training.loop import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
 from hubcompare.data.datasets import load_dataset
+from hubcompare.errors import DatasetError, InvalidArchitectureError, RecipeError, TrainingError
 from hubcompare.models.weights import load_model
+from hubcompare.training.loop import RESUME_DIR, _param_groups, build_model, lr_at_epoch, train
+from hubcompare.training.recipes import load_recipe
 
 
 def weights(run):
@@ -77,6 +77,39 @@ def test_finished_output_is_not_overwritten_silently(trained_run):
         train(small_recipe(), trained_run)
 
 
+def test_unusable_output_fails_before_any_work(tmp_path, monkeypatch):
+    import hubcompare.training.loop as loop
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the output must be checked before the data is loaded")
+
+    monkeypatch.setattr(loop, "load_dataset", no_data)
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    with pytest.raises(TrainingError, match="is a file, not a folder") as e:
+        train(small_recipe(), file)
+    assert e.value.params == ("out",)
+    with pytest.raises(TrainingError, match="cannot write the checkpoint folder") as e:
+        train(small_recipe(), file / "sub")
+    assert e.value.params == ("out",)
+    with pytest.raises(TrainingError, match="is a file, not a folder"):  # overwrite=True never touches a file
+        train(small_recipe(), file, overwrite=True)
+    assert file.read_text() == "x"
+
+
+def test_a_model_too_large_for_memory_is_a_training_error(tmp_path):
+    with pytest.raises(TrainingError, match="does not fit in memory.*smaller width") as e:
+        train(small_recipe(**{"model.width": 1e9}), tmp_path / "huge")
+    assert set(e.value.params) == {"width", "depth"}
+
+
+def test_recipe_files_that_are_not_text(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(RecipeError, match="not UTF-8"):
+        load_recipe(p)
+
+
 def test_schedule_warmup_then_cosine():
     r = load_recipe("digits", {"train.epochs": 10, "train.warmup_epochs": 2, "train.lr": 0.1})
     lrs = [lr_at_epoch(e, r) for e in range(10)]
@@ -109,7 +142,9 @@ def test_paper_recipe_values():
      ({"data.dataset": "mnist"}, RecipeError, "unknown dataset"), ({"data.fraction": "2"}, DatasetError, "fraction"),
      ({"train.batch_size": 1}, RecipeError, "batch_size"), ({"model.init": "xavier"}, RecipeError, "model.init"),
      ({"model.bn_momentum": 0.99 + 1}, RecipeError, "bn_momentum"), ({"train.weight_decay_on": "bias"}, RecipeError, "weight_decay_on"),
-     ({"augment.offsets": "image"}, RecipeError, "augment.offsets")],
+     ({"augment.offsets": "image"}, RecipeError, "augment.offsets"), ({"model.width": float("inf")}, RecipeError, "finite"),
+     ({"train.lr": float("nan")}, RecipeError, "train.lr.*finite"), ({"train.seed": 2**64}, RecipeError, "train.seed"),
+     ({"train.seed": -1}, RecipeError, "train.seed"), ({"train.epochs": 2}, RecipeError, "more epochs")],
 )
 def test_bad_recipe_values(overrides, error, match):
     with pytest.raises(error, match=match):

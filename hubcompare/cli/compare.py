@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .options import DataDir, Threads, console, set_threads, slug, warn, wrote
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import SEED_MAX, DataDir, MaxParams, Threads, console, finite, set_threads, slug, warn, writable_folder, wrote
 
 Layers = Annotated[
     Optional[list[str]],
@@ -19,21 +20,24 @@ Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset to co
 Split = Annotated[str, typer.Option("--split", help="train or test.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Minibatch size (the unbiased estimator needs > 3).")]
 Passes = Annotated[int, typer.Option("--passes", help="Passes over the data, each freshly shuffled with --seed.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the minibatch shuffles.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the minibatch shuffles.")]
 Examples = Annotated[Optional[int], typer.Option("--examples", help="Use only the first N examples of the split.")]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG/npz/json outputs (default: results/<command>-<models>).")]
+Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for the PNG/npz/json outputs (default: results/<command>-<models>).")]
 
 
-def _criterion(help: str):
-    """An option overriding one block criterion; unset, the library's calibrated default applies."""
-    return typer.Option(help=f"{help} [default: BlockCriteria's, shown with the result]", show_default=False)
+def _criterion(help: str, share: bool = False, **limits):
+    """An option overriding one block criterion; unset, the library's calibrated default applies. ``share``: a
+    number in [0, 1] (a share of variance, a CKA value)."""
+    if share:
+        limits = {"min": 0.0, "max": 1.0, "callback": finite}
+    return typer.Option(help=f"{help} [default: BlockCriteria's, shown with the result]", show_default=False, **limits)
 
 
 def _num(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _load(refs: list[str], layers: Optional[list[str]]):
+def _load(refs: list[str], layers: Optional[list[str]], max_params: int):
     """Resolve each reference to a model to compare, with its provenance."""
     from ..hub.references import resolve_reference
     from ..similarity.engine import CompareModel
@@ -41,16 +45,16 @@ def _load(refs: list[str], layers: Optional[list[str]]):
     models = []
     for ref in refs:
         with console.status(f"loading {ref}"):
-            models.append(CompareModel.from_resolved(resolve_reference(ref), layers, ref=ref))
+            models.append(CompareModel.from_resolved(resolve_reference(ref, max_params=max_params), layers, ref=ref))
     return models
 
 
-def _prepare(refs: list[str], layers, dataset, split, data_dir, threads):
+def _prepare(refs: list[str], layers, dataset, split, data_dir, threads, max_params: int):
     """What every comparison command does first: threads, load the models, load the dataset to compare on."""
     from ..similarity.engine import comparison_dataset
 
     set_threads(threads)
-    models = _load(refs, layers)
+    models = _load(refs, layers, max_params)
     return models, comparison_dataset(models, dataset, split, data_dir)
 
 
@@ -83,12 +87,13 @@ def _summary_table(result, top: int = 40) -> Table:
 def layers(
     ref: Annotated[str, typer.Argument(help="A model reference (checkpoint folder, hf-hub:, timm:, registry name).")],
     patterns: Layers = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """List the named layers a comparison can tap, in forward order, with per-example shapes."""
     from ..models.inputs import InputSpec
     from ..similarity.capture import LayerCapture
 
-    (m,) = _load([ref], patterns)
+    (m,) = _load([ref], patterns, max_params)
     spec = InputSpec.from_model(m.model)
     cap = LayerCapture(m.model, patterns, example=spec.example())
     shapes: dict[int, tuple] = {}
@@ -115,6 +120,7 @@ def cross_cka(
     examples: Examples = None,
     out: Out = None,
     threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch)."""
     from ..similarity.engine import compare
@@ -123,7 +129,7 @@ def cross_cka(
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
                                  param_hint="REFS")
-    models, ds = _prepare(refs, layers, dataset, split, data_dir, threads)
+    models, ds = _prepare(refs, layers, dataset, split, data_dir, threads, max_params)
     out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
     comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
     warn(comp.warnings)
@@ -149,12 +155,13 @@ def cka(
     examples: Examples = None,
     out: Out = None,
     threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
     from ..similarity.engine import compare
     from ..similarity.plots import plot_cka
 
-    models, ds = _prepare([ref], layers, dataset, split, data_dir, threads)
+    models, ds = _prepare([ref], layers, dataset, split, data_dir, threads, max_params)
     out = out or Path("results") / f"cka-{slug(ref)}"
     comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
     warn(comp.warnings)
@@ -175,14 +182,15 @@ def blocks(
     passes: Passes = 1,
     seed: Seed = 0,
     examples: Examples = None,
-    pc_examples: Annotated[int, typer.Option("--pc-examples", help="Fixed sample for the exact PC analysis.")] = 1024,
-    pc1_threshold: Annotated[Optional[float], _criterion("A layer is PC1-dominated at or above this share of variance.")] = None,
-    cka_threshold: Annotated[Optional[float], _criterion("Minimum mean CKA inside a block.")] = None,
-    min_size: Annotated[Optional[int], _criterion("Minimum layers in a block.")] = None,
-    max_gap: Annotated[Optional[int], _criterion("Non-dominated layers tolerated inside a block (checkerboard).")] = None,
-    min_mean_pc1: Annotated[Optional[float], _criterion("Minimum mean PC1 share over a block's layers.")] = None,
+    pc_examples: Annotated[int, typer.Option("--pc-examples", min=2, help="Fixed sample for the exact PC analysis (2 or more examples).")] = 1024,
+    pc1_threshold: Annotated[Optional[float], _criterion("A layer is PC1-dominated at or above this share of variance.", share=True)] = None,
+    cka_threshold: Annotated[Optional[float], _criterion("Minimum mean CKA inside a block.", share=True)] = None,
+    min_size: Annotated[Optional[int], _criterion("Minimum layers in a block.", min=1)] = None,
+    max_gap: Annotated[Optional[int], _criterion("Non-dominated layers tolerated inside a block (checkerboard).", min=0)] = None,
+    min_mean_pc1: Annotated[Optional[float], _criterion("Minimum mean PC1 share over a block's layers.", share=True)] = None,
     out: Out = None,
     threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
 
@@ -190,12 +198,12 @@ def blocks(
     (printed with the result).
     """
     from ..provenance import atomic_write_json
-    from ..similarity.blocks import analyze_blocks, BlockCriteria
+    from ..similarity.blocks import BlockCriteria, analyze_blocks
     from ..similarity.plots import plot_block_report, plot_cka
 
     criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
                                         max_gap=max_gap, min_mean_pc1=min_mean_pc1)
-    (m,), ds = _prepare([ref], layers, dataset, split, data_dir, threads)
+    (m,), ds = _prepare([ref], layers, dataset, split, data_dir, threads, max_params)
     out = out or Path("results") / f"blocks-{slug(ref)}"
     rep = _with_progress(ds, split, lambda on_batch: analyze_blocks(
         m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch))

@@ -10,7 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .options import RunDir, console, err_console
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import MaxParams, RunDir, console, err_console, finite, warn
+from .options import fraction as fraction_option
 
 hub_app = typer.Typer(help="Run a local Hugging Face Hub-protocol server.", no_args_is_help=True)
 registry_app = typer.Typer(help="Names for models, with the metadata to select populations.", no_args_is_help=True)
@@ -21,39 +23,62 @@ Register = Annotated[bool, typer.Option("--register/--no-register", help="Record
 @hub_app.command("serve")
 def serve(
     data: Annotated[Path, typer.Option("--data", help="Folder holding the repos (created if missing).")],
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
-    host: Annotated[str, typer.Option("--host", help="Interface; anything but 127.0.0.1 exposes an unauthenticated hub.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Interface. Anything but loopback (127.0.0.1) needs tokens.")] = "127.0.0.1",
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="Write tokens, one a line (also $HUBCOMPARE_HUB_TOKENS, comma separated). With tokens every "
+        "write, and every read of a private repo, needs 'Authorization: Bearer TOKEN' (HF_TOKEN); without any, only "
+        "loopback is served and any token (e.g. HF_TOKEN=hf_local) is accepted.")] = None,
     user: Annotated[str, typer.Option("--user", help="The user name whoami answers (the default namespace).")] = "local",
     max_bytes_per_second: Annotated[Optional[float], typer.Option("--max-bytes-per-second", help="Throttle downloads (simulate a slow link).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds a connection may sit idle.")] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
 ) -> None:
     """Serve the Hugging Face Hub protocol from DATA (push, pull, list_models, collections) until Ctrl-C."""
+    from ..hub.server import load_tokens
     from ..hub.server import serve as run_server
 
+    tokens = load_tokens(token_file)
+
     def ready(server) -> None:
+        for note in server.store.recovered:
+            err_console.print(f"[yellow]start-up:[/] {escape(note)}", soft_wrap=True, highlight=False)
         console.print(f"[bold green]Hub-protocol server[/] on {server.endpoint}, data in {data}")
         console.print(f"Point clients at it: [bold]export HF_ENDPOINT={server.endpoint}[/] (before Python starts)")
+        console.print(f"writes need one of its {len(tokens)} token(s) as HF_TOKEN" if tokens
+                      else "no tokens configured: any caller may write (so it serves loopback only)")
 
     def log(line: str) -> None:
         err_console.print(escape(line), highlight=False, soft_wrap=True)
 
     try:
-        run_server(data, host, port, user, max_bytes_per_second, log=None if quiet else log, on_ready=ready)
-    except OSError as e:
-        from ..errors import HubError
-
-        raise HubError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port") from e
+        run_server(data, host, port, user, max_bytes_per_second, log=None if quiet else log, on_ready=ready,
+                   tokens=tokens, timeout=timeout)
     except KeyboardInterrupt:
         console.print("stopped")
 
 
-def _register(result, name: Optional[str], populations=()) -> str:
-    from ..hub.registry import entry_from_meta, Registry
+def _register(result, name: Optional[str], populations=()) -> tuple[str, Exception | None]:
+    """Record a push in the registry: the name, and the typed error when recording failed (None when it worked).
+
+    The commit has landed by then, so a registry failure must not read as a failed push (and make the user push
+    again): the caller warns (:func:`_not_registered`) and the command still succeeds.
+    """
+    from ..errors import HubcompareError
+    from ..hub.registry import Registry, entry_from_meta
 
     name = name or result.repo_id.replace("/", "--")
-    entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", result.meta, result.commit_sha, populations)
-    Registry().add(entry, replace=True)
-    return name
+    try:
+        entry = entry_from_meta(name, f"hf-hub:{result.repo_id}@{result.commit_sha}", result.meta, result.commit_sha, populations)
+        Registry().add(entry, replace=True)
+    except HubcompareError as e:
+        return name, e
+    return name, None
+
+
+def _not_registered(error: Exception, fix: str) -> None:
+    warn([f"the push succeeded, but recording it in the registry failed: {str(error).rstrip('.')}. Once that is "
+          f"fixed, record it with {fix} (no need to push again)."])
 
 
 def push(
@@ -66,13 +91,20 @@ def push(
 ) -> None:
     """Upload a checkpoint folder to the Hub as one commit; prints and records the commit sha."""
     from ..hub.client import push as do_push
+    from ..hub.names import check_registry_name
 
+    if register and name is not None:
+        check_registry_name(name)  # before the commit, not after it
     with console.status(f"pushing {run_dir} to {repo}"):
         result = do_push(run_dir, repo, private=private, commit_message=message)
     what = "already up to date at" if result.skipped else "committed"
     console.print(f"[bold green]{repo}[/] {what} [bold]{result.commit_sha}[/]  (recorded in {run_dir}/.hub/pushes.json)")
     if register:
-        console.print(f"registry: {_register(result, name)} -> hf-hub:{repo}@{result.commit_sha[:12]}")
+        registered, error = _register(result, name)
+        if error is None:
+            console.print(f"registry: {registered} -> hf-hub:{repo}@{result.commit_sha[:12]}")
+        else:
+            _not_registered(error, f"`hubcompare registry add {registered} hf-hub:{repo}@{result.commit_sha}`")
 
 
 def push_population(
@@ -91,6 +123,8 @@ def push_population(
     from ..errors import PushError
     from ..hub.client import push_population as do_push
 
+    unregistered: list[Exception] = []
+
     progress = Progress(TextColumn("[bold blue]pushing {task.fields[population]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
     with progress:
@@ -101,7 +135,9 @@ def push_population(
                 progress.console.print(f"[red]failed[/] {d}: {escape(str(error))}")
             else:
                 if register:
-                    _register(result, None, [population])
+                    _, error = _register(result, None, [population])
+                    if error is not None:
+                        unregistered.append(error)
                 state = "unchanged" if result.skipped else "pushed"
                 progress.console.print(f"{state:>9} {d} -> {result.repo_id}@{result.commit_sha[:12]}")
             progress.update(task, advance=1, last=str(d.name))
@@ -110,6 +146,9 @@ def push_population(
     skipped = sum(r.skipped for r in result.pushed)
     console.print(f"collection [bold]{result.collection_slug}[/]: {len(result.pushed)} members "
                   f"({len(result.pushed) - skipped} pushed, {skipped} unchanged), tag population-{population}")
+    if unregistered:
+        _not_registered(unregistered[0], f"`hubcompare registry sync --author {owner} --population {population}` "
+                                         f"({len(unregistered)} member(s) unrecorded)")
     if result.failures:
         raise PushError(f"{len(result.failures)} of {len(run_dirs)} pushes failed (listed above); rerun the same "
                         "command to finish them", {str(k): v for k, v in result.failures.items()})
@@ -118,14 +157,15 @@ def push_population(
 def pull(
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name, or a folder.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Also record it in the registry under this name.")] = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit, and load it."""
     from ..hub.references import resolve_reference
-    from ..hub.registry import entry_from_meta, Registry
+    from ..hub.registry import Registry, entry_from_meta
 
     registry = Registry()
     with console.status(f"pulling {reference}"):
-        resolved = resolve_reference(reference, registry)
+        resolved = resolve_reference(reference, registry, max_params=max_params)
     table = Table(title=reference, show_header=False)
     table.add_row("reference (pinned)", str(resolved.pinned))
     table.add_row("commit", resolved.commit_sha or "(local folder)")
@@ -146,11 +186,12 @@ def registry_add(
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, local-dir:PATH or a folder.")],
     population: Annotated[Optional[list[str]], typer.Option("--population", help="Population(s) it belongs to.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite an entry of the same name.")] = False,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Resolve (pull and load) a reference, then record it under NAME, pinned to the commit it resolved to."""
     from ..hub.names import parse_reference
     from ..hub.references import resolve_reference
-    from ..hub.registry import entry_from_meta, Registry
+    from ..hub.registry import Registry, entry_from_meta
 
     registry = Registry()
     ref = parse_reference(reference)
@@ -161,7 +202,8 @@ def registry_add(
     if ref.kind == "local-dir":
         ref = parse_reference(f"local-dir:{Path(ref.target).expanduser().resolve()}")
     with console.status(f"resolving {ref}"):
-        resolved = resolve_reference(ref, registry)
+        resolved = resolve_reference(ref, registry, max_params=max_params)
+        resolved.model  # noqa: B018  (load it: only a model that loads is recorded)
     entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, population or ()),
                          replace=replace)
     console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
@@ -172,9 +214,9 @@ def registry_list(
     population: Annotated[Optional[str], typer.Option("--population")] = None,
     architecture: Annotated[Optional[str], typer.Option("--architecture")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth")] = None,
-    width: Annotated[Optional[float], typer.Option("--width")] = None,
+    width: Annotated[Optional[float], typer.Option("--width", callback=finite)] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset")] = None,
-    fraction: Annotated[Optional[str], typer.Option("--fraction", help="e.g. 1, 1/4, 0.0625")] = None,
+    fraction: Annotated[Optional[str], typer.Option("--fraction", callback=fraction_option, help="e.g. 1, 1/4, 0.0625")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     lines: Annotated[bool, typer.Option("--lines", help="Print entries in the curated-file format (registry/*.txt).")] = False,
 ) -> None:

@@ -7,11 +7,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from ..errors import HubcompareError
 from . import compare as _compare
 from . import hub as _hub
 from . import population as _population
 from . import train as _train
-from ..errors import HubcompareError
 from .options import err_console, error_line
 
 __all__ = ["ERROR_EXIT_CODE", "INTERRUPT_EXIT_CODE", "HubcompareGroup", "app", "main"]

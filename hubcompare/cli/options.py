@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import HubcompareError
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,21 +24,81 @@ DataDir = Annotated[
     Optional[Path],
     typer.Option("--data-dir", help="Local data: a torchvision root, a folder with train.npz/test.npz, or an image folder."),
 ]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")]
+MaxParams = Annotated[int, typer.Option(
+    "--max-params", min=1,
+    help="Refuse a model whose config.json describes more parameters (+ buffers) than this, checked before "
+         f"anything is built (default {DEFAULT_MAX_PARAMS:,}: every CIFAR ResNet up to depth 164 x width 10 fits).")]
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 # library parameter (HubcompareError.params) -> how the command line spells it
 OPTION_FOR_PARAM = {
     "batch_size": "--batch-size",
     "data_dir": "--data-dir",
+    "data": "--data",
     "dataset": "--dataset",
+    "depth": "--depth",
+    "host": "--host",
     "layers": "--layers (`hubcompare layers REF` lists a model's layers)",
+    "max_params": "--max-params",
     "null_side": "--null-side",
     "num_examples": "--examples",
     "out": "--out",
     "overwrite": "--overwrite",
     "passes": "--passes",
+    "pc_examples": "--pc-examples",
+    "port": "--port",
     "replace": "--replace",
+    "width": "--width",
+    "token_file": "--token-file",
+    "user": "--user",
 }
+
+
+# --- option callbacks: refuse a bad value before any work is done ------------------------------
+def finite(value: Optional[float]) -> Optional[float]:
+    """For float options: refuse inf and nan (click's ``min``/``max`` let nan through)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
+def fraction(value: Optional[str]) -> Optional[str]:
+    """For data-fraction options: 1, 0.25 or 1/4, in (0, 1]."""
+    if value is None:
+        return value
+    try:
+        frac = Fraction(value.strip())
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(f"{value!r} is not a fraction: use e.g. 1, 0.25 or 1/16.") from None
+    if not 0 < frac <= 1:
+        raise typer.BadParameter(f"{value!r} is not in (0, 1]: use e.g. 1, 1/4 or 1/16.")
+    return value
+
+
+def one_of(*choices: str):
+    """For options with a few allowed words."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r}: choose one of {', '.join(choices)}.")
+        return value
+    return check
+
+
+def writable_folder(value: Optional[Path]) -> Optional[Path]:
+    """For ``--out`` folders: refuse a file, or a place that cannot be created or written, before any work."""
+    if value is None:
+        return value
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file: give a folder (it is created if missing).")
+    existing = value
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{existing} is a file, so {value} cannot be created: give a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{existing} is not writable: give a folder you can write to.")
+    return value
 
 
 def error_line(e: HubcompareError) -> str:

@@ -8,21 +8,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .options import DataDir, console, slug, warn, wrote
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import SEED_MAX, DataDir, MaxParams, console, finite, one_of, slug, warn, writable_folder, wrote
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="Compare on this dataset's test split, recomputing (and caching) "
                                                 "predictions of models whose stored ones are about other data. Default: the stored predictions.")]
 Splits = Annotated[int, typer.Option("--splits", min=1, help="Random splits of one population into two disjoint halves (the null).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the random splits and permutations (recorded in the result).")]
-NullSide = Annotated[str, typer.Option("--null-side", help="Population the split-half null comes from: a, b, or auto (A if large enough, else B).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the random splits and permutations (recorded in the result).")]
+NullSide = Annotated[str, typer.Option("--null-side", callback=one_of("a", "b", "auto"), help="Population the split-half null comes from: a, b, or auto (A if large enough, else B).")]
 LabelOpt = Annotated[str | None, typer.Option(help="Name of the side in tables and figures (default: the side string).")]
-Out = Annotated[Path | None, typer.Option("--out", help="Folder for the PNG/JSON/CSV outputs (default: results/<command>-<A>-vs-<B>).")]
+Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, help="Folder for the PNG/JSON/CSV outputs (default: results/<command>-<A>-vs-<B>).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where computed predictions are cached (default: $HUBCOMPARE_HOME/predictions).")]
 
 
-def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir):
+def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int):
     from ..data.datasets import load_dataset
     from ..populations.sides import load_side
 
@@ -30,7 +31,7 @@ def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir):
     sides = []
     for spec, label in ((a, label_a or a), (b, label_b or b)):
         with console.status(f"loading {label}") as status:
-            side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir,
+            side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir, max_params=max_params,
                              on_member=lambda i, n, ref, label=label, status=status: status.update(f"loading {label}: {i + 1}/{n} {ref}"))
         sources = {}
         for m in side.members:
@@ -62,12 +63,13 @@ def agreement(
     label_b: LabelOpt = None,
     out: Out = None,
     cache_dir: CacheDir = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement."""
     from ..populations.agreement import agreement as compute
     from ..populations.plots import plot_agreement
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params)
     with console.status("computing"):
         r = compute(sa, sb, splits=splits, permutations=permutations, seed=seed, null_side=null_side,
                     settings={"dataset_option": dataset})
@@ -109,7 +111,7 @@ def class_diff(
     b: SideArg,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    alpha: Annotated[float, typer.Option("--alpha", min=1e-6, max=0.5, help="Significance level for BH q-values (CI level 1 - alpha).")] = 0.05,
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-6, max=0.5, callback=finite, help="Significance level for BH q-values (CI level 1 - alpha).")] = 0.05,
     splits: Splits = 1000,
     seed: Seed = 0,
     null_side: NullSide = "auto",
@@ -118,12 +120,13 @@ def class_diff(
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the table to print (all are written).")] = 30,
     out: Out = None,
     cache_dir: CacheDir = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs."""
     from ..populations.classdiff import class_diff as compute
     from ..populations.plots import plot_class_diff
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params)
     with console.status("computing"):
         r = compute(sa, sb, alpha=alpha, splits=splits, seed=seed, null_side=null_side, settings={"dataset_option": dataset})
     warn(r.warnings)

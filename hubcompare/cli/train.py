@@ -10,16 +10,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .options import DataDir, RunDir, Threads, console, set_threads
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import SEED_MAX, DataDir, MaxParams, RunDir, Threads, console, finite, fraction, set_threads, warn, writable_folder
 
 
 def train(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a bundled recipe name: digits, digits-blocks, cifar10.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder to write (default: runs/<recipe>-d<depth>-w<width>-s<seed>).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Checkpoint folder to write (default: runs/<recipe>-d<depth>-w<width>-s<seed>).")] = None,
     depth: Annotated[Optional[int], typer.Option(help="ResNet depth, 6n+2 (14, 20, 26, ..., 56, 62, 110).")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Width multiplier k (stage channels 16k, 32k, 64k).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
-    data_fraction: Annotated[Optional[str], typer.Option("--data-fraction", help="Share of the training split: 1, 1/4, 1/16, ...")] = None,
+    width: Annotated[Optional[float], typer.Option(callback=finite, help="Width multiplier k (stage channels 16k, 32k, 64k).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
+    data_fraction: Annotated[Optional[str], typer.Option("--data-fraction", callback=fraction, help="Share of the training split: 1, 1/4, 1/16, ...")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset: digits, cifar10, cifar10-jpeg, cifar100, imagefolder.")] = None,
     data_dir: DataDir = None,
@@ -27,8 +28,9 @@ def train(
     threads: Threads = None,
 ) -> None:
     """Train a recipe into a checkpoint folder (resumes an interrupted run in the same --out)."""
+    from ..training.loop import TrainEvent
+    from ..training.loop import train as run_training
     from ..training.recipes import load_recipe
-    from ..training.loop import train as run_training, TrainEvent
 
     set_threads(threads)
     if width is not None and float(width).is_integer():
@@ -83,6 +85,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
     write: Annotated[bool, typer.Option("--write", help="Store the recomputed predictions (and their hash) in the folder.")] = False,
     threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Recompute test accuracy and per-example predictions of a checkpoint folder."""
     from ..models.checkpoint import load_checkpoint
@@ -92,7 +95,8 @@ def eval_(
     ckpt = load_checkpoint(run_dir)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
         task = p.add_task("eval", total=None)
-        report = evaluate_checkpoint(ckpt, data_dir, batch_size, write, on_batch=lambda done, n: p.update(task, completed=done, total=n))
+        report = evaluate_checkpoint(ckpt, data_dir, batch_size, write, on_batch=lambda done, n: p.update(task, completed=done, total=n),
+                                     max_params=max_params)
     preds = report.predictions
     table = Table(title=f"{run_dir} on {preds.dataset['name']} {preds.dataset['split']}", show_header=False)
     table.add_row("examples", str(len(preds.ids)))
@@ -105,6 +109,12 @@ def eval_(
     table.add_row("dataset fingerprint", preds.dataset["fingerprint"])
     table.add_row("predictions written", "yes" if report.written else "no (use --write)")
     console.print(table)
+    problem = report.stored_predictions_error
+    if problem and report.written:  # drop the advice to rerun with --write: that is what just happened
+        head, _, advice = problem.rpartition("; ")
+        warn([f"replaced the stored predictions, which were not usable: {head if 'eval --write' in advice else problem}"])
+    elif problem:
+        warn([f"the stored predictions were not compared: {problem}"])
 
 
 def info(
@@ -112,8 +122,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print config.json's hubcompare block as JSON.")] = False,
 ) -> None:
     """Show a checkpoint folder's model-card metadata and training provenance."""
-    from huggingface_hub import ModelCard
-
+    from ..models.card import read_card
     from ..models.checkpoint import CARD_FILE, load_checkpoint
 
     ckpt = load_checkpoint(run_dir)
@@ -124,11 +133,13 @@ def info(
     table = Table(title=str(run_dir), show_header=False)
     card_path = ckpt.path / CARD_FILE
     if card_path.is_file():
-        card = ModelCard.load(card_path)
+        card = read_card(card_path)
         table.add_row("model", str(card.data.model_name))
-        table.add_row("tags", ", ".join(card.data.tags or []))
+        table.add_row("tags", ", ".join(map(str, card.data.tags or [])))
         for r in card.data.eval_results or []:
-            table.add_row(f"{r.metric_type} ({r.dataset_name} {r.dataset_split})", f"{r.metric_value:.4f}")
+            value = r.metric_value
+            table.add_row(f"{r.metric_type} ({r.dataset_name} {r.dataset_split})",
+                          f"{value:.4f}" if isinstance(value, (int, float)) else str(value))
     table.add_row("architecture", f"{ckpt.architecture} {json.dumps(ckpt.config.get('model_args', {}))}")
     for key in ("dataset", "data_fraction", "seed", "epochs", "recipe_hash", "train_accuracy", "wall_time_s", "created_at"):
         if getattr(meta, key) is not None:

@@ -35,13 +35,11 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_downl
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
-from ..models.checkpoint import CARD_FILE, CONFIG_FILE, load_checkpoint, PREDICTIONS_FILE, WEIGHTS_FILE
-from ..models.metadata import ModelMeta
-from ..models.card import build_card, format_number
 from ..errors import (
     CheckpointMismatchError,
     HubFileNotFoundError,
@@ -52,6 +50,9 @@ from ..errors import (
     PickleWeightsRefusedError,
     PushError,
 )
+from ..models.card import build_card, format_number
+from ..models.checkpoint import CARD_FILE, CONFIG_FILE, PREDICTIONS_FILE, PULL_FILES, WEIGHTS_FILE, load_checkpoint
+from ..models.metadata import ModelMeta
 from ..provenance import atomic_write_json, git_blob_oid
 from .names import check_name, check_repo_id
 
@@ -83,6 +84,10 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_wait: f
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except OfflineModeIsEnabled:
+            raise HubUnavailableError(f"{what}: HF_HUB_OFFLINE is set, and this needs the Hub (the cache cannot answer "
+                                      "it): unset HF_HUB_OFFLINE, or name the models by folder or by cached "
+                                      "hf-hub:OWNER/NAME@COMMIT references.") from None
         except Exception as e:
             if not _transient(e):
                 raise
@@ -287,8 +292,10 @@ def _refuse_pickles(repo_id: str, rev: str, files: Iterable[str]) -> None:
 
 def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None, cache_dir: str | Path | None = None,
          attempts: int = 5) -> Pulled:
-    """Download a model repo (safetensors only) into the Hugging Face cache, pinned to a commit sha.
+    """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit sha.
 
+    Only the files loading reads are downloaded (``PULL_FILES``: weights, config.json, card, predictions;
+    timm's own Hub repos hold model.safetensors and config.json too), never the rest of the repo.
     ``snapshot_download`` resolves the revision to a commit once and downloads that commit; the
     snapshot folder is named by it. With ``HF_HUB_OFFLINE=1`` (or when the Hub cannot be reached)
     the cached snapshot is used.
@@ -299,8 +306,8 @@ def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None,
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
         path = Path(with_retries(lambda: snapshot_download(
-            repo_id, revision=rev, cache_dir=cache_dir, ignore_patterns=PICKLE_PATTERNS, endpoint=api.endpoint,
-            token=api.token, local_files_only=offline), f"download {repo_id}@{rev}", attempts))
+            repo_id, revision=rev, cache_dir=cache_dir, allow_patterns=list(PULL_FILES), ignore_patterns=PICKLE_PATTERNS,
+            endpoint=api.endpoint, token=api.token, local_files_only=offline), f"download {repo_id}@{rev}", attempts))
     except LocalEntryNotFoundError as e:
         raise NotInCacheError(
             f"{repo_id}@{rev} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub "
@@ -309,7 +316,7 @@ def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None,
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise _translate(e, repo_id, rev, api.endpoint) from None
     if not (path / WEIGHTS_FILE).is_file():
-        files = [p.name for p in path.iterdir()]
+        files = [p.name for p in path.iterdir()] if path.is_dir() else []  # no snapshot folder when nothing matched
         if not offline:
             files = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts)
         _refuse_pickles(repo_id, rev, files)

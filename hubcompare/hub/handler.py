@@ -1,30 +1,47 @@
-"""One HTTP request to hubcompare's Hub server: dispatch on the route table, bodies, JSON answers, paging.
+"""One HTTP request to hubcompare's Hub server: dispatch on the route table, bodies, auth, JSON answers, paging.
 
 The plumbing every route shares, apart from the routes themselves (:mod:`.routes`) so that each
-stays readable; the route table is bound per server (``Handler.routes``).
+stays readable; the route table is bound per server (``Handler.routes``). Every request ends in an
+answer the client can map (errors carry ``X-Error-Message``/``X-Error-Code``) and in one log line.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
+import logging
 import re
 import socket
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from ..errors import InvalidNameError, InvalidReferenceError
 from .store import HttpError, HubStore, derived_tags
 
-__all__ = ["Handler", "PAGE_SIZE"]
+__all__ = ["Handler", "PAGE_SIZE", "header_safe"]
 
 PAGE_SIZE = 1000
+MAX_BODY_BYTES = 1 << 30  # a commit carries its files base64-encoded; upload_folder splits at 100 MiB
+MIN_UPLOAD_RATE = 16 * 1024  # bytes/s: a body slower than this (after ``timeout``) is cut off
+logger = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def header_safe(value: str) -> str:
+    """``value`` with control and non-ASCII characters escaped (``\\x0d``): nothing can end a header line."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", value)
 
 
 class Handler(BaseHTTPRequestHandler):
     """One request. Routes are matched on the raw (still quoted) path, then unquoted.
 
-    ``routes`` (method, path pattern, function), ``store`` and the settings are bound per server.
+    ``routes`` (method, path pattern, function), ``store`` and the settings are bound per server;
+    ``tokens`` (None: no auth, loopback only) are the bearer tokens that may write.
     """
 
     protocol_version = "HTTP/1.1"
@@ -34,14 +51,42 @@ class Handler(BaseHTTPRequestHandler):
     user: str = "local"
     max_bytes_per_second: float | None = None
     log: Callable[[str], None] | None = None
+    tokens: frozenset[bytes] | None = None
+    timeout = 30.0  # seconds a socket may sit idle (StreamRequestHandler applies it)
+    max_body_bytes = MAX_BODY_BYTES
 
     def setup(self) -> None:
         super().setup()
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else ~40 ms per request
 
+    def handle_one_request(self) -> None:
+        self._body, self._started, self._failure, self.headers = None, False, None, None  # per request, not per connection
+        super().handle_one_request()
+
+    # --- logging and headers: one line per request, nothing unescaped -----------------------------
     def log_message(self, fmt: str, *args) -> None:
+        line = header_safe(f"{self.address_string()} {fmt % args}")
         if self.log is not None:
-            self.log(f"{self.address_string()} {fmt % args}")
+            self.log(line)
+        elif self._failure and self._failure[0] >= 500:
+            logger.error(line)
+
+    def log_request(self, code="-", size="-") -> None:
+        note = f" - {self._failure[1]}" if self._failure else ""
+        self.log_message('"%s" %s %s%s', self.requestline, getattr(code, "value", code), size, note)
+
+    def send_header(self, keyword: str, value) -> None:
+        super().send_header(keyword, header_safe(str(value)))
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._started = True
+        super().send_response(code, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, unknown method, headers too long) in the Hub's form."""
+        self.close_connection = True
+        self.request_version = self.protocol_version  # unparsed lines default to HTTP/0.9, which has no headers
+        self._answer_error(HttpError(code, message or self.responses.get(code, ("Error",))[0]))
 
     # --- plumbing -----------------------------------------------------------------------------
     def do_GET(self):
@@ -63,38 +108,130 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        self.query = parse_qs(url.query, keep_blank_values=True)
-        self._body = None
         try:
+            url = urlsplit(self.path)
+            self.query = parse_qs(url.query, keep_blank_values=True)
             for m, pattern, fn in self.routes:
                 if m == method or (m == "GET" and method == "HEAD"):
                     match = re.fullmatch(pattern, url.path)
                     if match:
-                        return fn(self, *[unquote(g) if g is not None else None for g in match.groups()])
-            raise HttpError(404, f"No route for {method} {url.path}")
+                        break
+            else:
+                raise HttpError(404, f"No route for {method} {url.path}")
+            if method not in ("GET", "HEAD") and not getattr(fn, "read_only", False) and not self.authorised:
+                raise HttpError(401, "Invalid credentials in Authorization header", body={  # the client matches this text
+                    "error": "This hub takes writes only with one of its tokens: set HF_TOKEN to a token from its "
+                             "--token-file or HUBCOMPARE_HUB_TOKENS"})
+            self._body = self._read_body()  # whole and bounded, before any route can take the store lock
+            fn(self, *[unquote(g) if g is not None else None for g in match.groups()])
         except HttpError as e:
-            headers = {"X-Error-Message": e.message}
-            if e.code:
-                headers["X-Error-Code"] = e.code
-            if e.commit:
-                headers["X-Repo-Commit"] = e.commit
+            self._answer_error(e)
+        except (InvalidNameError, InvalidReferenceError) as e:
+            self._answer_error(HttpError(400, str(e)))
+        except TimeoutError:
+            self.close_connection = True
+            self._answer_error(HttpError(408, f"The request body did not arrive within {self.timeout:g} s"))
+        except ConnectionError:
+            self.close_connection = True
+        except OSError as e:
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            self._answer_error(HttpError(status, f"The hub could not use its data folder ({e.strerror or e}); "
+                                         "check its free space and permissions"), f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug: still an answer and a log line, never a dropped connection
+            self._answer_error(HttpError(500, f"Internal error ({type(e).__name__}); see the server log"),
+                               f"{type(e).__name__}: {e} at {_where(e)}")
+
+    def _answer_error(self, e: HttpError, cause: str | None = None) -> None:
+        self._failure = (e.status, e.message if cause is None else f"{e.message} [{cause}]")
+        if self._body is None and (self.headers is None or self.headers.get("Content-Length", "0").strip() not in ("", "0")
+                                   or self.headers.get("Transfer-Encoding")):
+            self.close_connection = True  # the body was not read: the next bytes are not a request
+        if self._started:  # the answer was already under way: all we can do is cut it
+            self.close_connection = True
+            self.log_request(e.status)
+            return
+        headers = {"X-Error-Message": e.message}
+        if e.code:
+            headers["X-Error-Code"] = e.code
+        if e.commit:
+            headers["X-Repo-Commit"] = e.commit
+        if self.close_connection:
+            headers["Connection"] = "close"
+        try:
             self._json(e.body or {"error": e.message}, e.status, headers)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             self.close_connection = True
 
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise HttpError(411, "Chunked request bodies are not supported: send a Content-Length")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return b""
+        if len(set(lengths)) > 1 or not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
+            raise HttpError(400, "Content-Length must be one non-negative integer")
+        n = int(lengths[0])
+        if n > self.max_body_bytes:
+            raise HttpError(413, f"The body ({n} bytes) is over this hub's limit of {self.max_body_bytes} bytes; "
+                            "commit fewer or smaller files at a time")
+        deadline = time.monotonic() + (self.timeout or 0) + n / MIN_UPLOAD_RATE
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.rfile.read1(min(n - len(buf), 1 << 20))
+            if not chunk:
+                self.close_connection = True
+                raise HttpError(400, f"The body ended after {len(buf)} of its {n} bytes (Content-Length); nothing was applied")
+            buf += chunk
+            if self.timeout and time.monotonic() > deadline:
+                raise TimeoutError("body too slow")
+        return bytes(buf)
+
     def body(self) -> bytes:
-        if self._body is None:
-            n = int(self.headers.get("Content-Length") or 0)
-            self._body = self.rfile.read(n) if n else b""
-        return self._body
+        return self._body or b""
 
     def json_body(self) -> dict:
         try:
-            return json.loads(self.body() or b"{}")
-        except json.JSONDecodeError as e:
-            raise HttpError(400, f"Invalid JSON body: {e}") from e
+            data = json.loads(self.body() or b"{}")
+        except (ValueError, RecursionError) as e:
+            raise HttpError(400, f"Invalid JSON body: {e}") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, f"Invalid JSON body: expected an object, got {type(data).__name__}")
+        return data
 
+    @staticmethod
+    def field(body: dict, key: str, kind: type | tuple, default=None, required: bool = False):
+        """``body[key]`` if it has the JSON type ``kind`` (null or absent: ``default``), else a 400."""
+        value = body.get(key)
+        if value is None:
+            if required:
+                raise HttpError(400, f"The body needs the field {key!r}")
+            return default
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise HttpError(400, f"Field {key!r} must be {names}, not {type(value).__name__}")
+        return value
+
+    # --- auth -------------------------------------------------------------------------------------
+    @property
+    def authorised(self) -> bool:
+        """No tokens configured (loopback only): anyone. Else a ``Bearer`` token from the set."""
+        if self.tokens is None:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        given = token.strip().encode("utf-8", "replace")
+        return scheme.lower() == "bearer" and any(hmac.compare_digest(given, t) for t in self.tokens)
+
+    def repo(self, rtype: str, repo_id: str):
+        """The repo's folder, if it exists and this caller may see it (private repos need a token)."""
+        d = self.store.require(rtype, repo_id)
+        if self.tokens is not None and not self.authorised and self.store.repo_meta(rtype, repo_id)["private"]:
+            raise HttpError(401, f"Repository {repo_id} not found", "RepoNotFound")
+        return d
+
+    def can_see(self, private: bool) -> bool:
+        return not private or self.authorised
+
+    # --- answers ------------------------------------------------------------------------------
     def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
@@ -109,11 +246,20 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def endpoint(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{self.headers.get('Host') or f'{host}:{port}'}"
+        given = self.headers.get("Host") or ""
+        return f"http://{given if _HOST.fullmatch(given) else f'{host}:{port}'}"
 
     def q(self, key: str, default=None):
         v = self.query.get(key)
         return v[0] if v else default
+
+    def int_q(self, key: str, default: int | None = None) -> int | None:
+        v = self.q(key)
+        if v in (None, ""):
+            return default
+        if not re.fullmatch(r"[0-9]{1,12}", v):
+            raise HttpError(400, f"Query parameter {key!r} must be a non-negative integer, not {v!r}")
+        return int(v)
 
     def flag(self, key: str) -> bool:
         return str(self.q(key, "")).lower() in ("1", "true")
@@ -139,7 +285,7 @@ class Handler(BaseHTTPRequestHandler):
         return out
 
     def _paginate(self, items: list, limit: int | None = None) -> None:
-        start = int(self.q("cursor", 0) or 0)
+        start = self.int_q("cursor", 0)
         size = min(limit or PAGE_SIZE, PAGE_SIZE)
         page = items[start:start + size]
         headers = {}
@@ -150,3 +296,9 @@ class Handler(BaseHTTPRequestHandler):
             headers["Link"] = f'<{nxt}>; rel="next"'
         self._json(page, headers=headers)
 
+
+def _where(e: BaseException) -> str:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"

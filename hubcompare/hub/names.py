@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import InvalidReferenceError, RegistryError
+from ..errors import InvalidNameError, InvalidReferenceError, RegistryError
 
 __all__ = [
-    "ACCEPTED_FORMS", "NAME_PATTERN", "NAME", "REPO_ID", "Reference", "check_name", "check_registry_name",
-    "check_repo_id", "parse_reference",
+    "ACCEPTED_FORMS", "NAME_PATTERN", "NAME", "REPO_ID", "Reference", "check_collection_slug", "check_name",
+    "check_namespace", "check_path_in_repo", "check_registry_name", "check_repo_id", "check_revision", "parse_reference",
 ]
 
 # One name: a registry entry, a population, a timm model tag, an owner or repo name in a server route.
 NAME_PATTERN = r"[A-Za-z0-9][\w.\-]*"
 NAME = re.compile(NAME_PATTERN)
 # A Hub repo id as huggingface.co accepts it: OWNER/NAME, each at most 96 characters, not ending in '-' or '.'.
-_REPO_PART = r"[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9_])?"
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"  # ASCII only, as the Hub
 REPO_ID = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
 _HUB = re.compile(r"(?P<repo>[^@\s]+)(?:@(?P<rev>[^@\s]+))?")  # what follows hf-hub:
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*")
@@ -50,6 +50,56 @@ def check_repo_id(repo_id: str) -> str:
             "no '--' or '..'; at most 96 characters each), e.g. alice/digits-r14-s0"
         )
     return repo_id
+
+
+def check_namespace(namespace: str) -> str:
+    """A user or organisation name (the OWNER of OWNER/NAME): the same rules as either half of a repo id."""
+    if not isinstance(namespace, str) or not re.fullmatch(_REPO_PART, namespace) or "--" in namespace or ".." in namespace:
+        raise InvalidNameError(f"namespace {namespace!r}: use letters, digits, '-', '_' and '.' (no '--' or '..', "
+                               "at most 96 characters), e.g. alice")
+    return namespace
+
+
+def check_collection_slug(slug: str) -> str:
+    """A collection slug, OWNER/TITLE-ID: both halves follow the repo id rules (the server makes them so)."""
+    if not isinstance(slug, str) or not REPO_ID.fullmatch(slug) or "--" in slug or ".." in slug:
+        raise InvalidNameError(f"collection slug {slug!r}: use OWNER/SLUG as create_collection returned it")
+    return slug
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REF_FORBIDDEN = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//")
+
+
+def check_revision(rev: str) -> str:
+    """A branch, tag or commit id as git (so the Hub) accepts it: ``git check-ref-format`` rules, 255 chars at most."""
+    ok = isinstance(rev, str) and 0 < len(rev) <= 255 and not _CONTROL.search(rev) and not _REF_FORBIDDEN.search(rev)
+    ok = ok and rev != "@" and not rev.startswith(("/", "-")) and not rev.endswith(("/", "."))
+    if not ok or any(p.startswith(".") or p.endswith(".lock") for p in rev.split("/")):
+        raise InvalidNameError(f"revision {rev!r}: use a branch, tag or commit id, e.g. main, v1.0 or a commit sha "
+                               "(no spaces, control characters, '..', '~^:?*[\\', '@{', '//', and no '/' or '.' at the ends)")
+    return rev
+
+
+FORBIDDEN_FOLDERS = (".git", ".cache")  # the client refuses these too (huggingface_hub._commit_api)
+
+
+def check_path_in_repo(path: str, folder: bool = False) -> str:
+    """A file path inside a repo: relative, '/'-separated, no '.', '..' or empty parts, no backslash or control
+    characters, no .git/.cache folder; 255 bytes a part and 4096 in all (what a checkout on disk can hold).
+    ``folder``: a trailing '/' is allowed (``deletedFolder``)."""
+    body = path[:-1] if folder and isinstance(path, str) and path.endswith("/") else path
+    try:
+        size = len(body.encode("utf-8")) if isinstance(body, str) else -1
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        size = -1
+    parts = body.split("/") if size > 0 else []
+    ok = 0 < size <= 4096 and not _CONTROL.search(body) and "\\" not in body
+    if not ok or any(p in ("", ".", "..") or p in FORBIDDEN_FOLDERS or len(p.encode()) > 255 for p in parts):
+        raise InvalidNameError(f"path in repo {path!r}: use a relative path like weights/model.safetensors "
+                               "(no leading '/', no '.', '..' or empty parts, no backslash, control characters, "
+                               ".git or .cache)")
+    return body
 
 
 def check_name(name: str, what: str) -> str:
@@ -106,7 +156,9 @@ def parse_reference(text: str, registry_names: "set[str] | None" = None) -> Refe
                 raise _bad(text, "use hf-hub:OWNER/NAME or hf-hub:OWNER/NAME@REVISION (one '@' at most)")
             try:
                 check_repo_id(m["repo"])
-            except InvalidReferenceError as e:
+                if m["rev"] is not None:
+                    check_revision(m["rev"])
+            except (InvalidReferenceError, InvalidNameError) as e:
                 raise _bad(text, str(e)) from None
             return Reference("hf-hub", m["repo"], m["rev"])
         if scheme == "local-dir":

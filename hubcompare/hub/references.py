@@ -16,12 +16,13 @@ import torch
 from timm.models import get_pretrained_cfg
 
 from ..errors import InvalidReferenceError, PickleWeightsRefusedError, ReferenceNotFoundError
-from ..models.checkpoint import Checkpoint, load_checkpoint, WEIGHTS_FILE
+from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE, Checkpoint, load_checkpoint
+from ..models.guard import check_size, estimate_size
 from ..models.metadata import ModelMeta
+from ..models.weights import load_model
 from .client import pull
 from .names import ACCEPTED_FORMS, Reference, parse_reference
 from .registry import Registry
-from ..models.weights import load_model
 
 __all__ = ["Reference", "ResolvedModel", "parse_reference", "resolve_reference", "ACCEPTED_FORMS"]
 
@@ -41,11 +42,12 @@ class ResolvedModel:
     registry_name: str | None = None
     checkpoint: Checkpoint | None = None
     _model: torch.nn.Module | None = field(default=None, repr=False)
+    max_params: int = DEFAULT_MAX_PARAMS  # the model is refused, before it is built, when its config describes more
 
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            self._model = load_model(self.checkpoint)
+            self._model = load_model(self.checkpoint, self.max_params)
         return self._model
 
     @property
@@ -58,10 +60,12 @@ class ResolvedModel:
         return self.reference.pinned(self.commit_sha)
 
 
-def resolve_reference(ref: str | Reference, registry: Registry | None = None, api=None) -> ResolvedModel:
+def resolve_reference(ref: str | Reference, registry: Registry | None = None, api=None, *,
+                      max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
     """Follow ``ref`` (through the registry) to a checkpoint: pulled, pinned to a commit sha, for Hub and timm references.
 
-    Checkpoint folders are opened and validated, not built: read ``.model`` to build the model.
+    Checkpoint folders are opened and validated, not built: read ``.model`` to build the model (refused
+    before anything is allocated when its config describes more than ``max_params`` parameters).
     """
     if isinstance(ref, str):
         ref = parse_reference(ref, registry.names() if registry is not None else None)
@@ -74,7 +78,7 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
                 f"registry entry {entry.name} points at another registry name ({entry.reference}): "
                 "point it at an hf-hub:, timm: or local-dir: reference."
             )
-        resolved = resolve_reference(inner, registry, api)
+        resolved = resolve_reference(inner, registry, api, max_params=max_params)
         resolved.registry_name = entry.name
         return resolved
     if ref.kind == "local-dir":
@@ -82,15 +86,15 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
         if not path.is_dir():
             raise ReferenceNotFoundError(f"no checkpoint folder at {path} (from reference {ref}).\n{ACCEPTED_FORMS}")
         ckpt = load_checkpoint(path)
-        return ResolvedModel(ref, ckpt.config, None, ckpt.path, checkpoint=ckpt)
+        return ResolvedModel(ref, ckpt.config, None, ckpt.path, checkpoint=ckpt, max_params=max_params)
     if ref.kind == "hf-hub":
         pulled = pull(ref.target, ref.revision, api=api)
         ckpt = load_checkpoint(pulled.path)
-        return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt)
-    return _resolve_timm(ref, api)
+        return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt, max_params=max_params)
+    return _resolve_timm(ref, api, max_params)
 
 
-def _resolve_timm(ref: Reference, api) -> ResolvedModel:
+def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
     """timm's pretrained config says where the weights live; only its Hub safetensors are used."""
     name = ref.target
     arch = name.split(".")[0]
@@ -106,8 +110,9 @@ def _resolve_timm(ref: Reference, api) -> ResolvedModel:
             f"timm's weights for {name!r} are only published as a pickled file ({cfg.url or cfg.file}); hubcompare "
             "only loads safetensors. Use a tag whose weights are on the Hub."
         )
+    check_size(*estimate_size(name), max_params, f"timm:{name}")
     pulled = pull(cfg.hf_hub_id, api=api)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pulled.path / WEIGHTS_FILE), "source": "timm"})
     config = {"architecture": arch, "num_classes": model.num_classes, "pretrained_cfg": dict(model.pretrained_cfg)}
     config["pretrained_cfg"].pop("file", None)
-    return ResolvedModel(ref, config, pulled.commit_sha, pulled.path, _model=model.eval())
+    return ResolvedModel(ref, config, pulled.commit_sha, pulled.path, _model=model.eval(), max_params=max_params)

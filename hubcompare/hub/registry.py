@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.resources.abc import Traversable
@@ -24,10 +25,10 @@ from typing import Iterable
 from huggingface_hub import HfApi
 
 from ..bundled import bundled_dir
+from ..errors import InvalidReferenceError, RegistryConflictError, RegistryCorruptError, RegistryEntryNotFoundError, RegistryError
 from ..models.metadata import ModelMeta
-from ..errors import RegistryConflictError, RegistryEntryNotFoundError, RegistryError
 from .client import with_retries
-from .names import ACCEPTED_FORMS, check_registry_name, parse_reference
+from .names import ACCEPTED_FORMS, check_name, check_namespace, check_registry_name, parse_reference
 
 __all__ = ["Entry", "Registry", "default_registry_path", "default_curated_dirs", "entry_from_meta", "sync"]
 
@@ -90,8 +91,11 @@ def parse_line(line: str, source: str) -> Entry | None:
     line = line.split("#", 1)[0].strip()
     if not line:
         return None
-    name, _, rest = line.partition(" ")
-    ref, *pairs = rest.split()
+    name, *rest = line.split()
+    if not rest:
+        raise RegistryCorruptError(f"{source}: {line!r} names no model: write NAME REFERENCE [key=value ...], "
+                                   "e.g. zoo-a hf-hub:OWNER/NAME@COMMIT depth=14")
+    ref, *pairs = rest
     values: dict = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
@@ -101,13 +105,28 @@ def parse_line(line: str, source: str) -> Entry | None:
             values[key] = LINE_KEYS[key](value)
         except ValueError:
             raise RegistryError(f"{source}: {key}={value!r} is not a {LINE_KEYS[key].__name__}") from None
+    try:
+        name, ref = check_registry_name(name), _check_reference(ref)
+    except InvalidReferenceError as e:
+        raise RegistryCorruptError(f"{source}: {e}") from None
     return Entry(
-        name=check_registry_name(name), reference=_check_reference(ref), commit_sha=values.get("commit"),
+        name=name, reference=ref, commit_sha=values.get("commit"),
         architecture=values.get("architecture"), depth=values.get("depth"), width=values.get("width"),
         dataset=values.get("dataset"), data_fraction=values.get("fraction"), seed=values.get("seed"),
         accuracy=values.get("accuracy"), populations=[p for p in values.get("populations", "").split(",") if p],
         source=source,
     )
+
+
+def _read_curated(f: Path | Traversable) -> str:
+    try:
+        return f.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RegistryCorruptError(f"{f} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8, "
+                                   "or remove it from HUBCOMPARE_REGISTRY_DIRS") from None
+    except OSError as e:
+        raise RegistryCorruptError(f"cannot read the curated registry file {f} ({e.strerror or e}): make it a readable "
+                                   "file, or remove its folder from HUBCOMPARE_REGISTRY_DIRS") from None
 
 
 COLUMNS = [f.name for f in fields(Entry) if f.name != "source"]
@@ -121,15 +140,39 @@ class Registry:
         self.curated_dirs = [Path(d) if isinstance(d, str) else d
                              for d in (default_curated_dirs() if curated_dirs is None else curated_dirs)]
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, reference TEXT NOT NULL, commit_sha TEXT, "
-            "architecture TEXT, depth INTEGER, width REAL, dataset TEXT, data_fraction REAL, seed INTEGER, "
-            "accuracy REAL, populations TEXT NOT NULL DEFAULT '[]', added_at TEXT)"
-        )
-        return con
+    @contextmanager
+    def _connect(self):
+        """A transaction on the user database; SQLite and file-system failures become a typed error (a
+        RegistryCorruptError when the file is not a registry) that names the fix (the database is the user's own file: it is never moved or deleted here)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=30)
+            try:
+                with con:
+                    con.execute(
+                        "CREATE TABLE IF NOT EXISTS entries (name TEXT PRIMARY KEY, reference TEXT NOT NULL, "
+                        "commit_sha TEXT, architecture TEXT, depth INTEGER, width REAL, dataset TEXT, data_fraction REAL, "
+                        "seed INTEGER, accuracy REAL, populations TEXT NOT NULL DEFAULT '[]', added_at TEXT)"
+                    )
+                    yield con
+            finally:
+                con.close()
+        except (sqlite3.Error, OSError) as e:
+            raise self._unusable(e) from None
+
+    def _unusable(self, e: Exception) -> RegistryError:
+        """The typed error for a database that cannot be used: locked, not openable, or not a registry (corrupt)."""
+        where, detail = self.path, f"{type(e).__name__}: {e}"
+        if "locked" in str(e):
+            return RegistryError(f"the registry database {where} is locked by another process ({detail}): "
+                                 "retry when it has finished")
+        if isinstance(e, OSError) or "unable to open" in str(e) or "readonly" in str(e):
+            return RegistryError(f"cannot open the registry database {where} ({detail}): make {where.parent} a "
+                                 "writable folder, or set HUBCOMPARE_HOME to one")
+        return RegistryCorruptError(
+            f"the registry database {where} is not a readable registry ({detail}): move it aside "
+            f"(mv {where} {where}.bad) and re-create your entries with `hubcompare registry add` or `registry sync`, "
+            "or set HUBCOMPARE_HOME to another folder")
 
     def curated(self) -> dict[str, Entry]:
         out: dict[str, Entry] = {}
@@ -137,7 +180,7 @@ class Registry:
             if not d.is_dir():
                 continue
             for f in sorted((f for f in d.iterdir() if f.name.endswith(".txt")), key=lambda f: f.name):
-                for n, line in enumerate(f.read_text().splitlines(), 1):
+                for n, line in enumerate(_read_curated(f).splitlines(), 1):
                     e = parse_line(line, f"{f}:{n}")
                     if e is None:
                         continue
@@ -152,7 +195,10 @@ class Registry:
         out = {}
         for row in rows:
             d = dict(zip(COLUMNS, row))
-            d["populations"] = json.loads(d["populations"] or "[]")
+            try:
+                d["populations"] = json.loads(d["populations"] or "[]")
+            except ValueError as e:
+                raise self._unusable(e) from None
             out[d["name"]] = Entry(**d, source="user")
         return out
 
@@ -232,6 +278,10 @@ def sync(registry: Registry, author: str, population: str | None = None, api=Non
 
     Names are ``OWNER--NAME``. Existing entries of the same name are updated.
     """
+    check_namespace(author)
+    if population is not None:
+        check_name(population, "population")
+    registry.user()  # an unusable registry database fails here, before the Hub is asked
     api = api or HfApi()
     tags = ["hubcompare"] + ([f"population-{population}"] if population else [])
     models = with_retries(lambda: list(api.list_models(author=author, filter=tags, cardData=True, full=True)),

@@ -7,11 +7,15 @@ both see what the checkpoint is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..errors import CheckpointCorruptError
 from .metadata import ModelMeta
 
-__all__ = ["build_card", "card_tags", "format_number"]
+__all__ = ["build_card", "card_tags", "format_number", "read_card"]
 
 # The card's machine-readable ``hubcompare`` block: what Hub search and `registry sync` read back.
 CARD_KEYS = ("architecture", "depth", "width", "num_classes", "dataset", "data_fraction", "seed", "recipe_hash", "epochs", "test_accuracy")
@@ -35,6 +39,20 @@ def card_tags(meta: ModelMeta) -> list[str]:
         f"seed-{meta.seed}",
     ]
     return tags + [f"population-{p}" for p in meta.populations]
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """A checkpoint's README.md as a ``ModelCard``; unreadable metadata (bad YAML, not UTF-8, a malformed
+    ``model-index``) is a CheckpointCorruptError naming the file."""
+    try:
+        card = ModelCard.load(path)
+        card.data.eval_results  # noqa: B018 - parsed lazily in some versions: fail here, not while printing
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, OSError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointCorruptError(
+            f"{path}: the model card's YAML metadata cannot be read ({type(e).__name__}: {detail}); fix its front "
+            "matter, or delete the file (the checkpoint does not need it; a push writes a fresh card).", path) from None
+    return card
 
 
 def build_card(meta: ModelMeta, repo_id: str | None = None) -> ModelCard:

@@ -16,19 +16,36 @@ building its model is :mod:`.weights`.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import CheckpointCorruptError, CheckpointFileMissingError
+from ..errors import CheckpointCorruptError, CheckpointFileMissingError, ModelConfigError
 from .metadata import ModelMeta
 
-__all__ = ["Checkpoint", "load_checkpoint", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "PREDICTIONS_FILE", "RESUME_DIR"]
+__all__ = ["Checkpoint", "load_checkpoint", "check_config", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "PREDICTIONS_FILE",
+           "RESUME_DIR", "DEFAULT_MAX_PARAMS", "PULL_FILES"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 PREDICTIONS_FILE = "predictions.safetensors"
 RESUME_DIR = ".resume"  # an unfinished training run's state (see hubcompare.training.loop)
+PULL_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PREDICTIONS_FILE)  # all a pull downloads: what loading reads
+
+# The most parameters (+ buffer elements) a config may describe before anything is built (``max_params``).
+# The CIFAR family's largest member, ResNet-164 at width 10, has 259.4M; the curated timm entries at most
+# 68.9M (wide_resnet50_2); vit_large_patch16_224 (304M) and vit_giant_patch14_224 (1.01B) need a higher limit.
+DEFAULT_MAX_PARAMS = 300_000_000
+
+# A plain timm architecture name, optionally with a pretrained tag (resnet50, resnet50.a1_in1k): never a
+# source prefix (hf-hub:, local-dir:) or a path, which would make timm fetch another repo's config unpinned.
+ARCHITECTURE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100})?")
+MAX_CLASSES = 1_000_000
+MAX_CONFIG_BYTES = 16 << 20
+MAX_INPUT_SIDE = 1 << 14
 
 
 @dataclass(eq=False)
@@ -57,20 +74,100 @@ class Checkpoint:
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     """Open and validate a checkpoint folder (config parsed now, weights checked when the model is built)."""
     run_dir = Path(run_dir).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointFileMissingError(f"{run_dir} is a file, not a checkpoint folder: give the folder that holds "
+                                         "config.json and model.safetensors", run_dir)
     if not run_dir.is_dir():
         raise CheckpointFileMissingError(f"checkpoint folder {run_dir} does not exist", run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         hint = " (training did not finish: train the same recipe into this folder again to resume)" if (run_dir / RESUME_DIR).is_dir() else ""
         raise CheckpointFileMissingError(f"{cfg_path} is missing: not a checkpoint folder{hint}", cfg_path)
+    size = cfg_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointCorruptError(f"{cfg_path} is {size:,} bytes: not a model config (they are kilobytes; at most "
+                                     f"{MAX_CONFIG_BYTES:,} are read)", cfg_path)
     try:
         config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointCorruptError(f"{cfg_path} is not valid JSON ({e})", cfg_path) from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number, deep nesting
+        raise CheckpointCorruptError(f"{cfg_path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})", cfg_path) from e
     if not isinstance(config, dict) or "architecture" not in config:
         raise CheckpointCorruptError(f"{cfg_path} has no 'architecture' field: not a timm/hubcompare config", cfg_path)
+    check_config(config, cfg_path)
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise CheckpointFileMissingError(
             f"{run_dir / WEIGHTS_FILE} is missing (hubcompare only loads safetensors weights)", run_dir / WEIGHTS_FILE
         )
     return Checkpoint(path=run_dir, config=config)
+
+
+def check_config(config: dict, cfg_path: Path) -> None:
+    """Check what config.json says before anything reads it further: the architecture is a plain timm name,
+    ``num_classes``, ``model_args`` and ``pretrained_cfg`` have the JSON types timm expects, and the
+    ``hubcompare`` block parses. Argument names and values are checked against the architecture, and its size
+    against ``max_params``, when the model is built (:func:`hubcompare.models.weights.load_model`)."""
+
+    def fail(message: str, cls: type[CheckpointCorruptError] = ModelConfigError) -> None:
+        raise cls(f"{cfg_path}: {message}", cfg_path)
+
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not ARCHITECTURE_NAME.fullmatch(arch):
+        fail(f"'architecture' must be a timm architecture name such as cifar_resnet or resnet50, not {_short(arch)}"
+             + (": a config cannot point at another repo or folder" if isinstance(arch, str) and (":" in arch or "/" in arch) else ""))
+    if "num_classes" in config and not _is_int(config["num_classes"], 0, MAX_CLASSES):
+        fail(f"'num_classes' must be an integer from 0 to {MAX_CLASSES:,}, not {_short(config['num_classes'])}")
+    args = config.get("model_args")
+    if args is not None and not isinstance(args, dict):
+        fail(f"'model_args' must be a JSON object of keyword arguments, not {_short(args)}")
+    cfg = config.get("pretrained_cfg")
+    if cfg is not None:
+        if not isinstance(cfg, dict):
+            fail(f"'pretrained_cfg' must be a JSON object, not {_short(cfg)}")
+        _check_pretrained_cfg(cfg, fail)
+    try:
+        ModelMeta.from_config(config)
+    except CheckpointCorruptError as e:
+        fail(str(e), CheckpointCorruptError)
+
+
+def _check_pretrained_cfg(cfg: dict, fail) -> None:
+    """The ``pretrained_cfg`` keys that shape the model or its inputs have the types timm gives them."""
+    for key in ("input_size", "test_input_size", "min_input_size"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3
+                                      and all(_is_int(v, 1, MAX_INPUT_SIDE) for v in value)):
+            fail(f"pretrained_cfg's {key!r} must be [channels, height, width] (integers from 1 to {MAX_INPUT_SIDE}), "
+                 f"not {_short(value)}")
+    for key in ("mean", "std"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, list) and 1 <= len(value) <= MAX_INPUT_SIDE
+                                      and all(_is_number(v) and (key == "mean" or v > 0) for v in value)):
+            fail(f"pretrained_cfg's {key!r} must be a list of finite numbers{' > 0' if key == 'std' else ''}, "
+                 f"not {_short(value)}")
+    for key, check, what in (
+        ("num_classes", lambda v: _is_int(v, -1, MAX_CLASSES), f"an integer from -1 to {MAX_CLASSES:,}"),
+        ("fixed_input_size", lambda v: isinstance(v, bool), "true or false"),
+        ("crop_pct", lambda v: _is_number(v) and 0 < v <= 16, "a number in (0, 16]"),
+        ("interpolation", lambda v: isinstance(v, str), "a string"),
+        ("crop_mode", lambda v: isinstance(v, str), "a string"),
+        ("first_conv", lambda v: isinstance(v, (str, list)), "a layer name or a list of them"),
+        ("classifier", lambda v: isinstance(v, (str, list)), "a layer name or a list of them"),
+    ):
+        if cfg.get(key) is not None and not check(cfg[key]):
+            fail(f"pretrained_cfg's {key!r} must be {what}, not {_short(cfg[key])}")
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -74,10 +74,12 @@ class Predictions:
                 logits, labels = f.get_tensor("logits"), f.get_tensor("labels")
             ids, dataset = json.loads(meta["ids"]), json.loads(meta["dataset"])
         except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as e:
-            raise CheckpointCorruptError(f"{path} is not a valid predictions file ({e}); re-create it with `hubcompare eval`.", path) from e
+            raise CheckpointCorruptError(f"{path} is not a valid predictions file ({e}); re-create it with "
+                                         "`hubcompare eval --write` on its checkpoint folder.", path) from e
         if logits.ndim != 2 or labels.shape != (logits.shape[0],) or len(ids) != logits.shape[0]:
             raise CheckpointCorruptError(
-                f"{path}: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and {len(ids)} ids disagree", path
+                f"{path}: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and {len(ids)} ids disagree; re-create it "
+            "with `hubcompare eval --write` on its checkpoint folder.", path
             )
         return cls(logits=logits, labels=labels, ids=ids, dataset=dataset)
 
@@ -112,7 +114,7 @@ def stored_predictions(ckpt: Checkpoint) -> Predictions:
     if expected and sha256_file(ckpt.path / PREDICTIONS_FILE) != expected:
         raise CheckpointMismatchError(
             f"{ckpt.path / PREDICTIONS_FILE} does not match the sha256 recorded in {CONFIG_FILE}: "
-            "it was replaced or modified; regenerate it with `hubcompare eval`.",
+            "it was replaced or modified; regenerate it with `hubcompare eval --write` on its checkpoint folder.",
             ckpt.path / PREDICTIONS_FILE,
         )
     num_classes = ckpt.config.get("num_classes")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 from ..errors import InvalidArchitectureError
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from timm.models._hub import save_config_for_hf
 
-from ..errors import CheckpointCorruptError, CheckpointMismatchError, HubcompareError
+from ..errors import CheckpointCorruptError, CheckpointMismatchError, HubcompareError, ModelConfigError
 from ..provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import resnet as _resnet  # noqa: F401  (registers cifar_resnet with timm before a config names it)
 from .card import build_card
-from .checkpoint import CARD_FILE, CONFIG_FILE, PREDICTIONS_FILE, WEIGHTS_FILE, Checkpoint
+from .checkpoint import CARD_FILE, CONFIG_FILE, DEFAULT_MAX_PARAMS, PREDICTIONS_FILE, WEIGHTS_FILE, Checkpoint
+from .guard import plan_build
 from .metadata import ModelMeta
 from .predictions import Predictions
 
@@ -67,12 +67,20 @@ def timm_config(model: torch.nn.Module, meta: ModelMeta) -> dict:
     return config
 
 
-def load_model(ckpt: Checkpoint) -> torch.nn.Module:
-    """The checkpoint's model in eval mode, after checking its weights against the recorded hash and the config."""
+def load_model(ckpt: Checkpoint, max_params: int = DEFAULT_MAX_PARAMS) -> torch.nn.Module:
+    """The checkpoint's model in eval mode, after checking its config (architecture, arguments, and a size
+    estimate against ``max_params``: :func:`~hubcompare.models.guard.plan_build`) before anything is built,
+    then its weights against the recorded hash and the model."""
     run_dir, config = ckpt.path, ckpt.config
     weights_path, cfg_path = run_dir / WEIGHTS_FILE, run_dir / CONFIG_FILE
+    plan = plan_build(config, cfg_path, max_params)
+    size = weights_path.stat().st_size
+    if size > 8 * (plan.params + plan.buffers) + (1 << 24):  # float64 everything, plus a generous header
+        raise CheckpointMismatchError(
+            f"{weights_path} ({size:,} bytes) is larger than any weights of the model {cfg_path} describes "
+            f"({plan.params + plan.buffers:,} numbers) could be", weights_path)
     data = weights_path.read_bytes()
-    expected = config.get("hubcompare", {}).get("weights_sha256")
+    expected = ckpt.meta.weights_sha256
     if expected:
         if hashlib.sha256(data).hexdigest() != expected:
             raise CheckpointMismatchError(
@@ -82,31 +90,35 @@ def load_model(ckpt: Checkpoint) -> torch.nn.Module:
             )
     try:
         state = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointCorruptError(f"{weights_path} is not a readable safetensors file ({e})", weights_path) from e
-    model_args = dict(config.get("model_args", {}))
-    pretrained_cfg = dict(config.get("pretrained_cfg", {}))
-    model_args.setdefault("in_chans", (pretrained_cfg.get("input_size") or [3])[0])
-    model_args["num_classes"] = config.get("num_classes", model_args.get("num_classes", 1000))
+    except Exception as e:  # SafetensorError, or what torch says about a header's dtype or shape
+        raise CheckpointCorruptError(
+            f"{weights_path} is not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})", weights_path
+        ) from e
     try:
-        model = timm.create_model(
-            config["architecture"], pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **model_args,
-        )
+        model = timm.create_model(plan.architecture, pretrained=False, pretrained_cfg_overlay=plan.overlay, **plan.kwargs)
     except HubcompareError as e:
-        raise CheckpointCorruptError(f"{cfg_path}: {e}", cfg_path) from e
-    except RuntimeError as e:  # timm: unknown model
-        raise CheckpointCorruptError(f"{cfg_path}: cannot build architecture {config['architecture']!r} ({e})", cfg_path) from e
-    missing, unexpected = [], []
+        raise ModelConfigError(f"{cfg_path}: {e}", cfg_path) from e
+    except Exception as e:  # what the architecture's constructor says about these arguments
+        raise ModelConfigError(
+            f"{cfg_path}: cannot build architecture {plan.architecture!r} ({type(e).__name__}: {str(e)[:200]})", cfg_path
+        ) from e
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
+    common = sorted(set(own) & set(state))
+    shapes = [k for k in common if own[k].shape != state[k].shape]
+    dtypes = [k for k in common if own[k].dtype.is_floating_point != state[k].dtype.is_floating_point
+              or state[k].dtype.is_complex]
+    if missing or unexpected or shapes or dtypes:
         detail = "; ".join(
             f"{label}: {items[:3]}{' ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs", sorted(shapes)))
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes),
+                                 ("dtype kind differs", dtypes))
             if items
         )
         raise CheckpointMismatchError(f"{weights_path} does not fit the model described by {cfg_path} ({detail})", weights_path)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # pragma: no cover - keys, shapes and dtypes were compared above
+        raise CheckpointMismatchError(f"{weights_path} does not fit the model described by {cfg_path} ({e})", weights_path) from e
     return model.eval()

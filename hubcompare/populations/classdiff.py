@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
 from ..errors import TooFewModelsError
+from ..provenance import atomic_write_json, atomic_write_text
+from . import stats
 from .nulls import comparison_provenance, example_split, null_side_for
 from .sides import Side, check_aligned
-from ..provenance import atomic_write_json, atomic_write_text
 
 __all__ = ["MIN_MODELS", "ClassDiffResult", "class_diff"]
 

@@ -26,14 +26,13 @@ from ..errors import (
     InvalidReferenceError,
     PredictionsUnavailableError,
 )
-from ..hub.registry import default_registry_path, Registry
-from ..hub.references import resolve_reference
 from ..hub.client import with_retries
-from ..models.checkpoint import WEIGHTS_FILE
+from ..hub.references import resolve_reference
+from ..hub.registry import Registry, default_registry_path
+from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE
 from ..models.inputs import InputSpec
-from ..models.predictions import predict, Predictions
+from ..models.predictions import Predictions, predict, stored_predictions
 from ..provenance import sha256_file
-from ..models.predictions import stored_predictions
 
 __all__ = ["SIDE_FORMS", "Member", "Side", "check_aligned", "default_cache_dir", "expand_side", "load_side"]
 
@@ -180,7 +179,14 @@ def expand_side(spec: str, registry=None, api=None) -> list[str]:
         path = Path(spec[1:]).expanduser()
         if not path.is_file():
             raise InvalidReferenceError(f"{spec}: no file {path} listing the side's models.\n{SIDE_FORMS}")
-        lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidReferenceError(f"{spec}: {path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as "
+                                        "UTF-8, one model a line.") from None
+        except OSError as e:
+            raise InvalidReferenceError(f"{spec}: cannot read {path} ({e.strerror or e}).") from None
+        lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
         refs = [r for ln in lines if ln for r in expand_side(ln, registry, api)]
     elif Path(spec).expanduser().is_dir() or "+" not in spec:
         refs = _expand_token(spec, registry, api)
@@ -226,8 +232,8 @@ def _compute(model, ds, cache_file: Path, label: str):
     return preds, "computed"
 
 
-def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path):
-    resolved = resolve_reference(ref_text, registry, api)  # a checkpoint is opened, its model not built yet
+def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path, max_params: int):
+    resolved = resolve_reference(ref_text, registry, api, max_params=max_params)  # a checkpoint is opened, its model not built yet
     ckpt, sha = resolved.checkpoint, resolved.commit_sha
     meta = resolved.meta
     source = None
@@ -295,12 +301,14 @@ def _class_names(describe: dict, dataset, data_dir) -> tuple[list[str], list[str
 
 
 def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=None, api=None,
-              cache_dir: str | Path | None = None, on_member: Callable[[int, int, str], None] | None = None) -> Side:
+              cache_dir: str | Path | None = None, on_member: Callable[[int, int, str], None] | None = None,
+              max_params: int = DEFAULT_MAX_PARAMS) -> Side:
     """Resolve a side string to its models' aligned predictions.
 
     ``dataset`` (an :class:`~hubcompare.data.datasets.ImageDataset`): compare on it, recomputing (and caching)
     predictions of models whose stored ones are about other data. Without it, the stored predictions
-    are used and must all be about the same examples.
+    are used and must all be about the same examples. ``max_params``: a model whose config describes more
+    parameters is refused before it is built (see :mod:`hubcompare.models.guard`).
     """
     refs = expand_side(spec, registry, api)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -308,7 +316,7 @@ def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=No
     for i, ref in enumerate(refs):
         if on_member:
             on_member(i, len(refs), ref)
-        loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir))
+        loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir, max_params))
     _check_same_data(loaded, f"side {label} ({spec})")
     first = loaded[0][1]
     if first.logits.shape[1] != first.dataset.get("num_classes", first.logits.shape[1]):

@@ -39,11 +39,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data.datasets import ImageDataset
+from ..errors import CompareError
+from ..models.inputs import InputSpec
 from .capture import LayerCapture
 from .cka import gram
 from .engine import CompareModel, compare
-from ..data.datasets import ImageDataset
-from ..models.inputs import InputSpec
 from .results import CKAResult
 
 __all__ = ["Block", "BlockCriteria", "PCAnalysis", "BlockReport", "detect_blocks", "pc_analysis", "analyze_blocks",
@@ -188,6 +189,9 @@ def detect_blocks(
 @torch.no_grad()
 def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 1024, chunk: int = 256) -> PCAnalysis:
     """Exact PC1 variance fraction per layer and |cosine| between layers' first PCs on a fixed sample."""
+    if num_examples < 2 or chunk < 1:
+        raise CompareError(f"the PC analysis needs a sample of at least 2 examples (got {num_examples}) and a positive "
+                           f"chunk (got {chunk})", params=("pc_examples",))
     spec = InputSpec.from_model(model.model, dataset.image_shape)
     cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2]))
     n = min(num_examples, len(dataset))

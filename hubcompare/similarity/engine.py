@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .capture import LayerCapture
-from .cka import MIN_BATCH, MinibatchCKA, gram, u_center
 from ..data.datasets import ImageDataset, load_dataset
 from ..errors import CompareError, DatasetChoiceError
 from ..models.inputs import InputSpec
 from ..provenance import package_versions
+from .capture import LayerCapture
+from .cka import MIN_BATCH, MinibatchCKA, gram, u_center
 from .results import CKAResult
 
 if TYPE_CHECKING:

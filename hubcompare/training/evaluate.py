@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..models.checkpoint import Checkpoint, CONFIG_FILE
 from ..data.datasets import load_dataset
-from ..errors import CheckpointMismatchError
-from ..models.checkpoint import PREDICTIONS_FILE
-from ..models.predictions import predict, Predictions
-from ..provenance import atomic_write_json
+from ..errors import CheckpointError, CheckpointMismatchError
+from ..models.checkpoint import CONFIG_FILE, DEFAULT_MAX_PARAMS, PREDICTIONS_FILE, Checkpoint
+from ..models.predictions import Predictions, predict, stored_predictions
 from ..models.weights import load_model
-from ..models.predictions import stored_predictions
+from ..provenance import atomic_write_json
 
 __all__ = ["EvalReport", "evaluate_checkpoint"]
 
@@ -24,6 +22,7 @@ class EvalReport:
     stored_predictions_agree: float | None  # share of examples whose argmax matches the stored file
     max_abs_logit_diff: float | None
     written: bool
+    stored_predictions_error: str | None = None  # why the stored predictions could not be compared (unreadable, replaced)
 
 
 def evaluate_checkpoint(
@@ -32,8 +31,14 @@ def evaluate_checkpoint(
     batch_size: int = 500,
     write: bool = False,
     on_batch=None,
+    max_params: int = DEFAULT_MAX_PARAMS,
 ) -> EvalReport:
-    """Recompute predictions on the checkpoint's test split; optionally store them (and their hash)."""
+    """Recompute predictions on the checkpoint's test split; optionally store them (and their hash).
+
+    The stored predictions are compared only when they can be read and match their recorded hash; otherwise the
+    report says why (``stored_predictions_error``) and ``write=True`` replaces them: this is how a corrupt or
+    replaced predictions file is repaired.
+    """
     meta = ckpt.meta
     dataset = meta.dataset
     if dataset is None:
@@ -46,11 +51,15 @@ def evaluate_checkpoint(
             f"evaluated on ({recorded}); load the same copy of the data it was evaluated on.",
             ckpt.path / CONFIG_FILE, params=("data_dir",),
         )
-    preds = predict(load_model(ckpt), test, batch_size=batch_size, on_batch=on_batch)
-    agree = diff = None
+    preds = predict(load_model(ckpt, max_params), test, batch_size=batch_size, on_batch=on_batch)
+    agree = diff = stored = unreadable = None
     if ckpt.has_predictions:
-        stored = stored_predictions(ckpt)
-        if stored.ids == preds.ids:
+        try:
+            stored = stored_predictions(ckpt)
+        except CheckpointError as e:
+            unreadable = str(e)
+    if stored is not None:
+        if stored.ids == preds.ids and stored.logits.shape == preds.logits.shape:
             agree = float((stored.predicted == preds.predicted).double().mean())
             diff = float((stored.logits - preds.logits).abs().max())
     if write:
@@ -58,4 +67,4 @@ def evaluate_checkpoint(
         config = dict(ckpt.config) | {"hubcompare": meta.to_dict()}
         atomic_write_json(ckpt.path / CONFIG_FILE, config)
         ckpt.config = config
-    return EvalReport(preds, meta.test_accuracy, agree, diff, write)
+    return EvalReport(preds, meta.test_accuracy, agree, diff, write, unreadable)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +26,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..data.datasets import ImageDataset, load_dataset, parse_fraction, stratified_subset
 from ..data.augment import pad_crop_flip, to_float
-from ..models.resnet import ARCHITECTURE
+from ..data.datasets import ImageDataset, load_dataset, parse_fraction, stratified_subset
+from ..errors import TrainingError
 from ..models.checkpoint import CONFIG_FILE, RESUME_DIR
-from ..models.weights import write_checkpoint
 from ..models.metadata import ModelMeta
 from ..models.predictions import predict
-from ..errors import TrainingError
+from ..models.resnet import ARCHITECTURE
+from ..models.weights import write_checkpoint
 from ..provenance import atomic_write_bytes, package_versions
 from .recipes import Recipe
 
@@ -118,6 +120,36 @@ def _param_groups(model: torch.nn.Module, weight_decay: float, on: str = "kernel
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _check_out(out: Path) -> None:
+    """Refuse, before any epoch runs, an output that cannot become a checkpoint folder (a file, an unwritable place)."""
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out} is a file, not a folder: choose a folder for the checkpoint (it is created if missing).",
+                            params=("out",))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise TrainingError(f"cannot write the checkpoint folder {out} ({e.strerror or e}): choose a folder you can write to.",
+                            params=("out",)) from None
+
+
+@contextmanager
+def _fits_in_memory(recipe: Recipe):
+    """A model or batch too large for memory (torch's allocator fails) becomes a TrainingError naming the sizes."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        m, t = recipe["model"], recipe["train"]
+        raise TrainingError(
+            f"ResNet-{m['depth']} at width {m['width']:g} with batch size {t['batch_size']} does not fit in memory "
+            f"({str(e).splitlines()[0][:200]}): choose a smaller width, depth or batch size.",
+            params=("width", "depth"),
+        ) from None
+
+
 def train(
     recipe: Recipe,
     out: str | Path,
@@ -127,6 +159,7 @@ def train(
 ) -> TrainResult:
     """Train ``recipe`` into the checkpoint folder ``out``, resuming from ``out/.resume`` if present."""
     out = Path(out)
+    _check_out(out)
     emit = on_event or (lambda e: None)
     resume_path = out / RESUME_DIR / RESUME_FILE
     if overwrite and out.exists():
@@ -147,7 +180,8 @@ def train(
 
     torch.manual_seed(seed)
     # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN); weights are saved contiguous
-    model = build_model(recipe, train_data).to(memory_format=torch.channels_last)
+    with _fits_in_memory(recipe):
+        model = build_model(recipe, train_data).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         _param_groups(model, float(t["weight_decay"]), t["weight_decay_on"]), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..bundled import bundled_dir
 from ..data.datasets import DATASETS, parse_fraction
 from ..errors import RecipeError
-from ..bundled import bundled_dir
-from ..models.resnet import BN_EPS, BN_MOMENTUM, check_architecture, INITS
+from ..models.resnet import BN_EPS, BN_MOMENTUM, INITS, check_architecture
 
 __all__ = ["Recipe", "load_recipe", "find_recipe", "RECIPE_DIR"]
 
@@ -57,6 +58,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "precision": (str, "fp32"),
     },
 }
+SEED_MAX = 2**63 - 1
 SCHEDULES = ("cosine", "constant")
 LR_UPDATES = ("epoch", "step")
 PAD_MODES = ("reflect", "constant", "replicate")
@@ -125,9 +127,13 @@ def find_recipe(name_or_path: str | Path) -> Path | Traversable:
 def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
     path = find_recipe(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8.") from None
+    except OSError as e:
+        raise RecipeError(f"cannot read the recipe {path} ({e.strerror or e}).") from None
     recipe = _validate(raw, str(path))
     return recipe.with_overrides(overrides) if overrides else recipe
 
@@ -154,6 +160,8 @@ def _validate(raw: Any, source: str) -> Recipe:
                 raise RecipeError(f"{where}: '{section}.{key}' is required")
             if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
                 raise RecipeError(f"{where}: '{section}.{key}' = {value!r} should be {getattr(typ, '__name__', typ)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RecipeError(f"{where}: '{section}.{key}' = {value!r} should be a finite number")
             out[key] = value
         sections[section] = out
     m = sections["model"]
@@ -171,8 +179,11 @@ def _validate(raw: Any, source: str) -> Recipe:
             raise RecipeError(f"{where}: 'train.{key}' must be >= 1")
     if t["batch_size"] < 2:
         raise RecipeError(f"{where}: 'train.batch_size' must be >= 2 (batch norm needs more than one example)")
+    if not 0 <= t["seed"] <= SEED_MAX:
+        raise RecipeError(f"{where}: 'train.seed' = {t['seed']} must be in [0, 2**63 - 1] (torch seeds are 64-bit)")
     if not 0 <= t["warmup_epochs"] < t["epochs"]:
-        raise RecipeError(f"{where}: 'train.warmup_epochs' must be in [0, epochs)")
+        raise RecipeError(f"{where}: 'train.warmup_epochs' = {t['warmup_epochs']} must be in [0, epochs = {t['epochs']}): "
+                          "give more epochs, or fewer warm-up epochs in the recipe")
     if t["schedule"] not in SCHEDULES:
         raise RecipeError(f"{where}: 'train.schedule' must be one of {SCHEDULES}")
     if t["lr_update"] not in LR_UPDATES:

@@ -1,0 +1,376 @@
+"""Every command, fed broken input, answers with one clear error and exit code 2, never a traceback.
+
+The cases are listed per command and the list is checked against the Typer app, so a new command without
+hostile cases fails :func:`test_every_command_has_hostile_cases`. Broken inputs: missing paths, a file where a
+folder is expected, garbage references, bad numbers (0, -1, inf, nan, huge integers), a corrupt
+``registry.sqlite`` (``HUBCOMPARE_HOME``), corrupt curated files (``HUBCOMPARE_REGISTRY_DIRS``) and corrupt
+checkpoint files. No Hub server is started here: the few cases that reach the Hub run offline
+(``HF_HUB_OFFLINE``) or against whatever ``HF_ENDPOINT`` answers, with one attempt and no backoff.
+
+In-process (``CliRunner``) an unexpected exception is caught by the runner, not printed: so a case asserts
+that the command ended by ``SystemExit`` (the app's own exit), as well as the exit code and the message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import typer
+from helpers import small_recipe
+from typer.testing import CliRunner
+
+from hubcompare.cli.main import app
+
+runner = CliRunner()
+HUGE = str(2**64 + 1)
+NO_FOLDER = "no folder .*missing exists|missing does not exist"
+
+
+@dataclass
+class Case:
+    command: str  # the command path, e.g. "registry add"
+    args: tuple[str, ...]  # after the command path; {placeholders} name the lab's files (see ``lab``)
+    expect: str  # a regex the (whitespace-normalised) output must match: the error names the problem
+    env: dict[str, str] = field(default_factory=dict)
+    offline: bool = False  # HF_HUB_OFFLINE for this case
+    pending: str = ""  # a known traceback whose fix is someone else's work in progress (the case xfails, not strictly)
+
+    @property
+    def id(self) -> str:
+        return re.sub(r"[^\w.=+-]+", "_", f"{self.command} {' '.join(self.args)} {' '.join(self.env)}").strip("_")[:90]
+
+
+def _cases() -> list[Case]:
+    out: list[Case] = []
+
+    def add(command: str, *args: str, expect: str, env: dict | None = None, offline: bool = False, pending: str = "") -> None:
+        out.append(Case(command, args, expect, env or {}, offline, pending))
+
+    corrupt_home = {"HUBCOMPARE_HOME": "{corrupt_home}"}
+    home_is_file = {"HUBCOMPARE_HOME": "{file}"}
+    name_only = {"HUBCOMPARE_REGISTRY_DIRS": "{curated_name_only}"}
+    not_utf8 = {"HUBCOMPARE_REGISTRY_DIRS": "{curated_not_utf8}"}
+    bad_ref_line = {"HUBCOMPARE_REGISTRY_DIRS": "{curated_bad_ref}"}
+    db = "registry database .*registry.sqlite"
+
+    # --- train ---------------------------------------------------------------------------------
+    t = ("--depth", "8", "--epochs", "3")  # the digits recipe warms up for 2 epochs
+    add("train", "no-such-recipe", "--out", "{new}", expect="recipe 'no-such-recipe' not found")
+    add("train", "{recipe_garbage}", "--out", "{new}", expect="not valid YAML")
+    add("train", "{recipe_list}", "--out", "{new}", expect="expected a mapping")
+    add("train", "{recipe_not_utf8}", "--out", "{new}", expect="not UTF-8")
+    add("train", "{recipe_huge_seed}", "--out", "{new}", expect="train.seed")
+    add("train", "{recipe_inf_lr}", "--out", "{new}", expect="train.lr.*finite")
+    add("train", "{folder}", "--out", "{new}", expect="not found")
+    for depth in ("0", "-1", "21", str(10**30)):
+        add("train", "digits", "--depth", depth, "--out", "{new}", expect="6n\\+2")
+    for width in ("0", "-1"):
+        add("train", "digits", "--width", width, "--out", "{new}", expect="width")
+    for width in ("inf", "nan", "-inf"):
+        add("train", "digits", "--width", width, "--out", "{new}", expect="'--width'.*not a finite number")
+    add("train", "digits", "--depth", "8", "--width", "1e9", "--out", "{new}", expect="does not fit in memory.*--width")
+    add("train", "digits", "--seed", HUGE, "--out", "{new}", expect="'--seed'")
+    add("train", "digits", "--seed", "-1", "--out", "{new}", expect="'--seed'")
+    for threads in ("0", "-1"):
+        add("train", "digits", "--threads", threads, "--out", "{new}", expect="'--threads'")
+    for epochs in ("0", "-1"):
+        add("train", "digits", "--epochs", epochs, "--out", "{new}", expect="train.epochs' must be >= 1")
+    add("train", "digits", "--epochs", "1", "--out", "{new}", expect="warmup_epochs.*more epochs")
+    for frac in ("0", "2", "abc", "1/0", "nan"):
+        add("train", "digits", *t, "--data-fraction", frac, "--out", "{new}", expect="'--data-fraction'")
+    add("train", "digits", *t, "--dataset", "nope", "--out", "{new}", expect="unknown dataset 'nope'")
+    add("train", "digits", *t, "--out", "{file}", expect="'--out'.*a-file.txt is a file")
+    add("train", "digits", *t, "--out", "{file}/sub", expect="'--out'.*a-file.txt is a file, so")
+    add("train", "digits", *t, "--out", "{run}", expect="already holds a finished checkpoint.*--overwrite")
+    add("train", "cifar10", *t, "--data-dir", "{file}", "--out", "{new}", expect="--data-dir")
+    add("train", "digits", "--epochs", "abc", expect="'--epochs'")
+
+    # --- eval, info ----------------------------------------------------------------------------
+    for cmd in ("eval", "info"):
+        add(cmd, "{missing}", expect="does not exist")
+        add(cmd, "{file}", expect="a-file.txt")
+        add(cmd, "{folder}", expect="config.json")
+        add(cmd, "{bad_config}", expect="config.json")
+        add(cmd, "{config_list}", expect="config.json")
+        add(cmd, "{config_block_string}", expect="config.json.*hubcompare")
+    add("eval", "{bad_weights}", expect="model.safetensors")
+    add("eval", "{run}", "--batch-size", "0", expect="'--batch-size'")
+    add("eval", "{run}", "--batch-size", "-1", expect="'--batch-size'")
+    add("eval", "{run}", "--threads", "-1", expect="'--threads'")
+    add("info", "{bad_config}", "--json", expect="config.json")
+    add("info", "{bad_card}", expect="README.md.*YAML metadata.*delete the file")
+    add("info", "{card_not_utf8}", expect="README.md.*YAML metadata")
+
+    # --- push, push-population -----------------------------------------------------------------
+    add("push", "{missing}", "--repo", "me/x", expect="does not exist")
+    add("push", "{file}", "--repo", "me/x", expect="a-file.txt")
+    add("push", "{bad_config}", "--repo", "me/x", expect="config.json")
+    add("push", "{run}", "--repo", "not a repo", expect="not a repo")
+    add("push", "{run}", "--repo", "a/b/c", expect="a/b/c")
+    add("push", "{run}", "--repo", "me/x", "--name", "bad/name", expect="registry name 'bad/name'")
+    add("push", "{run}", expect="Missing option '--repo'")
+    add("push-population", "{missing}", "--population", "p", "--owner", "me", expect="does not exist")
+    add("push-population", "{run}", "--population", "p", "--owner", "me", "--workers", "0", expect="'--workers'")
+    add("push-population", "{run}", "--population", "bad name!", "--owner", "me", expect="bad name!")
+    add("push-population", "{run}", "--population", "p", "--owner", "bad owner!", expect="bad owner!")
+    add("push-population", "--population", "p", "--owner", "me", expect="Missing argument")
+
+    # --- references: pull, layers, registry add ------------------------------------------------
+    for cmd in ("pull", "layers"):
+        add(cmd, "hf:someone/x", expect="accepted forms")
+        add(cmd, "{missing}", expect=NO_FOLDER)
+        add(cmd, "{file}", expect="a-file.txt")
+        add(cmd, "{bad_weights}", expect="model.safetensors")
+        add(cmd, "hf-hub:a/b@bad..rev", expect="bad..rev")
+        add(cmd, "no-such-entry", expect="no registry entry 'no-such-entry'")
+        add(cmd, "no-such-entry", env=corrupt_home, expect=db)
+        add(cmd, "hf-hub:nobody/nothing", offline=True, expect="nobody/nothing")
+        add(cmd, "hf-hub:nobody/nothing", expect="nobody/nothing")  # not found, or no answer: one quick attempt
+        add(cmd, "timm:no_such_architecture", expect="no_such_architecture")
+        add(cmd, "", expect="empty|accepted forms")
+    add("pull", "{run}", env=home_is_file, expect="registry database")
+    add("pull", "x", env=name_only, expect="names no model")
+    add("pull", "x", env=not_utf8, expect="not UTF-8")
+    add("layers", "{run}", "--layers", "no-such-layer*", expect="no-such-layer")
+    add("registry add", "bad/name", "{run}", expect="registry name 'bad/name'")
+    add("registry add", "x", "garbage:thing", expect="accepted forms|garbage")
+    add("registry add", "x", "{missing}", expect=NO_FOLDER)
+    add("registry add", "x", "{bad_config}", expect="config.json")
+    add("registry add", "x", "timm-resnet18-a1", expect="is a registry name")
+    add("registry add", "x", "{run}", env=corrupt_home, expect=db)
+    add("registry add", "x", "{run}", env=bad_ref_line, expect="curated_bad_ref.*a.txt:1")
+
+    # --- registry list, show, remove, sync -----------------------------------------------------
+    add("registry list", env=corrupt_home, expect=db)
+    add("registry list", env=home_is_file, expect="cannot open the registry database.*HUBCOMPARE_HOME")
+    add("registry list", env=name_only, expect="a.txt:2: 'onlyname' names no model")
+    add("registry list", env=not_utf8, expect="not UTF-8")
+    add("registry list", env={"HUBCOMPARE_REGISTRY_DIRS": "{curated_txt_folder}"}, expect="cannot read the curated")
+    for frac in ("abc", "1/0", "0", "nan"):
+        add("registry list", "--fraction", frac, expect="'--fraction'")
+    for width in ("nan", "inf"):
+        add("registry list", "--width", width, expect="'--width'")
+    add("registry list", "--depth", "abc", expect="'--depth'")
+    add("registry show", "no-such-entry", expect="no registry entry 'no-such-entry'")
+    add("registry show", "x", env=corrupt_home, expect=db)
+    add("registry show", "x", env=name_only, expect="names no model")
+    add("registry remove", "no-such-entry", expect="no registry entry")
+    add("registry remove", "timm-resnet18-a1", expect="curated entry")
+    add("registry remove", "x", env=corrupt_home, expect=db)
+    add("registry sync", "--author", "bad owner!", expect="bad owner!")
+    add("registry sync", "--author", "me", "--population", "bad name!", expect="bad name!")
+    add("registry sync", "--author", "me", env=corrupt_home, expect=db)
+    add("registry sync", "--author", "me", offline=True, expect="HF_HUB_OFFLINE is set")
+    add("registry sync", expect="Missing option '--author'")
+
+    # --- comparisons: cka, cross-cka, blocks -----------------------------------------------------
+    for cmd in ("cka", "blocks"):
+        add(cmd, "{missing}", expect=NO_FOLDER)
+        add(cmd, "{bad_weights}", expect="model.safetensors")
+        add(cmd, "{run}", "--batch-size", "0", expect="batch")
+        add(cmd, "{run}", "--batch-size", "-1", expect="batch")
+        add(cmd, "{run}", "--passes", "0", expect="passes")
+        add(cmd, "{run}", "--examples", "0", expect="examples")
+        add(cmd, "{run}", "--examples", "-1", expect="examples")
+        add(cmd, "{run}", "--seed", HUGE, expect="seed")
+        add(cmd, "{run}", "--split", "nope", expect="nope")
+        add(cmd, "{run}", "--dataset", "nope", expect="nope")
+        add(cmd, "{run}", "--dataset", "cifar10", "--data-dir", "{file}", expect="--data-dir")
+        add(cmd, "{run}", "--threads", "-1", expect="'--threads'")
+        add(cmd, "{run}", "--layers", "no-such-layer*", expect="no-such-layer")
+        add(cmd, "{run}", "--examples", "50", "--out", "{file}", expect="'--out'.*is a file")
+    add("cross-cka", "{run}", expect="at least two models")
+    add("cross-cka", "{run}", "{missing}", expect=NO_FOLDER)
+    add("cross-cka", "{run}", "{run}", "--batch-size", "0", expect="batch")
+    add("cross-cka", "{run}", "{run}", "--passes", "-1", expect="passes")
+    add("cross-cka", "{run}", "{run}", "--examples", "0", expect="examples")
+    add("cross-cka", "{run}", "{run}", "--seed", HUGE, expect="seed")
+    add("cross-cka", "{run}", "hf:x/y", expect="accepted forms")
+    add("blocks", "{run}", "--pc-examples", "0", expect="'--pc-examples'")
+    add("blocks", "{run}", "--pc-examples", "-1", expect="'--pc-examples'")
+    for opt in ("--pc1-threshold", "--cka-threshold", "--min-mean-pc1"):
+        for value in ("nan", "inf", "2", "-1"):
+            add("blocks", "{run}", opt, value, expect=opt)
+    add("blocks", "{run}", "--min-size", "0", expect="--min-size")
+    add("blocks", "{run}", "--max-gap", "-1", expect="--max-gap")
+
+    # --- populations: agreement, class-diff -------------------------------------------------------
+    two = "{run}+{run2}"  # class-diff needs two models a side
+    for cmd in ("agreement", "class-diff"):
+        add(cmd, "{run}", "{missing}", expect=NO_FOLDER)
+        add(cmd, "{run}", "@{missing}", expect="missing")
+        add(cmd, "{run}", "@{not_utf8_list}", expect="UTF-8")
+        add(cmd, "{run}", "population:no-such-pop", expect="no-such-pop")
+        add(cmd, "{run}", "registry:depth=abc", expect="depth")
+        add(cmd, "{run}", "registry:colour=red", expect="colour")
+        add(cmd, "{run}", "hf-tag:nothing-has-this", offline=True, expect="HF_HUB_OFFLINE is set")
+        add(cmd, "{run}", "collection:nobody/nothing", offline=True, expect="HF_HUB_OFFLINE is set")
+        add(cmd, "{run}", "{bad_preds}", expect="predictions")
+        add(cmd, two, two, "--splits", "0", expect="'--splits'")
+        add(cmd, two, two, "--seed", HUGE, expect="'--seed'")
+        add(cmd, two, two, "--seed", "-1", expect="'--seed'")
+        add(cmd, two, two, "--null-side", "x", expect="'--null-side'")
+        add(cmd, two, two, "--dataset", "nope", expect="nope")
+        add(cmd, two, "population:p", env=corrupt_home, expect=db)
+        add(cmd, two, two, "--out", "{file}", expect="'--out'.*is a file")
+    add("agreement", two, two, "--permutations", "0", expect="'--permutations'")
+    for alpha in ("0", "1", "nan", "inf"):
+        add("class-diff", two, two, "--alpha", alpha, expect="'--alpha'")
+    add("class-diff", two, two, "--top", "0", expect="'--top'")
+    add("class-diff", "{run}", "{run2}", expect="at least 2 models per side")
+
+    # --- hub serve (fails before serving: no server starts) --------------------------------------
+    add("hub serve", expect="Missing option '--data'")
+    add("hub serve", "--data", "{new}", "--port", "abc", expect="'--port'")
+    add("hub serve", "--data", "{new}", "--port", "70000", expect="Invalid value for '--port'")
+    add("hub serve", "--data", "{file}", "--port", "0", expect="data folder .*a-file.txt is a file.*--data")
+    return out
+
+
+CASES = _cases()
+
+
+def _command_paths(group, prefix: tuple[str, ...] = ()) -> set[str]:
+    """Every runnable command of a (Typer's own click) group, as "registry add"."""
+    out: set[str] = set()
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a sub-group
+            out |= _command_paths(command, (*prefix, name))
+        else:
+            out.add(" ".join((*prefix, name)))
+    return out
+
+
+def test_every_command_has_hostile_cases():
+    commands = _command_paths(typer.main.get_command(app))
+    covered = {c.command for c in CASES}
+    assert commands - covered == set(), "commands without hostile cases: add them to _cases()"
+    assert covered - commands == set(), "cases for commands the app does not have"
+    thin = {c: n for c in commands if (n := sum(k.command == c for k in CASES)) < 3}
+    assert not thin, f"fewer than 3 hostile cases: {thin}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> dict[str, str]:
+    """Broken inputs next to one small good checkpoint (ResNet-8 on digits, one epoch)."""
+    from hubcompare.training.loop import train
+
+    root = tmp_path_factory.mktemp("hostile")
+    run = root / "run"
+    train(small_recipe(**{"train.epochs": 1, "train.warmup_epochs": 0}), run)
+    paths = {"run": run, "missing": root / "missing", "file": root / "a-file.txt", "folder": root / "empty-folder"}
+    paths["file"].write_text("not a folder\n")
+    paths["folder"].mkdir()
+    paths["run2"] = shutil.copytree(run, root / "run2")  # a second member (same weights) for two-model sides
+
+    def broken(name: str, file: str, data: bytes) -> None:
+        paths[name] = shutil.copytree(run, root / name)
+        (paths[name] / file).write_bytes(data)
+
+    broken("bad_config", "config.json", b"{not json")
+    broken("config_list", "config.json", b"[1, 2, 3]")
+    config = json.loads((run / "config.json").read_text())
+    broken("config_block_string", "config.json", json.dumps(config | {"hubcompare": "not a block"}).encode())
+    broken("bad_weights", "model.safetensors", b"\x00garbage")
+    broken("bad_preds", "predictions.safetensors", b"garbage")
+    broken("bad_card", "README.md", b"---\nfoo: [unclosed\n---\nbody\n")
+    broken("card_not_utf8", "README.md", b"---\ntags: [\xff\xfe]\n---\n")
+
+    def write(name: str, relative: str, data: bytes) -> None:
+        paths[name] = root / name
+        (root / name / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / name / relative).write_bytes(data)
+
+    write("corrupt_home", "registry.sqlite", b"this is not an SQLite database" * 10)
+    write("curated_name_only", "a.txt", b"# a name without a reference\nonlyname\n")
+    write("curated_not_utf8", "a.txt", b"x hf-hub:a/b depth=\xff\xfe\n")
+    write("curated_bad_ref", "a.txt", b"x hf-hub:not-a-repo\n")
+    paths["curated_txt_folder"] = root / "curated_txt_folder"
+    (paths["curated_txt_folder"] / "dir.txt").mkdir(parents=True)
+    for name, text in (("recipe_garbage", b"model: [unclosed\n"), ("recipe_list", b"- 1\n- 2\n"),
+                       ("recipe_not_utf8", b"name: \xff\xfe\n"),
+                       ("recipe_huge_seed", b"model: {depth: 8, width: 1}\ndata: {dataset: digits}\n"
+                                            b"train: {epochs: 2, batch_size: 64, lr: 0.05, seed: 99999999999999999999}\n"),
+                       ("recipe_inf_lr", b"model: {depth: 8, width: 1}\ndata: {dataset: digits}\n"
+                                         b"train: {epochs: 2, batch_size: 64, lr: .inf}\n")):
+        write(name, "recipe.yaml", text)
+        paths[name] = paths[name] / "recipe.yaml"
+    write("not_utf8_list", "refs.txt", b"\xff\xfe\n")
+    paths["not_utf8_list"] = paths["not_utf8_list"] / "refs.txt"
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture
+def quick_hub(monkeypatch):
+    """One attempt, no backoff, for the cases that reach the Hub (whether or not anything answers there)."""
+    import inspect
+
+    from hubcompare.hub import client
+
+    quick = {"attempts": 1, "base_wait": 0.0, "max_wait": 0.0}
+    params = [p for p in inspect.signature(client.with_retries).parameters.values() if p.default is not p.empty]
+    assert quick.keys() <= {p.name for p in params}, "with_retries changed: update quick_hub"
+    monkeypatch.setattr(client.with_retries, "__defaults__", tuple(quick.get(p.name, p.default) for p in params))
+
+
+def _flat(text: str) -> str:
+    """Output with rich's box drawing and line wrapping undone."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.pending)] if c.pending else [])
+                                  for c in CASES])
+def test_hostile_input_is_one_typed_error(case: Case, lab, tmp_path, quick_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    fill = dict(lab, new=str(tmp_path / "new"))
+    args = [*case.command.split(), *(a.format(**fill) for a in case.args)]
+    env = {k: v.format(**fill) for k, v in case.env.items()}
+    env.setdefault("HUBCOMPARE_HOME", str(tmp_path / "home"))
+    env.setdefault("HUBCOMPARE_REGISTRY_DIRS", "")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case.offline)
+    monkeypatch.chdir(tmp_path)  # default output folders (runs/, results/) land here
+    r = runner.invoke(app, args, env=env)
+    out = _flat(r.output)
+    assert isinstance(r.exception, SystemExit), f"unhandled {type(r.exception).__name__}: {r.exception}\n{r.output}"
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert re.search(case.expect, out), f"expected /{case.expect}/ in:\n{out}"
+    if "Error (" in out:  # a typed error: one line, naming its class
+        assert len([line for line in r.output.splitlines() if line.startswith("Error (")]) == 1, r.output
+
+
+def test_eval_write_repairs_corrupt_predictions(lab, tmp_path):
+    """The advice for an unreadable predictions file (`hubcompare eval --write`) works on that very file."""
+    run = shutil.copytree(lab["bad_preds"], tmp_path / "run")
+    r = runner.invoke(app, ["eval", str(run)])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "not compared" in _flat(r.output) and "eval --write" in _flat(r.output)
+    r = runner.invoke(app, ["eval", str(run), "--write"])
+    assert r.exit_code == 0, r.output
+    assert "replaced the stored predictions, which were not usable" in _flat(r.output)
+    r = runner.invoke(app, ["eval", str(run)])
+    assert r.exit_code == 0 and "argmax agreement with stored predictions" in r.output and "warning" not in r.output
+
+
+@pytest.mark.parametrize("args, env, expect", [
+    (["registry", "list"], {"HUBCOMPARE_HOME": "{corrupt_home}"}, "Error (RegistryCorruptError)"),
+    (["train", "digits", "--width", "inf", "--out", "{missing}"], {}, "not a finite number"),
+], ids=["corrupt-registry", "width-inf"])
+def test_console_script_prints_no_traceback(lab, args, env, expect):
+    """The installed `hubcompare` script (its own process, real stderr) ends the same way."""
+    script = Path(sys.executable).with_name("hubcompare")
+    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from hubcompare.cli.main import main; main()"]
+    full_env = dict(os.environ, **{k: v.format(**lab) for k, v in env.items()}, COLUMNS="200")
+    p = subprocess.run([*command, *(a.format(**lab) for a in args)], capture_output=True, text=True, env=full_env, timeout=120)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert expect in _flat(p.stderr)
