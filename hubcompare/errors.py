@@ -79,6 +79,11 @@ class InputMismatchError(HubcompareError, ValueError):
     """Images a model cannot be fed (channel counts that cannot be adapted to the model's)."""
 
 
+class DeviceError(HubcompareError, ValueError):
+    """A device that is malformed (not auto, cpu, cuda, cuda:N or mps) or not available here; the message names
+    the devices that are."""
+
+
 class TrainingError(HubcompareError, RuntimeError):
     """A training run that cannot start, resume or continue (existing output, diverged loss)."""
 
@@ -181,3 +186,23 @@ class TooFewModelsError(PopulationError, ValueError):
 
 class PredictionsUnavailableError(PopulationError):
     """A model has no stored predictions for the dataset and they cannot be computed (no dataset, wrong head)."""
+
+
+class GridError(HubcompareError):
+    """Base class for problems with a training grid (a population trained from one recipe and its axes)."""
+
+
+class GridSpecError(GridError, ValueError):
+    """A grid file that is missing, malformed, names an unknown axis or expands to invalid or clashing runs."""
+
+
+class GridBackendError(GridError, RuntimeError):
+    """A backend that cannot run the grid: Ray not installed or not reachable, another grid holding the folder."""
+
+
+class GridRunsFailedError(GridError, RuntimeError):
+    """Some runs of a grid failed after every retry; ``failures`` maps run names to their last error."""
+
+    def __init__(self, message: str, failures: dict | None = None):
+        super().__init__(message)
+        self.failures = failures or {}

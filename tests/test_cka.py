@@ -244,3 +244,69 @@ def test_minibatch_plan_merges_a_short_tail_and_reshuffles_every_pass():
     first, second = torch.cat([b.indices for b in plan[:2]]), torch.cat([b.indices for b in plan[2:]])
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10)) and not torch.equal(first, second)
     assert all(torch.equal(a.indices, b.indices) for a, b in zip(plan, minibatch_plan(10, 4, passes=2, seed=0)))
+
+
+# ---- the accelerator pipeline (what runs on GPUs), run here on the CPU ----------------------
+@pytest.mark.parametrize("products", ["float64", "float32"])
+def test_accelerator_pipeline_keeps_the_1e6_bound(products):
+    """pipeline="accelerator" (one dense centred Gram per layer, checks read back a batch late, HSIC products in
+    float64 or in float32 runs summed in float64) on the CPU: the same reference bound as the CPU pipeline."""
+    ds = toy_dataset(96)
+    a, b = make_resnet(0), make_resnet(1, width=2)
+    names = ["stem", "stage1.block1.out", "stage2.block1.out", "stage3.block1.out", "pool"]
+    models = [CompareModel("A", a, layers=names), CompareModel("B", b, layers=names)]
+    comp = compare(models, ds, batch_size=32, passes=2, seed=3, device="cpu", pipeline="accelerator", hsic_products=products)
+    g = torch.Generator().manual_seed(3)
+    batches = [perm[i : i + 32].numpy() for perm in (torch.randperm(96, generator=g) for _ in range(2)) for i in range(0, 96, 32)]
+    xa, xb = activations(a, ds, names), activations(b, ds, names)
+    expected = np.array([[ref_minibatch_cka(x, y, batches) for y in xb] for x in xa])
+    assert np.abs(comp.pair(0, 1).value - expected).max() < 1e-6
+    cpu = compare(models, ds, batch_size=32, passes=2, seed=3)
+    assert np.abs(comp.value - cpu.value).max() < 1e-7 and np.abs(comp.se - cpu.se).max() < 1e-7
+    arithmetic = comp.settings["arithmetic"]
+    assert arithmetic["pipeline"] == "accelerator" and arithmetic["hsic_products"].startswith(products)
+    assert cpu.settings["arithmetic"]["pipeline"] == "cpu" and cpu.settings["device"]["type"] == "cpu"
+    assert comp.pair(0, 1).provenance["device"]["type"] == "cpu"
+
+
+def test_dense_gram_and_float32_hsic_products_keep_the_1e6_bound_on_offset_features(rng, monkeypatch):
+    """The hard case of the float32 test above (post-ReLU offsets, 512 x 2048 features) through the GPU arithmetic:
+    gram_dense and float32 HSIC products summed in float64 (with a tiny budget, so many short runs and padding)."""
+    from hubcompare.similarity import cka as cka_module
+    from hubcompare.similarity.cka import gram_dense
+
+    X = relu_features(rng, 512, 2048)
+    Y = (X[:, :1024] @ rng.standard_normal((1024, 700)).astype(np.float32) * 0.05 + relu_features(rng, 512, 700)).astype(np.float32)
+    batches = np.array_split(rng.permutation(512), 4)
+    expected = ref_minibatch_cka(X.astype(np.float64), Y.astype(np.float64), batches)
+    for budget in (cka_module.HSIC_PARTIALS_BYTES, 112):  # one row per run; 19 rows per run, the last one padded
+        monkeypatch.setattr(cka_module, "HSIC_PARTIALS_BYTES", budget)
+        acc = MinibatchCKA(2, products="float32")
+        for idx in batches:
+            acc.update(torch.stack([u_center(gram_dense(torch.as_tensor(z[idx]))) for z in (X, Y)]))
+        assert abs(acc.compute().value[0, 1].item() - expected) < 1e-6
+    k = torch.as_tensor(X[:200])
+    assert torch.allclose(gram_dense(k), gram(k), rtol=0, atol=1e-6 * gram(k).abs().max().item())
+    assert torch.equal(gram_dense(k), gram_dense(k).T)
+
+
+def test_accelerator_pipeline_names_the_layer_that_went_nan():
+    ds = toy_dataset(96)
+
+    class Broken(nn.Module):
+        num_classes = 10
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.head = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.head((self.conv(x) * float("nan")).mean((2, 3)))
+
+    with pytest.raises(CompareError, match="broken: layer head produced NaN/inf .* on pass 1, examples 0-31 "):
+        compare([CompareModel("ok", make_resnet(0)), CompareModel("broken", Broken())], ds, batch_size=32, pipeline="accelerator")
+    with pytest.raises(CompareError, match="pipeline must be one of"):
+        compare([CompareModel("ok", make_resnet(0))], ds, pipeline="gpu")
+    with pytest.raises(CompareError, match="hsic_products must be one of"):
+        compare([CompareModel("ok", make_resnet(0))], ds, hsic_products="float16")

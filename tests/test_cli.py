@@ -11,17 +11,19 @@ runner = CliRunner()
 
 def test_train_info_eval_layers(tmp_path):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "digits", "--depth", "8", "--epochs", "3", "--seed", "2", "--out", str(out)])
+    r = runner.invoke(app, ["train", "digits", "--depth", "8", "--epochs", "3", "--seed", "2", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert "test accuracy" in r.output and "epoch    3/3" in r.output
+    assert "test accuracy" in r.output and "epoch    3/3" in r.output and " on cpu " in r.output
     r = runner.invoke(app, ["info", str(out)])
     assert r.exit_code == 0, r.output
     assert "ResNet-8 (1x) on digits, seed 2" in r.output and "depth-8" in r.output
     r = runner.invoke(app, ["info", str(out), "--json"])
-    assert json.loads(r.output)["seed"] == 2
-    r = runner.invoke(app, ["eval", str(out)])
+    block = json.loads(r.output)
+    assert block["seed"] == 2 and block["device"]["type"] == "cpu"  # the device it trained on
+    r = runner.invoke(app, ["eval", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "1.0000" in r.output  # argmax agreement with the stored predictions
+    assert "device" in r.output and "cpu" in r.output
     r = runner.invoke(app, ["layers", str(out), "--layers", "*.out"])
     assert r.exit_code == 0 and "stage3.block1.out" in r.output and "stage1.block1.branch" not in r.output
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from helpers import small_recipe
 from typer.testing import CliRunner
@@ -32,6 +33,7 @@ from hubcompare.cli.main import app
 runner = CliRunner()
 HUGE = str(2**64 + 1)
 NO_FOLDER = "no folder .*missing exists|missing does not exist"
+ABSENT_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"  # a CUDA device not here
 
 
 @dataclass
@@ -92,6 +94,28 @@ def _cases() -> list[Case]:
     add("train", "digits", *t, "--out", "{run}", expect="already holds a finished checkpoint.*--overwrite")
     add("train", "cifar10", *t, "--data-dir", "{file}", "--out", "{new}", expect="--data-dir")
     add("train", "digits", "--epochs", "abc", expect="'--epochs'")
+
+    # --- grid (each fails before any run trains) ----------------------------------------------
+    add("grid", "{missing}", expect="grid file .*missing.* not found.*digits-zoo")
+    add("grid", "{folder}", expect="is a folder")
+    add("grid", "{recipe_garbage}", expect="not valid YAML")
+    add("grid", "{recipe_list}", expect="expected a mapping")
+    add("grid", "{recipe_not_utf8}", expect="not UTF-8")
+    add("grid", "{grid_bad_axis}", expect="unknown axis 'colour'")
+    add("grid", "{grid_bad_depth}", expect="run model.depth=21: .*6n\\+2")
+    add("grid", "{grid_dupe}", expect="are the same run")
+    add("grid", "{grid_no_recipe}", expect="'recipe' is required")
+    add("grid", "{grid_ok}", "--backend", "nope", expect="'--backend'")
+    for opt in ("--max-retries", "--workers", "--threads"):
+        add("grid", "{grid_ok}", opt, "-1", expect=f"'{opt}'")
+    for value in ("nan", "-1"):
+        add("grid", "{grid_ok}", "--cpus-per-run", value, expect="'--cpus-per-run'")
+    add("grid", "{grid_ok}", "--ray-address", "auto", expect="--ray-address needs --backend ray")
+    add("grid", "{grid_ok}", "--push", expect="--push needs --owner")
+    add("grid", "{grid_ok}", "--push", "--owner", "bad owner!", expect="bad owner!")
+    add("grid", "{grid_ok}", "--push", "--owner", "me", "--population", "bad name!", expect="bad name!")
+    add("grid", "{grid_ok}", "--out", "{file}", expect="'--out'.*a-file.txt is a file")
+    add("grid", "{grid_ok}", "--device", "nope", expect="device 'nope'")
 
     # --- eval, info ----------------------------------------------------------------------------
     for cmd in ("eval", "info"):
@@ -227,6 +251,16 @@ def _cases() -> list[Case]:
     add("class-diff", two, two, "--top", "0", expect="'--top'")
     add("class-diff", "{run}", "{run2}", expect="at least 2 models per side")
 
+    # --- --device, on every command that runs a model: refused before any model is loaded -----------
+    device_args = {"train": ("digits", *t, "--out", "{new}"), "eval": ("{run}",), "layers": ("{run}",), "cka": ("{run}",),
+                   "blocks": ("{run}",), "cross-cka": ("{run}", "{run}"), "agreement": ("{run}", "{run2}"),
+                   "class-diff": (two, two)}
+    for cmd, args in device_args.items():
+        add(cmd, *args, "--device", "nonsense", expect="DeviceError.*device 'nonsense' is not one of auto, cpu, cuda.*--device")
+        add(cmd, *args, "--device", ABSENT_CUDA, expect="DeviceError.*(CUDA is not available|no CUDA device).*--device")
+    add("train", "digits", *t, "--device", "cuda:x", "--out", "{new}", expect="device 'cuda:x' is not one of.*--device")
+    add("cka", "{run}", "--device", "", expect="device '' is not one of.*--device")
+
     # --- hub serve (fails before serving: no server starts) --------------------------------------
     add("hub serve", expect="Missing option '--data'")
     add("hub serve", "--data", "{new}", "--port", "abc", expect="'--port'")
@@ -303,6 +337,13 @@ def lab(tmp_path_factory) -> dict[str, str]:
                                          b"train: {epochs: 2, batch_size: 64, lr: .inf}\n")):
         write(name, "recipe.yaml", text)
         paths[name] = paths[name] / "recipe.yaml"
+    for name, text in (("grid_bad_axis", b"recipe: digits\naxes: {colour: [red]}\n"),
+                       ("grid_bad_depth", b"recipe: digits\naxes: {depth: [8, 21]}\n"),
+                       ("grid_dupe", b"recipe: digits\naxes: {seed: [1, 1]}\n"),
+                       ("grid_no_recipe", b"axes: {seed: [1]}\n"),
+                       ("grid_ok", b"recipe: digits\noverrides: {train.epochs: 3, model.depth: 8}\naxes: {seed: [0]}\n")):
+        write(name, "grid.yaml", text)
+        paths[name] = paths[name] / "grid.yaml"
     write("not_utf8_list", "refs.txt", b"\xff\xfe\n")
     paths["not_utf8_list"] = paths["not_utf8_list"] / "refs.txt"
     return {k: str(v) for k, v in paths.items()}

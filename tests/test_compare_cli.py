@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_cross_cka_writes_heatmap_and_provenance(trained_run, tmp_path):
     out = tmp_path / "cross"
     r = runner.invoke(app, ["cross-cka", str(trained_run), f"local-dir:{trained_run}", "--layers", "stem", "--layers", "*.out",
-                            "--batch-size", "100", "--passes", "2", "--out", str(out)])
+                            "--batch-size", "100", "--passes", "2", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "mean diagonal CKA" in r.output
     assert (out / "cka.png").stat().st_size > 10_000
@@ -26,12 +26,20 @@ def test_cross_cka_writes_heatmap_and_provenance(trained_run, tmp_path):
     assert prov["batch_size"] == 100 and prov["passes"] == 2 and prov["num_batches"] == 10
     assert prov["models"][0]["weights_sha256"] and prov["models"][0]["ref"] == str(trained_run)
     assert "torch" in prov["package_versions"]
+    assert prov["device"]["type"] == "cpu" and prov["arithmetic"]["pipeline"] == "cpu"
+    assert prov["arithmetic"]["forward_and_grams"] == "float32, TF32 off"
 
 
 def test_cka_and_blocks_commands(trained_run, tmp_path):
     r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "within")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "within" / "cka.png").is_file()
+    r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "on-cpu"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    auto, cpu = CKAResult.load(tmp_path / "within" / "cka.json"), CKAResult.load(tmp_path / "on-cpu" / "cka.json")
+    if auto.provenance["device"]["type"] == "cpu":  # auto is the CPU here: the very same numbers
+        assert np.array_equal(auto.value, cpu.value, equal_nan=True)
+    assert np.allclose(auto.value, cpu.value, atol=1e-5, equal_nan=True) and cpu.provenance["device"]["type"] == "cpu"
     r = runner.invoke(app, ["blocks", str(trained_run), "--batch-size", "128", "--pc-examples", "256", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "b" / "blocks.json").read_text())

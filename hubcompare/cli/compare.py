@@ -10,7 +10,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
-from .options import SEED_MAX, DataDir, MaxParams, Threads, console, finite, set_threads, slug, warn, writable_folder, wrote
+from .options import (
+    SEED_MAX,
+    DataDir,
+    Device,
+    MaxParams,
+    Threads,
+    console,
+    device_label,
+    finite,
+    pick_device,
+    set_threads,
+    slug,
+    warn,
+    writable_folder,
+    wrote,
+)
 
 Layers = Annotated[
     Optional[list[str]],
@@ -49,20 +64,21 @@ def _load(refs: list[str], layers: Optional[list[str]], max_params: int):
     return models
 
 
-def _prepare(refs: list[str], layers, dataset, split, data_dir, threads, max_params: int):
-    """What every comparison command does first: threads, load the models, load the dataset to compare on."""
+def _prepare(refs: list[str], layers, dataset, split, data_dir, threads, max_params: int, device: str):
+    """What every comparison command does first: threads, the device, load the models, load the dataset to compare on."""
     from ..similarity.engine import comparison_dataset
 
     set_threads(threads)
+    dev = pick_device(device)
     models = _load(refs, layers, max_params)
-    return models, comparison_dataset(models, dataset, split, data_dir)
+    return models, comparison_dataset(models, dataset, split, data_dir), dev
 
 
-def _with_progress(ds, split: str, run):
+def _with_progress(ds, split: str, dev, run):
     """Run ``run(on_batch)`` under a rich progress bar over minibatches."""
     with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as p:
-        task = p.add_task(f"CKA on {ds.name} {split}", total=None)
+        task = p.add_task(f"CKA on {ds.name} {split} ({device_label(dev)})", total=None)
         return run(lambda d, n: p.update(task, completed=d, total=n))
 
 
@@ -88,16 +104,19 @@ def layers(
     ref: Annotated[str, typer.Argument(help="A model reference (checkpoint folder, hf-hub:, timm:, registry name).")],
     patterns: Layers = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """List the named layers a comparison can tap, in forward order, with per-example shapes."""
     from ..models.inputs import InputSpec
     from ..similarity.capture import LayerCapture
 
+    dev = pick_device(device)
     (m,) = _load([ref], patterns, max_params)
     spec = InputSpec.from_model(m.model)
-    cap = LayerCapture(m.model, patterns, example=spec.example())
+    m.model.to(dev)
+    cap = LayerCapture(m.model, patterns, example=spec.example(device=dev))
     shapes: dict[int, tuple] = {}
-    cap.run(spec.example(), lambda i, a: shapes.__setitem__(i, tuple(a.shape[1:])))
+    cap.run(spec.example(device=dev), lambda i, a: shapes.__setitem__(i, tuple(a.shape[1:])))
     table = Table("#", "layer", "stage", "kind", "shape (per example)", "features", title=f"{ref}: {len(cap.layers)} layers (input {spec.shape})")
     for i, l in enumerate(cap.layers):
         sh = shapes.get(i, ())
@@ -121,6 +140,7 @@ def cross_cka(
     out: Out = None,
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch)."""
     from ..similarity.engine import compare
@@ -129,9 +149,10 @@ def cross_cka(
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
                                  param_hint="REFS")
-    models, ds = _prepare(refs, layers, dataset, split, data_dir, threads, max_params)
+    models, ds, dev = _prepare(refs, layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
-    comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
+    comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
+                                                                   on_batch=on_batch, device=dev))
     warn(comp.warnings)
     written = []
     for i in range(len(refs)):
@@ -156,14 +177,16 @@ def cka(
     out: Out = None,
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
     from ..similarity.engine import compare
     from ..similarity.plots import plot_cka
 
-    models, ds = _prepare([ref], layers, dataset, split, data_dir, threads, max_params)
+    models, ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / f"cka-{slug(ref)}"
-    comp = _with_progress(ds, split, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples, on_batch=on_batch))
+    comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
+                                                                   on_batch=on_batch, device=dev))
     warn(comp.warnings)
     r = comp.pair(0, 0)
     files = [*r.save(out / "cka"), plot_cka(r, out / "cka.png")]
@@ -191,6 +214,7 @@ def blocks(
     out: Out = None,
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
 
@@ -203,10 +227,10 @@ def blocks(
 
     criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
                                         max_gap=max_gap, min_mean_pc1=min_mean_pc1)
-    (m,), ds = _prepare([ref], layers, dataset, split, data_dir, threads, max_params)
+    (m,), ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / f"blocks-{slug(ref)}"
-    rep = _with_progress(ds, split, lambda on_batch: analyze_blocks(
-        m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch))
+    rep = _with_progress(ds, split, dev, lambda on_batch: analyze_blocks(
+        m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch, device=dev))
     warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]

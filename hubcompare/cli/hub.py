@@ -120,6 +120,12 @@ def push_population(
     Members already on the Hub with the same content are skipped, so rerunning after a failure
     finishes the rest without duplicate commits.
     """
+    push_members(run_dirs, population, owner, private=private, workers=workers, register=register)
+
+
+def push_members(run_dirs: list[Path], population: str, owner: str, *, private: bool = False, workers: int = 4,
+                 register: bool = True) -> None:
+    """What ``push-population`` (and ``grid --push``) does: push, register, report; PushError when any push failed."""
     from ..errors import PushError
     from ..hub.client import push_population as do_push
 

@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from ..errors import HubcompareError
 from . import compare as _compare
+from . import grid as _grid
 from . import hub as _hub
 from . import population as _population
 from . import train as _train
@@ -54,6 +55,7 @@ app = typer.Typer(
 app.command("train")(_train.train)
 app.command("eval")(_train.eval_)
 app.command("info")(_train.info)
+app.command("grid")(_grid.grid)
 
 app.add_typer(_hub.hub_app, name="hub")
 app.add_typer(_hub.registry_app, name="registry")

@@ -29,18 +29,27 @@ MaxParams = Annotated[int, typer.Option(
     "--max-params", min=1,
     help="Refuse a model whose config.json describes more parameters (+ buffers) than this, checked before "
          f"anything is built (default {DEFAULT_MAX_PARAMS:,}: every CIFAR ResNet up to depth 164 x width 10 fits).")]
+Device = Annotated[str, typer.Option(
+    "--device",
+    help="Where the models run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps. Results record it.")]
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 # library parameter (HubcompareError.params) -> how the command line spells it
 OPTION_FOR_PARAM = {
+    "backend": "--backend",
     "batch_size": "--batch-size",
+    "cpus_per_run": "--cpus-per-run",
     "data_dir": "--data-dir",
     "data": "--data",
     "dataset": "--dataset",
     "depth": "--depth",
+    "device": "--device",
+    "gpus_per_run": "--gpus-per-run",
+    "grid": "the GRID file",
     "host": "--host",
     "layers": "--layers (`hubcompare layers REF` lists a model's layers)",
     "max_params": "--max-params",
+    "max_retries": "--max-retries",
     "null_side": "--null-side",
     "num_examples": "--examples",
     "out": "--out",
@@ -48,10 +57,13 @@ OPTION_FOR_PARAM = {
     "passes": "--passes",
     "pc_examples": "--pc-examples",
     "port": "--port",
+    "ray_address": "--ray-address",
     "replace": "--replace",
     "width": "--width",
+    "threads": "--threads",
     "token_file": "--token-file",
     "user": "--user",
+    "workers": "--workers",
 }
 
 
@@ -123,6 +135,22 @@ def wrote(files) -> None:
 def slug(ref: str) -> str:
     """A file-name-safe short form of a model reference or label (for default output folders)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", ref.split(":", 1)[-1]).strip("_")[-60:] or "model"
+
+
+def pick_device(spec: str):
+    """The torch device ``--device`` names, checked before any work (a DeviceError names what is available)."""
+    from ..models.devices import resolve_device
+
+    return resolve_device(spec)
+
+
+def device_label(dev) -> str:
+    """How a command names the device it runs on: ``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if dev.type != "cuda":
+        return str(dev)
+    import torch
+
+    return f"{dev} ({torch.cuda.get_device_name(dev)})"
 
 
 def set_threads(threads: Optional[int]) -> None:

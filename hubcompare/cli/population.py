@@ -9,7 +9,20 @@ import typer
 from rich.table import Table
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
-from .options import SEED_MAX, DataDir, MaxParams, console, finite, one_of, slug, warn, writable_folder, wrote
+from .options import (
+    SEED_MAX,
+    DataDir,
+    Device,
+    MaxParams,
+    console,
+    finite,
+    one_of,
+    pick_device,
+    slug,
+    warn,
+    writable_folder,
+    wrote,
+)
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -23,15 +36,16 @@ Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, hel
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where computed predictions are cached (default: $HUBCOMPARE_HOME/predictions).")]
 
 
-def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int):
+def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int, device: str):
     from ..data.datasets import load_dataset
     from ..populations.sides import load_side
 
+    dev = pick_device(device)  # where models without stored predictions run
     ds = load_dataset(dataset, "test", data_dir) if dataset else None
     sides = []
     for spec, label in ((a, label_a or a), (b, label_b or b)):
         with console.status(f"loading {label}") as status:
-            side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir, max_params=max_params,
+            side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir, max_params=max_params, device=dev,
                              on_member=lambda i, n, ref, label=label, status=status: status.update(f"loading {label}: {i + 1}/{n} {ref}"))
         sources = {}
         for m in side.members:
@@ -64,12 +78,13 @@ def agreement(
     out: Out = None,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement."""
     from ..populations.agreement import agreement as compute
     from ..populations.plots import plot_agreement
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device)
     with console.status("computing"):
         r = compute(sa, sb, splits=splits, permutations=permutations, seed=seed, null_side=null_side,
                     settings={"dataset_option": dataset})
@@ -121,12 +136,13 @@ def class_diff(
     out: Out = None,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs."""
     from ..populations.classdiff import class_diff as compute
     from ..populations.plots import plot_class_diff
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device)
     with console.status("computing"):
         r = compute(sa, sb, alpha=alpha, splits=splits, seed=seed, null_side=null_side, settings={"dataset_option": dataset})
     warn(r.warnings)

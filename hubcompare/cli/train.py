@@ -11,7 +11,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
-from .options import SEED_MAX, DataDir, MaxParams, RunDir, Threads, console, finite, fraction, set_threads, warn, writable_folder
+from .options import (
+    SEED_MAX,
+    DataDir,
+    Device,
+    MaxParams,
+    RunDir,
+    Threads,
+    console,
+    device_label,
+    finite,
+    fraction,
+    pick_device,
+    set_threads,
+    warn,
+    writable_folder,
+)
 
 
 def train(
@@ -26,6 +41,7 @@ def train(
     data_dir: DataDir = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain even if --out holds a checkpoint or a resumable run.")] = False,
     threads: Threads = None,
+    device: Device = "auto",
 ) -> None:
     """Train a recipe into a checkpoint folder (resumes an interrupted run in the same --out)."""
     from ..training.loop import TrainEvent
@@ -33,6 +49,7 @@ def train(
     from ..training.recipes import load_recipe
 
     set_threads(threads)
+    dev = pick_device(device)
     if width is not None and float(width).is_integer():
         width = int(width)
     r = load_recipe(recipe, {
@@ -44,7 +61,7 @@ def train(
     console.print(
         f"[bold]Training[/] ResNet-{m['depth']} ({m['width']:g}x) on {r['data']['dataset']} "
         f"(fraction {r['data']['fraction']}, seed {r['train']['seed']}, {r['train']['epochs']} epochs) "
-        f"-> {out}  [dim]recipe {r.name} {r.hash}[/]"
+        f"-> {out} on {device_label(dev)}  [dim]recipe {r.name} {r.hash}[/]"
     )
     progress = Progress(
         TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -69,7 +86,7 @@ def train(
 
     try:
         with progress:
-            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite)
+            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite, device=dev)
     except KeyboardInterrupt:  # the app's error boundary prints "Interrupted." and exits 130
         console.print(f"Completed epochs are saved in {out / '.resume'}: rerun the same command to resume.")
         raise
@@ -86,17 +103,19 @@ def eval_(
     write: Annotated[bool, typer.Option("--write", help="Store the recomputed predictions (and their hash) in the folder.")] = False,
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
 ) -> None:
     """Recompute test accuracy and per-example predictions of a checkpoint folder."""
     from ..models.checkpoint import load_checkpoint
     from ..training.evaluate import evaluate_checkpoint
 
     set_threads(threads)
+    dev = pick_device(device)
     ckpt = load_checkpoint(run_dir)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
         task = p.add_task("eval", total=None)
         report = evaluate_checkpoint(ckpt, data_dir, batch_size, write, on_batch=lambda done, n: p.update(task, completed=done, total=n),
-                                     max_params=max_params)
+                                     max_params=max_params, device=dev)
     preds = report.predictions
     table = Table(title=f"{run_dir} on {preds.dataset['name']} {preds.dataset['split']}", show_header=False)
     table.add_row("examples", str(len(preds.ids)))
@@ -107,6 +126,7 @@ def eval_(
         table.add_row("argmax agreement with stored predictions", f"{report.stored_predictions_agree:.4f}")
         table.add_row("max |logit difference|", f"{report.max_abs_logit_diff:.2e}")
     table.add_row("dataset fingerprint", preds.dataset["fingerprint"])
+    table.add_row("device", device_label(dev))
     table.add_row("predictions written", "yes" if report.written else "no (use --write)")
     console.print(table)
     problem = report.stored_predictions_error
@@ -144,6 +164,8 @@ def info(
     for key in ("dataset", "data_fraction", "seed", "epochs", "recipe_hash", "train_accuracy", "wall_time_s", "created_at"):
         if getattr(meta, key) is not None:
             table.add_row(key, str(getattr(meta, key)))
+    if meta.device:
+        table.add_row("device", " ".join(str(meta.device[k]) for k in ("type", "name", "capability") if meta.device.get(k)))
     for split, d in (("train_data", meta.train_data), ("test_data", meta.test_data)):
         if d:
             table.add_row(split, f"{d['num_examples']} examples, fingerprint {d['fingerprint']}, {d['source']}")

@@ -27,19 +27,20 @@ def pad_crop_flip(
     augmentation); ``"batch"`` shifts the whole batch by one offset (what a simple hand-written
     loop does, and what made block structure common in deep digits ResNets: README.md, "Block
     detection"). Randomness comes only from ``generator``, so a seeded run is
-    reproducible.
+    reproducible. ``x`` may live on any device: the offsets and flips are drawn on the CPU (from the
+    CPU ``generator``, so a run draws the same ones on every device) and the gathers run where ``x`` is.
     """
     b, c, h, w = x.shape
     if pad > 0:
         x = F.pad(x, (pad, pad, pad, pad), mode=pad_mode)
         k = b if offsets == "example" else 1
-        oy = torch.randint(0, 2 * pad + 1, (k,), generator=generator).expand(b)
-        ox = torch.randint(0, 2 * pad + 1, (k,), generator=generator).expand(b)
-        rows = (oy[:, None] + torch.arange(h)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
+        oy = torch.randint(0, 2 * pad + 1, (k,), generator=generator).to(x.device, non_blocking=True).expand(b)
+        ox = torch.randint(0, 2 * pad + 1, (k,), generator=generator).to(x.device, non_blocking=True).expand(b)
+        rows = (oy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
         x = x.gather(2, rows)
-        cols = (ox[:, None] + torch.arange(w)).view(b, 1, 1, w).expand(b, c, h, w)
+        cols = (ox[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
         x = x.gather(3, cols)
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device, non_blocking=True)
         x = torch.where(mask.view(b, 1, 1, 1), x.flip(3), x)
     return x

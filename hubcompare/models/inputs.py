@@ -61,18 +61,18 @@ class InputSpec:
         """(channels, height, width) of one model input."""
         return (self.channels, *self.size)
 
-    def example(self, n: int = 2) -> torch.Tensor:
+    def example(self, n: int = 2, device: str | torch.device | None = None) -> torch.Tensor:
         """A batch of ``n`` zero inputs the model accepts (to trace which layers run, and in which order)."""
-        return torch.zeros(n, *self.shape)
+        return torch.zeros(n, *self.shape, device=device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float model input: [0, 1], channels adapted, resized, normalised."""
+        """uint8 (B, C, H, W) -> float model input: [0, 1], channels adapted, resized, normalised (on the images' device)."""
         x = images.to(torch.float32).div_(255.0)
         if x.shape[1] != self.channels:
             if x.shape[1] == 1:
                 x = x.expand(-1, self.channels, -1, -1)
             elif self.channels == 1 and x.shape[1] == 3:
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
             else:
                 raise InputMismatchError(
                     f"cannot feed {x.shape[1]}-channel images to a model that takes {self.channels} channels: "
@@ -82,7 +82,7 @@ class InputSpec:
             x = F.interpolate(x, size=self.size, mode=self.interpolation, align_corners=False if self.interpolation != "nearest" else None,
                               antialias=self.interpolation != "nearest" and x.shape[-1] > self.size[1])
         if any(m != 0 for m in self.mean) or any(s != 1 for s in self.std):
-            x = (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
+            x = (x - x.new_tensor(self.mean).view(1, -1, 1, 1)) / x.new_tensor(self.std).view(1, -1, 1, 1)
         return x.contiguous()
 
     def describe(self, source_shape: Sequence[int]) -> dict:

@@ -45,6 +45,7 @@ class ModelMeta:
     wall_time_s: float | None = None
     resumed_at_epochs: list[int] | None = None
     precision: str | None = None
+    device: dict | None = None  # what it was trained on (hubcompare.models.devices.describe_device)
     torch_threads: int | None = None
     package_versions: dict | None = None
     created_at: str | None = None
@@ -135,7 +136,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("width", "bn_momentum", "bn_eps", "data_fraction", "test_accuracy", "train_accuracy",
                      "train_loss", "wall_time_s"), _NUMBER),
     **dict.fromkeys(("class_names", "history", "resumed_at_epochs", "populations"), list),
-    **dict.fromkeys(("train_data", "test_data", "recipe", "package_versions", "predictions"), dict),
+    **dict.fromkeys(("train_data", "test_data", "recipe", "device", "package_versions", "predictions"), dict),
 }
 _LIST_ITEM_TYPES = {"class_names": str, "history": dict, "resumed_at_epochs": int, "populations": str}
 _ITEM_WORDS = {"class_names": " of strings", "history": " of objects", "resumed_at_epochs": " of integers",

@@ -22,18 +22,21 @@ from ..data.datasets import ImageDataset
 from ..errors import CheckpointCorruptError, CheckpointFileMissingError, CheckpointMismatchError
 from ..provenance import atomic_write_bytes, sha256_file
 from .checkpoint import CONFIG_FILE, PREDICTIONS_FILE, Checkpoint
+from .devices import describe_device, exact_float32, module_device
 
 __all__ = ["Predictions", "predict", "stored_predictions"]
 
 
 @dataclass(eq=False)
 class Predictions:
-    """Logits (N, C) float32 and labels (N,) int64 for the examples ``ids`` of ``dataset``."""
+    """Logits (N, C) float32 and labels (N,) int64 for the examples ``ids`` of ``dataset``; ``device``: what they
+    were computed on (:func:`~hubcompare.models.devices.describe_device`; None when not recorded)."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     ids: list[str]
     dataset: dict  # ImageDataset.describe()
+    device: dict | None = None
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -49,6 +52,8 @@ class Predictions:
 
     def to_bytes(self) -> bytes:
         meta = {"format": "hubcompare-predictions-v1", "ids": json.dumps(self.ids), "dataset": json.dumps(self.dataset)}
+        if self.device is not None:
+            meta["device"] = json.dumps(self.device)
         return st_save({"logits": self.logits.contiguous(), "labels": self.labels.contiguous()}, metadata=meta)
 
     def save(self, path: str | Path) -> dict:
@@ -73,6 +78,7 @@ class Predictions:
                 meta = f.metadata() or {}
                 logits, labels = f.get_tensor("logits"), f.get_tensor("labels")
             ids, dataset = json.loads(meta["ids"]), json.loads(meta["dataset"])
+            device = json.loads(meta["device"]) if "device" in meta else None
         except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as e:
             raise CheckpointCorruptError(f"{path} is not a valid predictions file ({e}); re-create it with "
                                          "`hubcompare eval --write` on its checkpoint folder.", path) from e
@@ -81,7 +87,7 @@ class Predictions:
                 f"{path}: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and {len(ids)} ids disagree; re-create it "
             "with `hubcompare eval --write` on its checkpoint folder.", path
             )
-        return cls(logits=logits, labels=labels, ids=ids, dataset=dataset)
+        return cls(logits=logits, labels=labels, ids=ids, dataset=dataset, device=device if isinstance(device, dict) else None)
 
 
 @torch.no_grad()
@@ -91,20 +97,31 @@ def predict(
     batch_size: int = 500,
     preprocess: Callable[[torch.Tensor], torch.Tensor] = to_float,
     on_batch: Callable[[int, int], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Predictions:
-    """Logits of ``model`` (in eval mode) on every example of ``dataset``, in dataset order."""
+    """Logits of ``model`` (in eval mode) on every example of ``dataset``, in dataset order.
+
+    ``device``: where to run (the model is moved there; default: where its parameters are). Each batch of
+    uint8 images is copied there and preprocessed there; on a GPU in full float32 (TF32 off). The logits
+    come back to the CPU, and the result records the device.
+    """
+    dev = module_device(model) if device is None else torch.device(device)
+    model.to(dev)
     was_training = model.training
     model.eval()
     chunks = []
     n = len(dataset)
     try:
-        for start in range(0, n, batch_size):
-            chunks.append(model(preprocess(dataset.images[start : start + batch_size])).float())
-            if on_batch:
-                on_batch(min(start + batch_size, n), n)
+        with exact_float32():
+            for start in range(0, n, batch_size):
+                images = dataset.images[start : start + batch_size].to(dev, non_blocking=True)
+                chunks.append(model(preprocess(images)).float())
+                if on_batch:
+                    on_batch(min(start + batch_size, n), n)
     finally:
         model.train(was_training)
-    return Predictions(logits=torch.cat(chunks), labels=dataset.labels.clone(), ids=list(dataset.ids), dataset=dataset.describe())
+    return Predictions(logits=torch.cat(chunks).cpu(), labels=dataset.labels.clone(), ids=list(dataset.ids),
+                       dataset=dataset.describe(), device=describe_device(dev))
 
 
 def stored_predictions(ckpt: Checkpoint) -> Predictions:

@@ -45,7 +45,7 @@ def write_checkpoint(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = replace(meta)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # CPU tensors, whatever the device
     weights = st_save(state, metadata={"format": "pt"})
     atomic_write_bytes(run_dir / WEIGHTS_FILE, weights)
     meta.weights_sha256 = hashlib.sha256(weights).hexdigest()

@@ -30,6 +30,7 @@ from ..hub.client import with_retries
 from ..hub.references import resolve_reference
 from ..hub.registry import Registry, default_registry_path
 from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE
+from ..models.devices import resolve_device
 from ..models.inputs import InputSpec
 from ..models.predictions import Predictions, predict, stored_predictions
 from ..provenance import sha256_file
@@ -67,11 +68,13 @@ class Member:
     weights_sha256: str | None = None
     accuracy: float | None = None
     info: dict = field(default_factory=dict)  # architecture, depth, width, seed, ...
+    device: dict | None = None  # what its predictions were computed on, when recorded (describe_device)
 
     def to_json(self) -> dict:
         return {"ref": self.ref, "resolved": self.resolved, "commit_sha": self.commit_sha,
                 "registry_name": self.registry_name, "path": self.path, "predictions": self.predictions,
-                "weights_sha256": self.weights_sha256, "accuracy": self.accuracy, **self.info}
+                "weights_sha256": self.weights_sha256, "accuracy": self.accuracy, **self.info,
+                "predictions_device": self.device}
 
 
 @dataclass(eq=False)
@@ -217,12 +220,12 @@ def _expand_token(token: str, registry, api) -> list[str]:
 
 
 # --- predictions --------------------------------------------------------------------------------
-def _compute(model, ds, cache_file: Path, label: str):
+def _compute(model, ds, cache_file: Path, label: str, device):
     if cache_file.is_file():
         cached = Predictions.load(cache_file)
         if cached.ids == list(ds.ids) and cached.dataset.get("fingerprint") == ds.fingerprint:
             return cached, "cache"
-    preds = predict(model, ds, preprocess=InputSpec.from_model(model, ds.image_shape))
+    preds = predict(model, ds, preprocess=InputSpec.from_model(model, ds.image_shape), device=device)
     if preds.logits.shape[1] != ds.num_classes:
         raise PredictionsUnavailableError(
             f"{label} has a {preds.logits.shape[1]}-way head but {ds.name} has {ds.num_classes} classes: right/wrong per "
@@ -232,7 +235,7 @@ def _compute(model, ds, cache_file: Path, label: str):
     return preds, "computed"
 
 
-def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path, max_params: int):
+def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path, max_params: int, device):
     resolved = resolve_reference(ref_text, registry, api, max_params=max_params)  # a checkpoint is opened, its model not built yet
     ckpt, sha = resolved.checkpoint, resolved.commit_sha
     meta = resolved.meta
@@ -253,12 +256,13 @@ def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_d
             key = meta.weights_sha256 or sha256_file(ckpt.path / WEIGHTS_FILE)
         else:
             key = f"{resolved.reference.target}-{sha}"
-        preds, source = _compute(resolved.model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text)
+        preds, source = _compute(resolved.model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text, device)
     member = Member(
         ref=ref_text, resolved=str(resolved.pinned), commit_sha=sha, registry_name=resolved.registry_name,
         path=str(resolved.path) if resolved.path else None, predictions=source, weights_sha256=meta.weights_sha256,
         accuracy=preds.accuracy,
         info=meta.summary(),
+        device=preds.device,
     )
     return member, preds
 
@@ -302,21 +306,24 @@ def _class_names(describe: dict, dataset, data_dir) -> tuple[list[str], list[str
 
 def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=None, api=None,
               cache_dir: str | Path | None = None, on_member: Callable[[int, int, str], None] | None = None,
-              max_params: int = DEFAULT_MAX_PARAMS) -> Side:
+              max_params: int = DEFAULT_MAX_PARAMS, device="cpu") -> Side:
     """Resolve a side string to its models' aligned predictions.
 
     ``dataset`` (an :class:`~hubcompare.data.datasets.ImageDataset`): compare on it, recomputing (and caching)
     predictions of models whose stored ones are about other data. Without it, the stored predictions
     are used and must all be about the same examples. ``max_params``: a model whose config describes more
-    parameters is refused before it is built (see :mod:`hubcompare.models.guard`).
+    parameters is refused before it is built (see :mod:`hubcompare.models.guard`). ``device``: where models
+    whose predictions must be computed run (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); each member records
+    the device its predictions were computed on, when known (``predictions_device``).
     """
+    device = resolve_device(device)
     refs = expand_side(spec, registry, api)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     loaded = []
     for i, ref in enumerate(refs):
         if on_member:
             on_member(i, len(refs), ref)
-        loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir, max_params))
+        loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir, max_params, device))
     _check_same_data(loaded, f"side {label} ({spec})")
     first = loaded[0][1]
     if first.logits.shape[1] != first.dataset.get("num_classes", first.logits.shape[1]):

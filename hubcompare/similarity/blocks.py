@@ -41,6 +41,7 @@ import torch
 
 from ..data.datasets import ImageDataset
 from ..errors import CompareError
+from ..models.devices import exact_float32, float64_device, on_device, resolve_device
 from ..models.inputs import InputSpec
 from .capture import LayerCapture
 from .cka import gram
@@ -187,28 +188,33 @@ def detect_blocks(
 
 
 @torch.no_grad()
-def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 1024, chunk: int = 256) -> PCAnalysis:
-    """Exact PC1 variance fraction per layer and |cosine| between layers' first PCs on a fixed sample."""
+def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 1024, chunk: int = 256,
+                device: str | torch.device = "cpu") -> PCAnalysis:
+    """Exact PC1 variance fraction per layer and |cosine| between layers' first PCs on a fixed sample
+    (the model runs on ``device``, in full float32; the eigendecompositions are float64)."""
     if num_examples < 2 or chunk < 1:
         raise CompareError(f"the PC analysis needs a sample of at least 2 examples (got {num_examples}) and a positive "
                            f"chunk (got {chunk})", params=("pc_examples",))
-    spec = InputSpec.from_model(model.model, dataset.image_shape)
-    cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2]))
-    n = min(num_examples, len(dataset))
-    # the n x n Gram of the centred sample needs all n rows of a layer at once: collect flattened
-    # activations layer by layer across chunks in float32, then reduce and drop them
-    feats: list[list[torch.Tensor]] = [[] for _ in cap.layers]
-    for lo in range(0, n, chunk):
-        cap.run(spec(dataset.images[lo : min(n, lo + chunk)]), lambda i, a: feats[i].append(a.reshape(a.shape[0], -1).float()))
-    fraction = np.zeros(len(cap.layers))
-    pcs = np.zeros((len(cap.layers), n))
-    for i in range(len(cap.layers)):
-        k = gram(torch.cat(feats[i]), torch.float32).to(torch.float64)
-        feats[i] = []
-        evals, evecs = torch.linalg.eigh(k)
-        total = float(torch.trace(k))
-        fraction[i] = float(evals[-1]) / total if total > 0 else float("nan")
-        pcs[i] = evecs[:, -1].numpy()
+    dev = resolve_device(device)
+    with exact_float32(), on_device([model.model], dev):
+        spec = InputSpec.from_model(model.model, dataset.image_shape)
+        cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2].to(dev)))
+        n = min(num_examples, len(dataset))
+        # the n x n Gram of the centred sample needs all n rows of a layer at once: collect flattened
+        # activations layer by layer across chunks in float32, then reduce and drop them
+        feats: list[list[torch.Tensor]] = [[] for _ in cap.layers]
+        for lo in range(0, n, chunk):
+            cap.run(spec(dataset.images[lo : min(n, lo + chunk)].to(dev)),
+                    lambda i, a: feats[i].append(a.reshape(a.shape[0], -1).float()))
+        fraction = np.zeros(len(cap.layers))
+        pcs = np.zeros((len(cap.layers), n))
+        for i in range(len(cap.layers)):
+            k = gram(torch.cat(feats[i]), torch.float32).to(float64_device(dev), torch.float64)
+            feats[i] = []
+            evals, evecs = torch.linalg.eigh(k)
+            total = float(torch.trace(k))
+            fraction[i] = float(evals[-1]) / total if total > 0 else float("nan")
+            pcs[i] = evecs[:, -1].cpu().numpy()
     cosine = np.abs(pcs @ pcs.T)
     return PCAnalysis(cap.names, fraction, cosine, n)
 
@@ -223,13 +229,14 @@ def analyze_blocks(
     pc_examples: int = 1024,
     criteria: BlockCriteria = BlockCriteria(),
     on_batch=None,
+    device: str | torch.device = "cpu",
 ) -> BlockReport:
-    """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model."""
+    """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model, run on ``device``."""
     if model.layers is None and hasattr(model.model, "forward_taps"):
         model = CompareModel(model.ref, model.model, model.provenance, list(DEFAULT_BLOCK_LAYERS))
-    comp = compare([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch)
+    comp = compare([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch, device=device)
     cka = comp.pair(0, 0)
-    pcs = pc_analysis(model, dataset, pc_examples)
+    pcs = pc_analysis(model, dataset, pc_examples, device=device)
     params = asdict(criteria) | {"pc_examples": pcs.num_examples}
     removed = comp.pc1_removed[0]
     blocks = detect_blocks(cka.value, pcs.fraction, cka.layers_a, criteria, removed.value)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerSelectionError
+from ..models.devices import module_device
 from ..models.inputs import InputSpec
 
 __all__ = ["LayerInfo", "LayerCapture"]
@@ -97,7 +98,7 @@ class LayerCapture:
 
     def _forward_order(self, chosen: list[LayerInfo], example: torch.Tensor | None) -> list[LayerInfo]:
         order: list[str] = []
-        x = example if example is not None else InputSpec.from_model(self.model).example()
+        x = example if example is not None else InputSpec.from_model(self.model).example(device=module_device(self.model))
         names = [l.name for l in chosen]
         with torch.no_grad():
             self._run_hooks(x, names, lambda i, a: order.append(names[i]), stop_early=False)

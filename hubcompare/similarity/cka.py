@@ -19,17 +19,27 @@ and normalised only at the end:
 Equal batches reduce exactly to the recipe's formula; a short final batch counts in proportion
 to its examples. Per-batch matrices are kept (they are tiny) for a leave-one-batch-out
 jackknife standard error of every CKA value.
+
+On GPUs (:mod:`hubcompare.similarity.engine`'s accelerator pipeline): :func:`gram_dense` forms each
+Gram in one float32 product, with TF32 off (TF32's 10-bit mantissa is far too coarse for the 1e-6 bound). The HSIC
+products (``products``) are float64 where float64 is fast; elsewhere (consumer GPUs run float64 at
+1/32-1/64 speed) they are float32 products over runs of a few Gram rows, each partial sum added
+in float64: no sum of more than ``n * rows`` terms is ever kept in float32, which holds CKA within
+~1e-7 of the all-float64 product (README, "Devices"). Sums over minibatches are always float64.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import CompareError
+from ..models.devices import exact_float32
 
-__all__ = ["gram", "u_center", "hsic1", "cka", "MinibatchCKA", "CKAEstimate", "MIN_BATCH"]
+__all__ = ["gram", "gram_dense", "u_center", "hsic1", "cka", "MinibatchCKA", "CKAEstimate", "MIN_BATCH", "HSIC_PRODUCTS"]
 
 MIN_BATCH = 4  # the unbiased estimator divides by n (n - 3)
 
@@ -46,6 +56,9 @@ GRAM_MIN_BLOCK_ROWS = 64  # below this, smaller products cost more than the save
 # gram(centred=False) keeps the raw product while ||X||^2 <= this x ||X_c||^2: float32 then loses at most
 # ~this factor of relative accuracy to cancellation, and the CKA stays within ~3e-7 of float64
 GRAM_MAX_OFFSET_RATIO = 4.0
+DENSE_CHUNK_ELEMENTS = 1 << 26  # gram_dense centres a copy of at most this many features x examples at once (256 MiB)
+HSIC_PRODUCTS = ("float64", "float32")
+HSIC_PARTIALS_BYTES = 64 << 20  # float32 partial sums the "float32" products hold at once
 
 
 def _row_blocks(n: int) -> list[tuple[int, int]]:
@@ -76,7 +89,7 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
     x = x.reshape(x.shape[0], -1)
     n, p = x.shape
     blocks = _row_blocks(n)
-    k = torch.zeros(n, n, dtype=dtype)
+    k = torch.zeros(n, n, dtype=dtype, device=x.device)
     if not centred:
         xd = x.to(dtype)
         # the first diagonal tile (the first rows' own Gram) shows a large offset early: then only
@@ -94,6 +107,22 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
         _blocked_product(c - c.mean(0, keepdim=True), k, blocks)
     _mirror(k, blocks)
     return k
+
+
+def gram_dense(x: torch.Tensor) -> torch.Tensor:
+    """The centred Gram (n, n) in float32 as a GPU likes it: the features centred and multiplied in one
+    product (a chunk of ``DENSE_CHUNK_ELEMENTS`` at a time for huge activations), TF32 off, symmetrised;
+    no value is read back to the host. Equal to :func:`gram` up to float32 rounding."""
+    x = x.reshape(x.shape[0], -1)
+    n, p = x.shape
+    step = max(1, DENSE_CHUNK_ELEMENTS // max(n, 1))
+    k = None
+    with exact_float32():
+        for j in range(0, p, step):
+            c = x[:, j : j + step].to(torch.float32)
+            c = c - c.mean(0, keepdim=True)
+            k = c @ c.T if k is None else k.addmm_(c, c.T)
+    return (k + k.T).mul_(0.5)
 
 
 def _offset_is_small(k: torch.Tensor) -> bool:
@@ -159,9 +188,13 @@ class CKAEstimate:
 class MinibatchCKA:
     """Streaming all-pairs minibatch CKA over ``num_layers`` layers (of one or several models)."""
 
-    def __init__(self, num_layers: int, keep_batches: bool = True):
+    def __init__(self, num_layers: int, keep_batches: bool = True, products: str = "float64"):
+        """``products``: how each minibatch's HSIC matrix is formed (:meth:`batch_hsic`); sums are float64 either way."""
+        if products not in HSIC_PRODUCTS:
+            raise CompareError(f"HSIC products must be one of {HSIC_PRODUCTS}, not {products!r}")
         self.num_layers = num_layers
         self.keep_batches = keep_batches
+        self.products = products
         self.reset()
 
     def reset(self) -> None:
@@ -171,11 +204,26 @@ class MinibatchCKA:
         self.num_examples = 0
 
     @staticmethod
-    def batch_hsic(u_grams: torch.Tensor) -> torch.Tensor:
-        """All-pairs HSIC_1 (L, L) from stacked U-centred Grams (L, n, n): one matrix product."""
-        n = u_grams.shape[-1]
-        flat = u_grams.reshape(u_grams.shape[0], -1)
-        return (flat @ flat.T) / (n * (n - 3))
+    def batch_hsic(u_grams: torch.Tensor, products: str = "float64") -> torch.Tensor:
+        """All-pairs HSIC_1 (L, L), float64, from stacked U-centred Grams (L, n, n) float64.
+
+        ``products="float64"``: one float64 matrix product. ``"float32"`` (for GPUs with slow float64): the
+        Grams' rows are cut into runs of a few rows, each run's (L, L) products are float32 (TF32 off) and
+        the runs' partial sums are added in float64.
+        """
+        layers, n = u_grams.shape[0], u_grams.shape[-1]
+        if products == "float64":
+            flat = u_grams.reshape(layers, -1)
+            return (flat @ flat.T) / (n * (n - 3))
+        rows = max(1, math.ceil(n * layers * layers * 4 / HSIC_PARTIALS_BYTES))  # partial sums within the budget
+        runs = math.ceil(n / rows)
+        u = u_grams.to(torch.float32)
+        if runs * rows != n:  # zero rows add nothing
+            u = F.pad(u, (0, 0, 0, runs * rows - n))
+        parts = u.reshape(layers, runs, rows * n).transpose(0, 1)  # (runs, L, rows * n)
+        with exact_float32():
+            partial = torch.bmm(parts, parts.transpose(1, 2))
+        return partial.to(torch.float64).sum(0) / (n * (n - 3))
 
     def update(self, u_grams: torch.Tensor) -> None:
         """Add one minibatch: ``u_grams`` (L, n, n) float64, the U-centred Grams of every layer."""
@@ -184,7 +232,9 @@ class MinibatchCKA:
                                f"got {u_grams.shape[0]}")
         n = u_grams.shape[-1]
         _check_n(n)
-        h = self.batch_hsic(u_grams) * n
+        h = self.batch_hsic(u_grams, self.products) * n
+        if self.total.device != h.device:  # sums stay where the Grams are (no transfer per batch)
+            self.total = self.total.to(h.device)
         self.total += h
         if self.keep_batches:
             self.batches.append(h)
@@ -203,11 +253,12 @@ class MinibatchCKA:
     def compute(self) -> CKAEstimate:
         if self.num_batches == 0:
             raise CompareError("no minibatch was accumulated: call update() with at least one batch before compute()")
-        value = self.normalise(self.total)
+        total = self.total.cpu()
+        value = self.normalise(total)
         se = torch.full_like(value, float("nan"))
         if self.keep_batches and self.num_batches >= 2:
             b = self.num_batches
-            loo = self.normalise(self.total.unsqueeze(0) - torch.stack(self.batches))  # (B, L, L)
+            loo = self.normalise(total.unsqueeze(0) - torch.stack(self.batches).cpu())  # (B, L, L)
             se = ((b - 1) / b * ((loo - loo.mean(0)) ** 2).sum(0)).sqrt()
-        undefined = [i for i in range(self.num_layers) if not self.total[i, i] > 0]
-        return CKAEstimate(value, se, self.total.clone(), self.num_batches, self.num_examples, undefined)
+        undefined = [i for i in range(self.num_layers) if not total[i, i] > 0]
+        return CKAEstimate(value, se, total.clone(), self.num_batches, self.num_examples, undefined)

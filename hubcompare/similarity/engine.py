@@ -5,6 +5,14 @@ to its U-centred Gram matrix the moment it is produced and then dropped (memory 
 O(total layers x batch^2), not the activations of a batch). The stacked Grams of all models go
 into one :class:`~hubcompare.similarity.cka.MinibatchCKA`, so a single matrix product per batch yields every
 within- and cross-model layer pair, for any number of models.
+
+Devices (``device``): the models run there in full float32 (TF32 off), fed each minibatch's uint8
+images (the whole split is copied there once when it is small). Two pipelines do the same
+arithmetic: ``cpu`` (cache-sized blocked Gram products, the raw product when the features' offset is
+small, each Gram checked as it is made) and ``accelerator`` (one centred product per Gram, U-centring
+and the HSIC products on the device, one finiteness check per batch read back a batch late, so the
+host never waits for the GPU inside a pass). ``auto`` picks ``cpu`` on the CPU and ``accelerator``
+elsewhere; choosing ``accelerator`` on the CPU is how it is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ from torch import nn
 
 from ..data.datasets import ImageDataset, load_dataset
 from ..errors import CompareError, DatasetChoiceError
+from ..models.devices import describe_device, exact_float32, fast_float64, float64_device, on_device, resolve_device
 from ..models.inputs import InputSpec
 from ..provenance import package_versions
 from .capture import LayerCapture
-from .cka import MIN_BATCH, MinibatchCKA, gram, u_center
+from .cka import HSIC_PRODUCTS, MIN_BATCH, MinibatchCKA, gram, gram_dense, u_center
 from .results import CKAResult
 
 if TYPE_CHECKING:
@@ -32,6 +41,8 @@ __all__ = ["CompareModel", "Comparison", "Minibatch", "compare", "comparison_dat
 
 # what a compared model's provenance records from its metadata, beyond what identifies it (SUMMARY_KEYS)
 PROVENANCE_KEYS = ("recipe_hash", "weights_sha256")
+PIPELINES = ("auto", "cpu", "accelerator")
+STAGE_BYTES = 1 << 30  # a dataset split up to this size is copied to the device once, not batch by batch
 
 
 @dataclass
@@ -160,6 +171,9 @@ def compare(
     num_examples: int | None = None,
     remove_pc1: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    device: str | torch.device = "cpu",
+    pipeline: str = "auto",
+    hsic_products: str | None = None,
 ) -> Comparison:
     """Minibatch CKA between every layer pair of every model (and within each model).
 
@@ -167,7 +181,19 @@ def compare(
     seeded shuffle; all models always see the same minibatch (:func:`minibatch_plan`). With
     ``remove_pc1`` each model's within-model CKA is also computed after removing every layer's
     first principal component per minibatch.
+
+    ``device``: where the models run and the Grams are made (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); the
+    models are moved there for the pass and back after. ``pipeline``: ``auto``, ``cpu`` or ``accelerator`` (see
+    the module doc). ``hsic_products``: ``float64`` or ``float32`` (:meth:`MinibatchCKA.batch_hsic`); default:
+    float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. All of it is recorded in the settings.
     """
+    dev = resolve_device(device)
+    if pipeline not in PIPELINES:
+        raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+    pipeline = ("cpu" if dev.type == "cpu" else "accelerator") if pipeline == "auto" else pipeline
+    products = hsic_products or ("float64" if fast_float64(dev) else "float32")
+    if products not in HSIC_PRODUCTS:
+        raise CompareError(f"hsic_products must be one of {HSIC_PRODUCTS}, not {products!r}")
     if batch_size < MIN_BATCH:
         raise CompareError(
             f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
@@ -181,57 +207,72 @@ def compare(
         raise CompareError(f"{n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})",
                            params=("num_examples",))
     warnings: list[str] = []
-    captures, specs = [], []
-    for m in models:
-        exclude = []
-        num_classes = getattr(m.model, "num_classes", None)
-        if num_classes is not None and num_classes != dataset.num_classes:
-            exclude = ["logits", "output"]
-            if m.layers and any(p in ("logits", "output") for p in m.layers):
-                raise CompareError(
-                    f"{m.ref} has a {num_classes}-class head but {dataset.name} has {dataset.num_classes} classes: "
-                    "its logits mean nothing here. CKA does not need the head: drop 'logits' from the layer patterns.",
-                    params=("layers",),
-                )
-            warnings.append(
-                f"{m.ref}: its head has {num_classes} classes, {dataset.name} has {dataset.num_classes}; CKA does not "
-                "need the head, so its output layer is left out and hidden layers are compared."
-            )
-        spec = InputSpec.from_model(m.model, dataset.image_shape)
-        captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(dataset.images[:2])))
-        specs.append(spec)
-    sizes = [len(c.layers) for c in captures]
-    offsets = [0, *np.cumsum(sizes).tolist()]
-    acc = MinibatchCKA(offsets[-1])
-    pc_acc = [MinibatchCKA(s) for s in sizes] if remove_pc1 else []
-
-    plan = minibatch_plan(n_total, batch_size, passes, seed)
-    for done, mb in enumerate(plan, 1):
-        images = dataset.images[mb.indices]
-        n = len(mb.indices)
-        u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64)
-        for mi, (cap, spec) in enumerate(zip(captures, specs)):
-            pc_grams = []
-
-            def sink(li: int, act: torch.Tensor, mi=mi, cap=cap, pc_grams=pc_grams) -> None:
-                k = gram(act, centred=remove_pc1)  # PC1 removal needs the centred Gram; HSIC alone does not
-                if not torch.isfinite(k).all():  # NaN/inf anywhere in the activations reaches the Gram matrix
+    with exact_float32(), on_device([m.model for m in models], dev):
+        images_at = dataset.images.to(dev) if dataset.images.nbytes <= STAGE_BYTES else dataset.images
+        captures, specs = [], []
+        for m in models:
+            exclude = []
+            num_classes = getattr(m.model, "num_classes", None)
+            if num_classes is not None and num_classes != dataset.num_classes:
+                exclude = ["logits", "output"]
+                if m.layers and any(p in ("logits", "output") for p in m.layers):
                     raise CompareError(
-                        f"{models[mi].ref}: layer {cap.names[li]} produced NaN/inf activations (or ones whose products "
-                        f"overflow float32) on pass {mb.pass_index + 1}, examples {mb.start}-{mb.stop - 1} of the shuffled "
-                        "order; check the model's weights and input preprocessing."
+                        f"{m.ref} has a {num_classes}-class head but {dataset.name} has {dataset.num_classes} classes: "
+                        "its logits mean nothing here. CKA does not need the head: drop 'logits' from the layer patterns.",
+                        params=("layers",),
                     )
-                u_center(k, out=u_all[offsets[mi] + li])
-                if remove_pc1:
-                    pc_grams.append(u_center(remove_top_pc(k)))
+                warnings.append(
+                    f"{m.ref}: its head has {num_classes} classes, {dataset.name} has {dataset.num_classes}; CKA does not "
+                    "need the head, so its output layer is left out and hidden layers are compared."
+                )
+            spec = InputSpec.from_model(m.model, dataset.image_shape)
+            captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(images_at[:2].to(dev))))
+            specs.append(spec)
+        sizes = [len(c.layers) for c in captures]
+        offsets = [0, *np.cumsum(sizes).tolist()]
+        acc = MinibatchCKA(offsets[-1], products=products)
+        pc_acc = [MinibatchCKA(s, products=products) for s in sizes] if remove_pc1 else []
+        at64 = float64_device(dev)  # where U-centring and HSIC run (the CPU for MPS, which has no float64)
+        dense = pipeline == "accelerator"
+        check_each = not dense or remove_pc1  # PC removal reads the Gram back anyway (eigh)
 
-            cap.run(spec(images), sink)
-            if remove_pc1:
-                pc_acc[mi].update(torch.stack(pc_grams))
-        acc.update(u_all)
-        if on_batch:
-            on_batch(done, len(plan))
-    est = acc.compute()
+        def non_finite(row: int, mb: Minibatch) -> None:
+            mi = int(np.searchsorted(offsets, row, side="right") - 1)
+            raise CompareError(
+                f"{models[mi].ref}: layer {captures[mi].names[row - offsets[mi]]} produced NaN/inf activations (or ones whose "
+                f"products overflow float32) on pass {mb.pass_index + 1}, examples {mb.start}-{mb.stop - 1} of the shuffled "
+                "order; check the model's weights and input preprocessing."
+            )
+
+        late = _LateCheck(dev, non_finite)
+        plan = minibatch_plan(n_total, batch_size, passes, seed)
+        for done, mb in enumerate(plan, 1):
+            images = images_at[mb.indices.to(images_at.device, non_blocking=True)].to(dev, non_blocking=True)
+            n = len(mb.indices)
+            u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64, device=at64)
+            for mi, (cap, spec) in enumerate(zip(captures, specs)):
+                pc_grams = []
+
+                def sink(li: int, act: torch.Tensor, mi=mi, pc_grams=pc_grams, mb=mb) -> None:
+                    # PC1 removal needs the centred Gram; HSIC alone does not (gram_dense is always centred)
+                    k = gram_dense(act) if dense else gram(act, centred=remove_pc1)
+                    if check_each and not torch.isfinite(k).all():  # NaN/inf in the activations reaches the Gram
+                        non_finite(offsets[mi] + li, mb)
+                    u_center(k, out=u_all[offsets[mi] + li])
+                    if remove_pc1:
+                        pc_grams.append(u_center(remove_top_pc(k.to(at64))))
+
+                cap.run(spec(images), sink)
+                if remove_pc1:
+                    pc_acc[mi].update(torch.stack(pc_grams))
+            if not check_each:
+                late.push(torch.isfinite(u_all).flatten(1).all(1), mb)
+            acc.update(u_all)
+            if on_batch:
+                on_batch(done, len(plan))
+        late.finish()
+        est = acc.compute()
+        pc_est = [a.compute() for a in pc_acc]
     for i in est.undefined:
         mi = int(np.searchsorted(offsets, i, side="right") - 1)
         warnings.append(
@@ -247,6 +288,14 @@ def compare(
         "num_batches": est.num_batches,
         "estimator": "linear CKA, unbiased HSIC_1 per minibatch, batch-size-weighted sums, float64 accumulation",
         "standard_error": "leave-one-minibatch-out jackknife",
+        "device": describe_device(dev),
+        "arithmetic": {
+            "pipeline": pipeline,
+            "forward_and_grams": "float32, TF32 off",
+            "u_centring": "float64",
+            "hsic_products": "float64" if products == "float64" else "float32 over runs of Gram rows, partial sums in float64",
+            "sums_over_batches": "float64",
+        },
         "inputs": {m.ref: spec.describe(dataset.image_shape) for m, spec in zip(models, specs)},
         "layers": {m.ref: cap.names for m, cap in zip(models, captures)},
         "package_versions": package_versions(),
@@ -254,10 +303,44 @@ def compare(
     comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [])
     for mi in range(len(models)):
         if remove_pc1:
-            pe = pc_acc[mi].compute()
+            pe = pc_est[mi]
             r = comp.pair(mi, mi)
             r.value, r.se, r.kind = pe.value.numpy(), pe.se.numpy(), "within-pc1-removed"
             comp.pc1_removed.append(r)
         else:
             comp.pc1_removed.append(None)
     return comp
+
+
+class _LateCheck:
+    """One finiteness check per minibatch without stalling a GPU: its flags are copied back without waiting,
+    and read only after the next minibatch's work is queued (at once on other devices)."""
+
+    def __init__(self, dev: torch.device, on_bad: Callable[[int, Minibatch], None]):
+        self.lag, self.on_bad, self.pending = dev.type == "cuda", on_bad, None
+
+    def push(self, flags: torch.Tensor, mb: Minibatch) -> None:
+        if not self.lag:
+            self._check(flags.cpu(), mb)
+            return
+        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self.pending = self.pending, (host, event, mb)
+        if previous is not None:
+            self._wait(previous)
+
+    def finish(self) -> None:
+        previous, self.pending = self.pending, None
+        if previous is not None:
+            self._wait(previous)
+
+    def _wait(self, pending) -> None:
+        host, event, mb = pending
+        event.synchronize()
+        self._check(host, mb)
+
+    def _check(self, flags: torch.Tensor, mb: Minibatch) -> None:
+        if not bool(flags.all()):
+            self.on_bad(int((~flags).nonzero()[0]), mb)

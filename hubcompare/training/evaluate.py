@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from ..data.datasets import load_dataset
 from ..errors import CheckpointError, CheckpointMismatchError
 from ..models.checkpoint import CONFIG_FILE, DEFAULT_MAX_PARAMS, PREDICTIONS_FILE, Checkpoint
+from ..models.devices import resolve_device
 from ..models.predictions import Predictions, predict, stored_predictions
 from ..models.weights import load_model
 from ..provenance import atomic_write_json
@@ -24,6 +27,11 @@ class EvalReport:
     written: bool
     stored_predictions_error: str | None = None  # why the stored predictions could not be compared (unreadable, replaced)
 
+    @property
+    def device(self) -> dict | None:
+        """What the predictions were recomputed on (:func:`~hubcompare.models.devices.describe_device`)."""
+        return self.predictions.device
+
 
 def evaluate_checkpoint(
     ckpt: Checkpoint,
@@ -32,13 +40,15 @@ def evaluate_checkpoint(
     write: bool = False,
     on_batch=None,
     max_params: int = DEFAULT_MAX_PARAMS,
+    device: str | torch.device = "cpu",
 ) -> EvalReport:
-    """Recompute predictions on the checkpoint's test split; optionally store them (and their hash).
+    """Recompute predictions on the checkpoint's test split on ``device``; optionally store them (and their hash).
 
     The stored predictions are compared only when they can be read and match their recorded hash; otherwise the
     report says why (``stored_predictions_error``) and ``write=True`` replaces them: this is how a corrupt or
     replaced predictions file is repaired.
     """
+    dev = resolve_device(device)
     meta = ckpt.meta
     dataset = meta.dataset
     if dataset is None:
@@ -51,7 +61,7 @@ def evaluate_checkpoint(
             f"evaluated on ({recorded}); load the same copy of the data it was evaluated on.",
             ckpt.path / CONFIG_FILE, params=("data_dir",),
         )
-    preds = predict(load_model(ckpt, max_params), test, batch_size=batch_size, on_batch=on_batch)
+    preds = predict(load_model(ckpt, max_params), test, batch_size=batch_size, on_batch=on_batch, device=dev)
     agree = diff = stored = unreadable = None
     if ckpt.has_predictions:
         try:

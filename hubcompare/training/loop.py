@@ -1,10 +1,19 @@
 """Training: a recipe in, a checkpoint folder out. Seeded, resumable, no printing.
 
-The whole training split lives in memory as a uint8 tensor; each step gathers a batch, scales
-it to [0, 1] and applies pad-crop-flip as batched tensor ops (:mod:`hubcompare.data.augment`). All
-randomness after initialisation comes from one ``torch.Generator`` whose state is saved with
-every epoch, so an interrupted run resumed from its last epoch ends with the same weights as an
-uninterrupted one. Progress is reported through an ``on_event`` callback (the CLI draws it).
+The whole training split lives in memory as a uint8 tensor (on the training device); each step
+gathers a batch, scales it to [0, 1] and applies pad-crop-flip as batched tensor ops
+(:mod:`hubcompare.data.augment`). All randomness after initialisation comes from one CPU
+``torch.Generator`` whose state is saved with every epoch, so an interrupted run resumed from its last
+epoch ends with the same weights as an uninterrupted one (bit for bit on the same CPU), and draws the
+same batches and augmentations on any device. Progress is reported through an ``on_event`` callback
+(the CLI draws it).
+
+Devices (``device``; :mod:`hubcompare.models.devices`): the model is initialised on the CPU (the same
+weights everywhere) and moved; on a GPU it trains channels-last under autocast (``train.precision:
+auto``: bf16 where the GPU has it, else fp16 with loss scaling), and the per-step loss and accuracy
+are read back every ``ACCELERATOR_SYNC_STEPS`` steps instead of every step, so the host never waits for
+the GPU in between. Checkpoints and resume states always hold CPU tensors; a resume state written on
+one device resumes on another.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import math
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +39,7 @@ from ..data.augment import pad_crop_flip, to_float
 from ..data.datasets import ImageDataset, load_dataset, parse_fraction, stratified_subset
 from ..errors import TrainingError
 from ..models.checkpoint import CONFIG_FILE, RESUME_DIR
+from ..models.devices import describe_device, resolve_device
 from ..models.metadata import ModelMeta
 from ..models.predictions import predict
 from ..models.resnet import ARCHITECTURE
@@ -40,6 +50,11 @@ from .recipes import Recipe
 __all__ = ["TrainEvent", "TrainResult", "train", "lr_at_epoch", "build_model", "RESUME_DIR"]
 
 RESUME_FILE = "state.safetensors"
+# steps between reading the loss and accuracy back, by device type: every step on the CPU (a diverged loss
+# stops the run before its update), every ACCELERATOR_SYNC_STEPS on GPUs (the host runs ahead of the GPU)
+SYNC_STEPS = {"cpu": 1}
+ACCELERATOR_SYNC_STEPS = 25
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -104,11 +119,34 @@ def build_model(recipe: Recipe, data: ImageDataset) -> torch.nn.Module:
     )
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' -> 'bf16' where the CPU runs bf16 convolutions natively (AVX512-BF16/AMX), else 'fp32'."""
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """The autocast a recipe's ``train.precision`` means on ``device``: 'fp32' (none), 'bf16' or 'fp16'.
+
+    'auto' -> on the CPU, 'bf16' where it runs bf16 convolutions natively (AVX512-BF16/AMX), else 'fp32';
+    on a CUDA GPU, 'bf16' where it has native bf16 (compute capability 8.0+), else 'fp16' (with loss
+    scaling); on MPS, 'fp32'. An explicit 'bf16' on a GPU without native bf16 is a TrainingError.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        native = _cuda_bf16(dev)
+        if precision == "bf16" and not native:
+            name = torch.cuda.get_device_name(dev)
+            raise TrainingError(f"{name} ({dev}) has no native bf16 (compute capability 8.0+): set train.precision to auto "
+                                "(fp16 with loss scaling here) or fp32.")
+        return ("bf16" if native else "fp16") if precision == "auto" else precision
     if precision != "auto":
         return precision
+    if dev.type != "cpu":
+        return "fp32"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_avx512_bf16_supported() else "fp32"
+
+
+def _cuda_bf16(dev: torch.device) -> bool:
+    with torch.cuda.device(dev):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3: no emulation to tell apart
+            return torch.cuda.is_bf16_supported()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, on: str = "kernels") -> list[dict]:
@@ -150,14 +188,98 @@ def _fits_in_memory(recipe: Recipe):
         ) from None
 
 
+class _Tally:
+    """An epoch's running loss and accuracy. Each step adds device tensors; :meth:`flush` reads the pending ones
+    back in one transfer, checks them, sums them in Python (the same numbers, in the same order, as reading
+    every step) and emits their step events."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, emit, diverged):
+        self.epoch, self.epochs, self.steps, self.emit, self.diverged = epoch, epochs, steps, emit, diverged
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor, int]] = []
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
+        self.pending.append((step, lr, loss, correct, count))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if len(self.pending) == 1:
+            losses, corrects = [self.pending[0][2].item()], [int(self.pending[0][3])]
+        else:
+            losses = torch.stack([p[2] for p in self.pending]).tolist()
+            corrects = torch.stack([p[3] for p in self.pending]).tolist()
+        for (step, lr, _, _, count), loss, correct in zip(self.pending, losses, corrects):
+            if not math.isfinite(loss):
+                self.pending = []
+                self.diverged(loss, self.epoch, step)
+            self.loss_sum += loss * count
+            self.correct += int(correct)
+            self.seen += count
+            self.emit(TrainEvent("step", self.epoch + 1, self.epochs, step + 1, self.steps, self.loss_sum / self.seen,
+                                 self.correct / self.seen, lr))
+        self.pending = []
+
+
+def _diverged(loss: float, epoch: int, step: int, lr, out: Path):
+    raise TrainingError(
+        f"loss became {loss} at epoch {epoch + 1}, step {step + 1}: lower train.lr "
+        f"(now {lr}) or add warm-up epochs. The last good epoch is saved in {out / RESUME_DIR}."
+    )
+
+
+def _autocast(dev: torch.device, precision: str):
+    if dev.type == "cpu":  # as it always was: a disabled bf16 autocast for fp32
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision not in AMP_DTYPES:
+        return nullcontext()
+    return torch.autocast(dev.type, dtype=AMP_DTYPES[precision])
+
+
+def _grad_scaler(dev: torch.device):
+    """fp16 autocast's loss scaling (torch.amp.GradScaler; torch.cuda.amp's before torch 2.3)."""
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return amp.GradScaler(dev.type)
+    return torch.cuda.amp.GradScaler()
+
+
+@contextmanager
+def _device_settings(dev: torch.device):
+    """cuDNN picks the fastest convolution algorithms for the run's fixed shapes (restored afterwards)."""
+    if dev.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _device_record(dev: torch.device, devices: list[str]) -> dict:
+    """The device a run trained on; with every device it ran on when a resume moved it (``segments``)."""
+    record = describe_device(dev)
+    if len(set(devices)) > 1:
+        record["segments"] = list(devices)
+    return record
+
+
 def train(
     recipe: Recipe,
     out: str | Path,
     data_dir: str | Path | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
     overwrite: bool = False,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
-    """Train ``recipe`` into the checkpoint folder ``out``, resuming from ``out/.resume`` if present."""
+    """Train ``recipe`` into the checkpoint folder ``out``, resuming from ``out/.resume`` if present.
+
+    ``device``: where to train (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; see
+    :func:`~hubcompare.models.devices.resolve_device`); the checkpoint records it.
+    """
+    dev = resolve_device(device)
     out = Path(out)
     _check_out(out)
     emit = on_event or (lambda e: None)
@@ -178,65 +300,74 @@ def train(
         raise TrainingError(f"{dataset}: train and test splits disagree on classes or image shape")
     train_data = stratified_subset(train_full, recipe["data"]["fraction"], seed)
 
+    precision = resolve_precision(t["precision"], dev)  # bf16/fp16: autocast (fp32 master weights)
     torch.manual_seed(seed)
-    # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN); weights are saved contiguous
+    # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN) and what GPU tensor cores want;
+    # the model is initialised on the CPU (same weights on every device); weights are saved contiguous
     with _fits_in_memory(recipe):
-        model = build_model(recipe, train_data).to(memory_format=torch.channels_last)
+        model = build_model(recipe, train_data).to(dev, memory_format=torch.channels_last)
+        images, labels = train_data.images.to(dev), train_data.labels.to(dev)
     optimizer = torch.optim.SGD(
         _param_groups(model, float(t["weight_decay"]), t["weight_decay_on"]), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
     )
+    scaler = _grad_scaler(dev) if precision == "fp16" else None
     generator = torch.Generator().manual_seed(seed)
     state = {"epochs_done": 0, "history": [], "elapsed_s": 0.0, "resumed_at": []}
     if resume_path.is_file():
-        state = _load_resume(resume_path, model, optimizer, generator, recipe)
+        state = _load_resume(resume_path, model, optimizer, generator, recipe, scaler)
         state["resumed_at"].append(state["epochs_done"])
+    state.setdefault("devices", []).append(str(dev))
 
-    precision = resolve_precision(t["precision"])  # bf16: autocast (fp32 master weights), as on TPUs
     n, bs, epochs = len(train_data), t["batch_size"], t["epochs"]
     steps = math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a trailing batch of 1 would break batch norm
-    images, labels = train_data.images, train_data.labels
+    sync_every = SYNC_STEPS.get(dev.type, ACCELERATOR_SYNC_STEPS)
     emit(TrainEvent("start", state["epochs_done"], epochs, steps=steps, resumed_from=state["epochs_done"], num_train=n))
 
-    for epoch in range(state["epochs_done"], epochs):
-        started = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps):
-            lr = lr_at_epoch(epoch, recipe, step, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[step * bs : (step + 1) * bs]
-            x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"], aug["offsets"])
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower train.lr "
-                    f"(now {t['lr']}) or add warm-up epochs. The last good epoch is saved in {out / RESUME_DIR}."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-            emit(TrainEvent("step", epoch + 1, epochs, step + 1, steps, loss_sum / seen, correct / seen, lr))
-        state["elapsed_s"] += time.perf_counter() - started
-        state["history"].append(
-            {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-             "seconds": round(time.perf_counter() - started, 3)}
-        )
-        state["epochs_done"] = epoch + 1
-        _save_resume(resume_path, model, optimizer, generator, recipe, state)
-        emit(TrainEvent("epoch", epoch + 1, epochs, steps, steps, loss_sum / seen, correct / seen, lr))
+    with _device_settings(dev):
+        for epoch in range(state["epochs_done"], epochs):
+            started = time.perf_counter()
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            tally = _Tally(epoch, epochs, steps, emit, lambda value, e, s: _diverged(value, e, s, t["lr"], out))
+            for step in range(steps):
+                lr = lr_at_epoch(epoch, recipe, step, steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = order[step * bs : (step + 1) * bs].to(dev, non_blocking=True)
+                x = pad_crop_flip(to_float(images[idx]), aug["pad"], aug["flip"], generator, aug["pad_mode"], aug["offsets"])
+                x = x.contiguous(memory_format=torch.channels_last)
+                y = labels[idx]
+                with _autocast(dev, precision):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                tally.add(step, lr, loss.detach(), (logits.argmax(1) == y).sum(), len(idx))
+                if len(tally.pending) >= sync_every:
+                    tally.flush()  # on the CPU: every step, before the update (a diverged loss stops it)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+            tally.flush()  # waits for the device: the epoch's time is its work
+            loss_sum, correct, seen = tally.loss_sum, tally.correct, tally.seen
+            state["elapsed_s"] += time.perf_counter() - started
+            state["history"].append(
+                {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                 "seconds": round(time.perf_counter() - started, 3)}
+            )
+            state["epochs_done"] = epoch + 1
+            if scaler is not None:
+                state["grad_scaler"] = scaler.state_dict()
+            _save_resume(resume_path, model, optimizer, generator, recipe, state)
+            emit(TrainEvent("epoch", epoch + 1, epochs, steps, steps, loss_sum / seen, correct / seen, lr))
 
     emit(TrainEvent("evaluate", epochs, epochs))
     model = model.to(memory_format=torch.contiguous_format)
-    preds = predict(model, test, batch_size=t["eval_batch_size"])
+    preds = predict(model, test, batch_size=t["eval_batch_size"], device=dev)
+    model = model.to("cpu")  # checkpoints hold CPU tensors
     last = state["history"][-1]
     meta = ModelMeta(
         architecture=ARCHITECTURE,
@@ -262,6 +393,7 @@ def train(
         wall_time_s=round(state["elapsed_s"], 2),
         resumed_at_epochs=state["resumed_at"],
         precision=precision,
+        device=_device_record(dev, state["devices"]),
         torch_threads=torch.get_num_threads(),
         package_versions=package_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -273,18 +405,20 @@ def train(
 
 
 # --- resume state: one safetensors file (tensors + JSON metadata), written atomically ----------
+# Always CPU tensors: a state written on one device loads on any other (each tensor is moved to where its
+# parameter lives). The generator is the CPU one on every device.
 def _save_resume(path: Path, model, optimizer, generator: torch.Generator, recipe: Recipe, state: dict) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     for p, s in optimizer.state.items():
         if s.get("momentum_buffer") is not None:
-            tensors[f"momentum.{names[id(p)]}"] = s["momentum_buffer"].contiguous()
+            tensors[f"momentum.{names[id(p)]}"] = s["momentum_buffer"].to("cpu").contiguous()
     tensors["rng.generator"] = generator.get_state()
     meta = {"recipe_hash": recipe.hash, "state": json.dumps(state)}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def _load_resume(path: Path, model, optimizer, generator: torch.Generator, recipe: Recipe) -> dict:
+def _load_resume(path: Path, model, optimizer, generator: torch.Generator, recipe: Recipe, scaler=None) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -303,6 +437,9 @@ def _load_resume(path: Path, model, optimizer, generator: torch.Generator, recip
     params = dict(model.named_parameters())
     for k, v in tensors.items():
         if k.startswith("momentum."):
-            optimizer.state[params[k[len("momentum."):]]]["momentum_buffer"] = v.clone()
+            param = params[k[len("momentum."):]]
+            optimizer.state[param]["momentum_buffer"] = v.to(param.device, copy=True)
     generator.set_state(tensors["rng.generator"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     return state

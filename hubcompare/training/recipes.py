@@ -193,7 +193,7 @@ def _validate(raw: Any, source: str) -> Recipe:
     if t["weight_decay_on"] not in DECAY_TARGETS:
         raise RecipeError(f"{where}: 'train.weight_decay_on' must be one of {DECAY_TARGETS}")
     if t["precision"] not in PRECISIONS:
-        raise RecipeError(f"{where}: 'train.precision' must be one of {PRECISIONS} (auto: bf16 autocast where the CPU has native bf16)")
+        raise RecipeError(f"{where}: 'train.precision' must be one of {PRECISIONS} (auto: bf16 autocast where the CPU or GPU has native bf16, fp16 with loss scaling on older GPUs, else fp32)")
     if sections["augment"]["pad_mode"] not in PAD_MODES or sections["augment"]["pad"] < 0:
         raise RecipeError(f"{where}: 'augment.pad' must be >= 0 and 'augment.pad_mode' one of {PAD_MODES}")
     if sections["augment"]["offsets"] not in CROP_OFFSETS:
