@@ -156,6 +156,10 @@ class RegistryCorruptError(RegistryError):
     """The registry cannot be read: registry.sqlite is not a registry database, a curated file is malformed or not UTF-8."""
 
 
+class BackendError(HubcompareError, RuntimeError):
+    """A backend that cannot run the work it is given: Ray not installed or not reachable, a worker lost."""
+
+
 class CompareError(HubcompareError, ValueError):
     """Settings or activations that make a CKA comparison impossible (batch too small, NaN, ...)."""
 
@@ -166,6 +170,11 @@ class LayerSelectionError(CompareError):
 
 class DatasetChoiceError(CompareError):
     """No dataset was named and the models do not tell which one to compare them on."""
+
+
+class CompareBackendError(BackendError):
+    """A sharded comparison that cannot run: Ray not installed or not reachable, a shard's worker lost, or a worker
+    that loaded a model differently from the driver."""
 
 
 class PopulationError(HubcompareError):
@@ -196,7 +205,7 @@ class GridSpecError(GridError, ValueError):
     """A grid file that is missing, malformed, names an unknown axis or expands to invalid or clashing runs."""
 
 
-class GridBackendError(GridError, RuntimeError):
+class GridBackendError(GridError, BackendError):
     """A backend that cannot run the grid: Ray not installed or not reachable, another grid holding the folder."""
 
 

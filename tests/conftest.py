@@ -65,6 +65,18 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """A real local Ray (``ray.init(num_cpus=2)``) for the whole session, started by the first test that asks for it
+    (the grid's Ray backend, sharded CKA): each module asking for it does not pay Ray's start-up again."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hubcompare[ray]')")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def cifar10_jpeg() -> Path:
     if not (CIFAR10_JPEG / "test.npz").is_file():
         pytest.skip("../shared/data/cifar10-jpeg is not on this machine")

@@ -225,6 +225,16 @@ def _cases() -> list[Case]:
             add("blocks", "{run}", opt, value, expect=opt)
     add("blocks", "{run}", "--min-size", "0", expect="--min-size")
     add("blocks", "{run}", "--max-gap", "-1", expect="--max-gap")
+    # sharded CKA: refused before any model is loaded or Ray is started (port 1: nothing answers on loopback)
+    for cmd, args in (("cka", ("{run}",)), ("blocks", ("{run}",)), ("cross-cka", ("{run}", "{run}"))):
+        add(cmd, *args, "--backend", "nope", expect="'--backend'.*choose one of local, ray")
+        for workers in ("0", "-1", "abc"):
+            add(cmd, *args, "--backend", "ray", "--workers", workers, expect="'--workers'")
+        add(cmd, *args, "--workers", "2", expect="--workers needs --backend ray")
+        add(cmd, *args, "--ray-address", "127.0.0.1:1", expect="--ray-address needs --backend ray")
+        for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+            add(cmd, *args, "--backend", "ray", "--ray-address", address,
+                expect="CompareBackendError.*cannot start or reach Ray at .*127.0.0.1:1.*--ray-address")
 
     # --- populations: agreement, class-diff -------------------------------------------------------
     two = "{run}+{run2}"  # class-diff needs two models a side

@@ -181,14 +181,6 @@ def test_local_grid_rerun_skips_what_finished(local_grid):
     _rerun_skips(spec, NAMES[3], backend="local", workers=2, threads=1)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hubcompare[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_grid_survives_a_killed_worker_and_a_failing_run_and_matches_local(local_ray, local_grid, tmp_path):
     spec = _spec(tmp_path)
     (tmp_path / NAMES[3]).write_text("a file where the run's folder should be\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +20,7 @@ from .options import (
     console,
     device_label,
     finite,
+    one_of,
     pick_device,
     set_threads,
     slug,
@@ -38,6 +40,12 @@ Passes = Annotated[int, typer.Option("--passes", help="Passes over the data, eac
 Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the minibatch shuffles.")]
 Examples = Annotated[Optional[int], typer.Option("--examples", help="Use only the first N examples of the split.")]
 Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for the PNG/npz/json outputs (default: results/<command>-<models>).")]
+Backend = Annotated[str, typer.Option(
+    "--backend", callback=one_of("local", "ray"),
+    help="local: this process; ray: the minibatches sharded over Ray workers, each loading the models once, summed "
+         "here: the same numbers (pip install 'hubcompare\\[ray]').")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray. Model folders must be on a filesystem every node sees.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Ray: shards of the minibatches, one worker each (default: the cluster's CPUs, at most one per minibatch); each uses --threads threads (default: the CPUs split between them).")]
 
 
 def _criterion(help: str, share: bool = False, **limits):
@@ -74,11 +82,41 @@ def _prepare(refs: list[str], layers, dataset, split, data_dir, threads, max_par
     return models, comparison_dataset(models, dataset, split, data_dir), dev
 
 
-def _with_progress(ds, split: str, dev, run):
+def _check_backend(backend: str, ray_address: Optional[str], workers: Optional[int]) -> None:
+    """Refuse Ray options without the ray backend, and a Ray address nothing answers at, before any model is loaded."""
+    if backend != "ray":
+        for flag, value in (("--ray-address", ray_address), ("--workers", workers)):
+            if value is not None:
+                raise typer.BadParameter(f"{flag} needs --backend ray.", param_hint=f"'{flag}'")
+        return
+    from ..errors import CompareBackendError
+    from ..training.backends import check_ray_address
+
+    check_ray_address(ray_address, CompareBackendError)
+
+
+@contextmanager
+def _comparer(backend: str, ray_address: Optional[str], workers: Optional[int], threads: Optional[int], max_params: int):
+    """What computes the CKA: ``compare`` in this process, or the same sharded over Ray (started or reached here)."""
+    if backend != "ray":
+        from ..similarity.engine import compare
+
+        yield compare
+        return
+    from ..similarity.distributed import RayShards
+
+    with console.status(f"connecting to Ray at {ray_address}" if ray_address else "starting Ray"):
+        shards = RayShards(ray_address, workers, threads, max_params)
+    with shards:
+        yield shards.compare
+
+
+def _with_progress(ds, split: str, dev, run, backend: str = "local"):
     """Run ``run(on_batch)`` under a rich progress bar over minibatches."""
     with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as p:
-        task = p.add_task(f"CKA on {ds.name} {split} ({device_label(dev)})", total=None)
+        where = device_label(dev) + (", Ray workers" if backend == "ray" else "")
+        task = p.add_task(f"CKA on {ds.name} {split} ({where})", total=None)
         return run(lambda d, n: p.update(task, completed=d, total=n))
 
 
@@ -141,18 +179,22 @@ def cross_cka(
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    workers: Workers = None,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch)."""
-    from ..similarity.engine import compare
     from ..similarity.plots import plot_cka
 
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
                                  param_hint="REFS")
+    _check_backend(backend, ray_address, workers)
     models, ds, dev = _prepare(refs, layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
-    comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
-                                                                   on_batch=on_batch, device=dev))
+    with _comparer(backend, ray_address, workers, threads, max_params) as compare:
+        comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
+                                                                       on_batch=on_batch, device=dev), backend)
     warn(comp.warnings)
     written = []
     for i in range(len(refs)):
@@ -178,15 +220,19 @@ def cka(
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    workers: Workers = None,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
-    from ..similarity.engine import compare
     from ..similarity.plots import plot_cka
 
+    _check_backend(backend, ray_address, workers)
     models, ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / f"cka-{slug(ref)}"
-    comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
-                                                                   on_batch=on_batch, device=dev))
+    with _comparer(backend, ray_address, workers, threads, max_params) as compare:
+        comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, batch_size, passes, seed, examples,
+                                                                       on_batch=on_batch, device=dev), backend)
     warn(comp.warnings)
     r = comp.pair(0, 0)
     files = [*r.save(out / "cka"), plot_cka(r, out / "cka.png")]
@@ -215,11 +261,14 @@ def blocks(
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    workers: Workers = None,
 ) -> None:
     """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
 
     The block criteria default to the calibrated ones of hubcompare.similarity.BlockCriteria
-    (printed with the result).
+    (printed with the result). With --backend ray the CKA is sharded; the PC analysis runs here.
     """
     from ..provenance import atomic_write_json
     from ..similarity.blocks import BlockCriteria, analyze_blocks
@@ -227,10 +276,13 @@ def blocks(
 
     criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
                                         max_gap=max_gap, min_mean_pc1=min_mean_pc1)
+    _check_backend(backend, ray_address, workers)
     (m,), ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device)
     out = out or Path("results") / f"blocks-{slug(ref)}"
-    rep = _with_progress(ds, split, dev, lambda on_batch: analyze_blocks(
-        m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch, device=dev))
+    with _comparer(backend, ray_address, workers, threads, max_params) as compare:
+        rep = _with_progress(ds, split, dev, lambda on_batch: analyze_blocks(
+            m, ds, batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch, device=dev,
+            compare_fn=compare), backend)
     warn(rep.cka.warnings)
     files = [atomic_write_json(out / "blocks.json", rep.to_json()), plot_block_report(rep, out / "blocks.png"),
              plot_cka(rep.cka, out / "cka.png", rep.blocks)]

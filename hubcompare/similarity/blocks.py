@@ -34,7 +34,7 @@ squared singular values of the centred activations.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from ..models.devices import exact_float32, float64_device, on_device, resolve_d
 from ..models.inputs import InputSpec
 from .capture import LayerCapture
 from .cka import gram
-from .engine import CompareModel, compare
+from .engine import CompareModel, Comparison, compare
 from .results import CKAResult
 
 __all__ = ["Block", "BlockCriteria", "PCAnalysis", "BlockReport", "detect_blocks", "pc_analysis", "analyze_blocks",
@@ -230,11 +230,16 @@ def analyze_blocks(
     criteria: BlockCriteria = BlockCriteria(),
     on_batch=None,
     device: str | torch.device = "cpu",
+    compare_fn: Callable[..., Comparison] = compare,
 ) -> BlockReport:
-    """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model, run on ``device``."""
+    """Within-model CKA (with and without PC1), PC analysis and detected blocks for one model, run on ``device``.
+
+    ``compare_fn``: what computes the CKA (:func:`~.engine.compare`'s arguments and result), e.g. a
+    :class:`~.distributed.RayShards`' ``compare`` to shard it over workers; the PC analysis runs here."""
     if model.layers is None and hasattr(model.model, "forward_taps"):
         model = CompareModel(model.ref, model.model, model.provenance, list(DEFAULT_BLOCK_LAYERS))
-    comp = compare([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch, device=device)
+    comp = compare_fn([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch,
+                      device=device)
     cka = comp.pair(0, 0)
     pcs = pc_analysis(model, dataset, pc_examples, device=device)
     params = asdict(criteria) | {"pc_examples": pcs.num_examples}

@@ -18,7 +18,10 @@ and normalised only at the end:
 ``CKA_ij = S_ij / sqrt(S_ii S_jj)``, ``S = sum_b n_b HSIC_1(K_b^i, K_b^j)``.
 Equal batches reduce exactly to the recipe's formula; a short final batch counts in proportion
 to its examples. Per-batch matrices are kept (they are tiny) for a leave-one-batch-out
-jackknife standard error of every CKA value.
+jackknife standard error of every CKA value. They are also what makes the estimator mergeable:
+:meth:`MinibatchCKA.contribution` is one batch's matrix, :meth:`MinibatchCKA.add` takes one made
+elsewhere (another process, another machine), and adding the same matrices in the same order gives
+the same float64 sums, bit for bit (:mod:`hubcompare.similarity.distributed`).
 
 On GPUs (:mod:`hubcompare.similarity.engine`'s accelerator pipeline): :func:`gram_dense` forms each
 Gram in one float32 product, with TF32 off (TF32's 10-bit mantissa is far too coarse for the 1e-6 bound). The HSIC
@@ -225,14 +228,28 @@ class MinibatchCKA:
             partial = torch.bmm(parts, parts.transpose(1, 2))
         return partial.to(torch.float64).sum(0) / (n * (n - 3))
 
+    @classmethod
+    def contribution(cls, u_grams: torch.Tensor, products: str = "float64") -> torch.Tensor:
+        """What one minibatch adds to the sums: ``n * HSIC_1`` (L, L) float64, from its stacked U-centred Grams."""
+        n = u_grams.shape[-1]
+        _check_n(n)
+        return cls.batch_hsic(u_grams, products) * n
+
     def update(self, u_grams: torch.Tensor) -> None:
         """Add one minibatch: ``u_grams`` (L, n, n) float64, the U-centred Grams of every layer."""
         if u_grams.shape[0] != self.num_layers:
             raise CompareError(f"expected {self.num_layers} Gram matrices (one per layer this accumulator was made for), "
                                f"got {u_grams.shape[0]}")
-        n = u_grams.shape[-1]
+        self.add(self.contribution(u_grams, self.products), u_grams.shape[-1])
+
+    def add(self, h: torch.Tensor, n: int) -> None:
+        """Add one minibatch's :meth:`contribution` ``h`` (L, L) of ``n`` examples, made here or in another process.
+
+        Minibatches added in the same order give the same float64 sums and jackknife, bit for bit."""
+        if tuple(h.shape) != (self.num_layers, self.num_layers) or h.dtype != torch.float64:
+            raise CompareError(f"a minibatch contribution must be a ({self.num_layers}, {self.num_layers}) float64 matrix, "
+                               f"got {tuple(h.shape)} {h.dtype}")
         _check_n(n)
-        h = self.batch_hsic(u_grams, self.products) * n
         if self.total.device != h.device:  # sums stay where the Grams are (no transfer per batch)
             self.total = self.total.to(h.device)
         self.total += h

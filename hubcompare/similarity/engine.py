@@ -17,9 +17,10 @@ elsewhere; choosing ``accelerator`` on the CPU is how it is tested without a GPU
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from .results import CKAResult
 if TYPE_CHECKING:
     from ..hub.references import ResolvedModel
 
-__all__ = ["CompareModel", "Comparison", "Minibatch", "compare", "comparison_dataset", "minibatch_plan", "remove_top_pc"]
+__all__ = ["BatchContribution", "CompareModel", "Comparison", "ComparisonPass", "Minibatch", "compare", "comparison_dataset",
+           "minibatch_plan", "remove_top_pc"]
 
 # what a compared model's provenance records from its metadata, beyond what identifies it (SUMMARY_KEYS)
 PROVENANCE_KEYS = ("recipe_hash", "weights_sha256")
@@ -162,6 +164,21 @@ def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: in
     return plan
 
 
+@dataclass
+class BatchContribution:
+    """What one minibatch of the plan adds to a comparison: its position in the plan, its examples, the
+    all-pairs ``n * HSIC_1`` (:meth:`MinibatchCKA.contribution`) and, with ``remove_pc1``, the same per model
+    after removing each layer's first principal component. Adding these in plan order is the estimate."""
+
+    index: int
+    size: int
+    hsic: torch.Tensor
+    pc_hsic: list[torch.Tensor] = field(default_factory=list)
+
+    def cpu(self) -> BatchContribution:
+        return BatchContribution(self.index, self.size, self.hsic.cpu(), [h.cpu() for h in self.pc_hsic])
+
+
 def compare(
     models: Sequence[CompareModel],
     dataset: ImageDataset,
@@ -186,31 +203,69 @@ def compare(
     models are moved there for the pass and back after. ``pipeline``: ``auto``, ``cpu`` or ``accelerator`` (see
     the module doc). ``hsic_products``: ``float64`` or ``float32`` (:meth:`MinibatchCKA.batch_hsic`); default:
     float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. All of it is recorded in the settings.
+    The same numbers from several processes: :mod:`hubcompare.similarity.distributed`.
     """
-    dev = resolve_device(device)
-    if pipeline not in PIPELINES:
-        raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
-    pipeline = ("cpu" if dev.type == "cpu" else "accelerator") if pipeline == "auto" else pipeline
-    products = hsic_products or ("float64" if fast_float64(dev) else "float32")
-    if products not in HSIC_PRODUCTS:
-        raise CompareError(f"hsic_products must be one of {HSIC_PRODUCTS}, not {products!r}")
-    if batch_size < MIN_BATCH:
-        raise CompareError(
-            f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
-            "(use >= 64; the paper uses 256).",
-            params=("batch_size",),
-        )
-    if passes < 1:
-        raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
-    n_total = len(dataset) if num_examples is None else min(num_examples, len(dataset))
-    if n_total < MIN_BATCH:
-        raise CompareError(f"{n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})",
-                           params=("num_examples",))
-    warnings: list[str] = []
-    with exact_float32(), on_device([m.model for m in models], dev):
-        images_at = dataset.images.to(dev) if dataset.images.nbytes <= STAGE_BYTES else dataset.images
-        captures, specs = [], []
-        for m in models:
+    with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, remove_pc1, device, pipeline,
+                        hsic_products) as run:
+        acc = run.accumulators()
+        for c in run.contributions(on_batch=on_batch):
+            run.add(acc, c)
+        return run.result(acc, {"name": "local", "shards": 1})
+
+
+class ComparisonPass:
+    """One comparison's settings, checked, and its models set up (layers captured, devices chosen) for the
+    pass: a context manager (the models are on the device, float32 exact, inside it). :meth:`contributions`
+    runs the plan's minibatches (all, or some: a shard) and yields what each adds; :meth:`result` turns
+    accumulated contributions into the :class:`Comparison`."""
+
+    def __init__(self, models: Sequence[CompareModel], dataset: ImageDataset, batch_size: int = 256, passes: int = 1,
+                 seed: int = 0, num_examples: int | None = None, remove_pc1: bool = False,
+                 device: str | torch.device = "cpu", pipeline: str = "auto", hsic_products: str | None = None):
+        self.dev = dev = resolve_device(device)
+        if pipeline not in PIPELINES:
+            raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+        self.pipeline = ("cpu" if dev.type == "cpu" else "accelerator") if pipeline == "auto" else pipeline
+        self.products = hsic_products or ("float64" if fast_float64(dev) else "float32")
+        if self.products not in HSIC_PRODUCTS:
+            raise CompareError(f"hsic_products must be one of {HSIC_PRODUCTS}, not {self.products!r}")
+        if batch_size < MIN_BATCH:
+            raise CompareError(
+                f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
+                "(use >= 64; the paper uses 256).",
+                params=("batch_size",),
+            )
+        if passes < 1:
+            raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
+        self.n_total = len(dataset) if num_examples is None else min(num_examples, len(dataset))
+        if self.n_total < MIN_BATCH:
+            raise CompareError(f"{self.n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})",
+                               params=("num_examples",))
+        self.models, self.dataset, self.remove_pc1 = list(models), dataset, remove_pc1
+        self.batch_size, self.passes, self.seed = batch_size, passes, seed
+        self.plan = minibatch_plan(self.n_total, batch_size, passes, seed)
+        self.warnings: list[str] = []
+        self._context = None
+
+    def __enter__(self) -> ComparisonPass:
+        self._context = contextlib.ExitStack()
+        try:
+            self._context.enter_context(exact_float32())
+            self._context.enter_context(on_device([m.model for m in self.models], self.dev))
+            self._setup()
+        except BaseException:
+            self._context.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.close()
+
+    def _setup(self) -> None:
+        dev, dataset = self.dev, self.dataset
+        self.images_at = dataset.images.to(dev) if dataset.images.nbytes <= STAGE_BYTES else dataset.images
+        self.captures, self.specs = [], []
+        for m in self.models:
             exclude = []
             num_classes = getattr(m.model, "num_classes", None)
             if num_classes is not None and num_classes != dataset.num_classes:
@@ -221,95 +276,128 @@ def compare(
                         "its logits mean nothing here. CKA does not need the head: drop 'logits' from the layer patterns.",
                         params=("layers",),
                     )
-                warnings.append(
+                self.warnings.append(
                     f"{m.ref}: its head has {num_classes} classes, {dataset.name} has {dataset.num_classes}; CKA does not "
                     "need the head, so its output layer is left out and hidden layers are compared."
                 )
             spec = InputSpec.from_model(m.model, dataset.image_shape)
-            captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(images_at[:2].to(dev))))
-            specs.append(spec)
-        sizes = [len(c.layers) for c in captures]
-        offsets = [0, *np.cumsum(sizes).tolist()]
-        acc = MinibatchCKA(offsets[-1], products=products)
-        pc_acc = [MinibatchCKA(s, products=products) for s in sizes] if remove_pc1 else []
+            self.captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(self.images_at[:2].to(dev))))
+            self.specs.append(spec)
+        self.sizes = [len(c.layers) for c in self.captures]
+        self.offsets = [0, *np.cumsum(self.sizes).tolist()]
+
+    @property
+    def layer_names(self) -> list[list[str]]:
+        """Each model's captured layers, in forward order."""
+        return [c.names for c in self.captures]
+
+    def accumulators(self) -> tuple[MinibatchCKA, list[MinibatchCKA]]:
+        """Empty accumulators for this pass: all layers of all models, and (with ``remove_pc1``) one per model."""
+        return (MinibatchCKA(self.offsets[-1], products=self.products),
+                [MinibatchCKA(s, products=self.products) for s in self.sizes] if self.remove_pc1 else [])
+
+    @staticmethod
+    def add(acc: tuple[MinibatchCKA, list[MinibatchCKA]], c: BatchContribution) -> None:
+        acc[0].add(c.hsic, c.size)
+        for a, h in zip(acc[1], c.pc_hsic):
+            a.add(h, c.size)
+
+    def _non_finite(self, row: int, mb: Minibatch) -> None:
+        offsets, captures = self.offsets, self.captures
+        mi = int(np.searchsorted(offsets, row, side="right") - 1)
+        raise CompareError(
+            f"{self.models[mi].ref}: layer {captures[mi].names[row - offsets[mi]]} produced NaN/inf activations (or ones "
+            f"whose products overflow float32) on pass {mb.pass_index + 1}, examples {mb.start}-{mb.stop - 1} of the "
+            "shuffled order; check the model's weights and input preprocessing."
+        )
+
+    def contributions(self, indices: Sequence[int] | None = None,
+                      on_batch: Callable[[int, int], None] | None = None) -> Iterator[BatchContribution]:
+        """Run the plan's minibatches at ``indices`` (default: all), in that order, yielding what each adds.
+
+        A minibatch's finiteness is checked as its Grams are made, or (accelerator pipeline) a batch late: a
+        NaN raises before the generator is exhausted, so use its contributions only once it is."""
+        dev, offsets, products, remove_pc1 = self.dev, self.offsets, self.products, self.remove_pc1
         at64 = float64_device(dev)  # where U-centring and HSIC run (the CPU for MPS, which has no float64)
-        dense = pipeline == "accelerator"
+        dense = self.pipeline == "accelerator"
         check_each = not dense or remove_pc1  # PC removal reads the Gram back anyway (eigh)
-
-        def non_finite(row: int, mb: Minibatch) -> None:
-            mi = int(np.searchsorted(offsets, row, side="right") - 1)
-            raise CompareError(
-                f"{models[mi].ref}: layer {captures[mi].names[row - offsets[mi]]} produced NaN/inf activations (or ones whose "
-                f"products overflow float32) on pass {mb.pass_index + 1}, examples {mb.start}-{mb.stop - 1} of the shuffled "
-                "order; check the model's weights and input preprocessing."
-            )
-
-        late = _LateCheck(dev, non_finite)
-        plan = minibatch_plan(n_total, batch_size, passes, seed)
-        for done, mb in enumerate(plan, 1):
-            images = images_at[mb.indices.to(images_at.device, non_blocking=True)].to(dev, non_blocking=True)
+        late = _LateCheck(dev, self._non_finite)
+        todo = range(len(self.plan)) if indices is None else list(indices)
+        for done, index in enumerate(todo, 1):
+            mb = self.plan[index]
+            images = self.images_at[mb.indices.to(self.images_at.device, non_blocking=True)].to(dev, non_blocking=True)
             n = len(mb.indices)
             u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64, device=at64)
-            for mi, (cap, spec) in enumerate(zip(captures, specs)):
+            pc_hsic = []
+            for mi, (cap, spec) in enumerate(zip(self.captures, self.specs)):
                 pc_grams = []
 
                 def sink(li: int, act: torch.Tensor, mi=mi, pc_grams=pc_grams, mb=mb) -> None:
                     # PC1 removal needs the centred Gram; HSIC alone does not (gram_dense is always centred)
                     k = gram_dense(act) if dense else gram(act, centred=remove_pc1)
                     if check_each and not torch.isfinite(k).all():  # NaN/inf in the activations reaches the Gram
-                        non_finite(offsets[mi] + li, mb)
+                        self._non_finite(offsets[mi] + li, mb)
                     u_center(k, out=u_all[offsets[mi] + li])
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k.to(at64))))
 
                 cap.run(spec(images), sink)
                 if remove_pc1:
-                    pc_acc[mi].update(torch.stack(pc_grams))
+                    pc_hsic.append(MinibatchCKA.contribution(torch.stack(pc_grams), products))
             if not check_each:
                 late.push(torch.isfinite(u_all).flatten(1).all(1), mb)
-            acc.update(u_all)
+            yield BatchContribution(index, n, MinibatchCKA.contribution(u_all, products), pc_hsic)
             if on_batch:
-                on_batch(done, len(plan))
+                on_batch(done, len(todo))
         late.finish()
-        est = acc.compute()
-        pc_est = [a.compute() for a in pc_acc]
-    for i in est.undefined:
-        mi = int(np.searchsorted(offsets, i, side="right") - 1)
-        warnings.append(
-            f"{models[mi].ref}: layer {captures[mi].names[i - offsets[mi]]} is constant on every example compared; "
-            "its CKA is undefined (shown as NaN, never clamped)."
-        )
-    settings = {
-        "dataset": dataset.describe(),
-        "num_examples": n_total,
-        "batch_size": batch_size,
-        "passes": passes,
-        "seed": seed,
-        "num_batches": est.num_batches,
-        "estimator": "linear CKA, unbiased HSIC_1 per minibatch, batch-size-weighted sums, float64 accumulation",
-        "standard_error": "leave-one-minibatch-out jackknife",
-        "device": describe_device(dev),
-        "arithmetic": {
-            "pipeline": pipeline,
-            "forward_and_grams": "float32, TF32 off",
-            "u_centring": "float64",
-            "hsic_products": "float64" if products == "float64" else "float32 over runs of Gram rows, partial sums in float64",
-            "sums_over_batches": "float64",
-        },
-        "inputs": {m.ref: spec.describe(dataset.image_shape) for m, spec in zip(models, specs)},
-        "layers": {m.ref: cap.names for m, cap in zip(models, captures)},
-        "package_versions": package_versions(),
-    }
-    comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [])
-    for mi in range(len(models)):
-        if remove_pc1:
-            pe = pc_est[mi]
-            r = comp.pair(mi, mi)
-            r.value, r.se, r.kind = pe.value.numpy(), pe.se.numpy(), "within-pc1-removed"
-            comp.pc1_removed.append(r)
-        else:
-            comp.pc1_removed.append(None)
-    return comp
+
+    def result(self, acc: tuple[MinibatchCKA, list[MinibatchCKA]], backend: dict) -> Comparison:
+        """The comparison the accumulated contributions (every minibatch of the plan, in plan order) give;
+        ``backend`` (where the minibatches ran) goes into the settings."""
+        models, captures, offsets, dataset = self.models, self.captures, self.offsets, self.dataset
+        if acc[0].num_batches != len(self.plan):
+            raise CompareError(f"{acc[0].num_batches} of the plan's {len(self.plan)} minibatches were accumulated")
+        est = acc[0].compute()
+        pc_est = [a.compute() for a in acc[1]]
+        warnings = list(self.warnings)
+        for i in est.undefined:
+            mi = int(np.searchsorted(offsets, i, side="right") - 1)
+            warnings.append(
+                f"{models[mi].ref}: layer {captures[mi].names[i - offsets[mi]]} is constant on every example compared; "
+                "its CKA is undefined (shown as NaN, never clamped)."
+            )
+        settings = {
+            "dataset": dataset.describe(),
+            "num_examples": self.n_total,
+            "batch_size": self.batch_size,
+            "passes": self.passes,
+            "seed": self.seed,
+            "num_batches": est.num_batches,
+            "estimator": "linear CKA, unbiased HSIC_1 per minibatch, batch-size-weighted sums, float64 accumulation",
+            "standard_error": "leave-one-minibatch-out jackknife",
+            "device": describe_device(self.dev),
+            "backend": backend,
+            "arithmetic": {
+                "pipeline": self.pipeline,
+                "forward_and_grams": "float32, TF32 off",
+                "u_centring": "float64",
+                "hsic_products": "float64" if self.products == "float64" else "float32 over runs of Gram rows, partial sums in float64",
+                "sums_over_batches": "float64",
+            },
+            "inputs": {m.ref: spec.describe(dataset.image_shape) for m, spec in zip(models, self.specs)},
+            "layers": {m.ref: cap.names for m, cap in zip(models, captures)},
+            "package_versions": package_versions(),
+        }
+        comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [])
+        for mi in range(len(models)):
+            if self.remove_pc1:
+                pe = pc_est[mi]
+                r = comp.pair(mi, mi)
+                r.value, r.se, r.kind = pe.value.numpy(), pe.se.numpy(), "within-pc1-removed"
+                comp.pc1_removed.append(r)
+            else:
+                comp.pc1_removed.append(None)
+        return comp
 
 
 class _LateCheck:

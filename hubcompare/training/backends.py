@@ -31,13 +31,15 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import GridBackendError, HubcompareError
+from ..errors import BackendError, GridBackendError, HubcompareError
 from ..provenance import atomic_write_json
-from .recipes import Recipe
 
-__all__ = ["RunTask", "execute", "LocalPool", "RayPool", "machine_cpus"]
+if TYPE_CHECKING:  # the Ray helpers below are used before any model is loaded: no torch import here
+    from .recipes import Recipe
+
+__all__ = ["RunTask", "execute", "LocalPool", "RayPool", "check_ray_address", "connect_ray", "machine_cpus", "ray_node_cpus"]
 
 Message = tuple[str, str, Any]
 
@@ -230,6 +232,52 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
             pass
 
 
+def _unreachable(error: type[BackendError], address: str | None, e: BaseException) -> BackendError:
+    why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    return error(f"cannot start or reach Ray{f' at {address}' if address else ''} ({why}): check ray_address, "
+                 "or leave it unset to start a local Ray.", params=("ray_address",))
+
+
+def check_ray_address(address: str | None, error: type[BackendError] = GridBackendError) -> None:
+    """Refuse, within seconds, a HOST:PORT Ray address nothing answers at (before any slower work is done)."""
+    if address:
+        try:
+            _reachable(address)
+        except (OSError, ValueError) as e:
+            raise _unreachable(error, address, e) from None
+
+
+def connect_ray(address: str | None = None, error: type[BackendError] = GridBackendError):
+    """Ray, ready for tasks: ``(ray, owns)``, owns being True when a local Ray was started here (the caller
+    shuts it down). An already initialised Ray (``ray.init`` called by the caller) is used as it is; otherwise
+    the cluster at ``address`` (checked first, so a wrong HOST:PORT fails in seconds, not after Ray's minutes
+    of retries) or, without one, a local Ray on this machine's CPUs. Failures are ``error``s naming
+    ``ray_address`` (or ``backend`` when Ray is not installed). Ray is imported here, only when called."""
+    try:
+        import ray
+    except ImportError:
+        raise error("the ray backend needs Ray, which is not installed: pip install 'hubcompare[ray]', or "
+                    "use backend='local'.", params=("backend",)) from None
+    check_ray_address(address, error)
+    if ray.is_initialized():
+        return ray, False
+    import logging
+
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _unreachable(error, address, e) from None
+    return ray, True
+
+
+def ray_node_cpus(ray) -> list[float]:
+    """The CPUs of each live node of the Ray cluster (``[1.0]`` when it reports none)."""
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1.0]
+
+
 class RayPool:
     """One Ray task per run, on the cluster at ``address`` or a local Ray started (and stopped) here.
 
@@ -237,30 +285,11 @@ class RayPool:
     """
 
     def __init__(self, address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float = 0.0, runs: int = 1):
-        try:
-            import ray
-        except ImportError:
-            raise GridBackendError("the ray backend needs Ray, which is not installed: pip install 'hubcompare[ray]', or "
-                                   "use backend='local'.", params=("backend",)) from None
-        self._ray = ray
         self._refs: dict[Any, RunTask] = {}
         self._seen: dict[str, str] = {}
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            import logging
-
-            try:
-                if address:
-                    _reachable(address)
-                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING,
-                             log_to_driver=False)
-            except (OSError, RuntimeError, ValueError) as e:
-                raise GridBackendError(f"cannot start or reach Ray{f' at {address}' if address else ''} "
-                                       f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}): check ray_address, "
-                                       "or leave it unset to start a local Ray.", params=("ray_address",)) from None
-        node_cpus = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1.0]
+        ray, self._owns = connect_ray(address, GridBackendError)
+        self._ray = ray
+        node_cpus = ray_node_cpus(ray)
         if cpus_per_run is None:  # as the local pool splits a machine: the cluster's CPUs over min(runs, CPUs) runs
             total = int(sum(node_cpus))
             cpus_per_run = float(max(1, min(total // max(1, min(runs, total)), int(max(node_cpus)))))
