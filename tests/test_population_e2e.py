@@ -55,7 +55,10 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "permutation test" in r.output and "outside" in r.output
+    flat = " ".join(r.output.split())  # 4 models on the null's side: halves of 2, said beside the null's line and warned
+    assert "too few models for this null to carry weight: halves of 2" in flat and "the null is too small to carry weight" in flat
     res = json.loads((out / "agreement.json").read_text())
+    assert res["summary"]["null"]["too_small"] is True and any("too small to carry weight" in w for w in res["warnings"])
     ca, labels = _stored(runs["narrow"])
     cb, _ = _stored(runs["wide"])
     s = res["summary"]
@@ -94,6 +97,7 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
         if row["p"] is not None:
             assert row["p"] == pytest.approx(ref.pvalue[j], abs=1e-10) and row["t"] == pytest.approx(ref.statistic[j], abs=1e-10)
     assert res["summary"]["null"]["side"] == "population:e2e-narrow"  # 4 models: halves of 2
+    assert res["summary"]["null"]["too_small"] is True and "too few models for this null" in " ".join(r.output.split())
     assert all(m["registry_name"].startswith("erin--") for m in res["provenance"]["side_a"]["models"])
     assert (out / "class_diff.png").stat().st_size > 10_000 and (out / "class_diff.csv").is_file()
 

@@ -13,6 +13,8 @@ from hubcompare.errors import DatasetMismatchError, TooFewModelsError
 from hubcompare.populations import stats
 from hubcompare.populations.agreement import agreement
 from hubcompare.populations.classdiff import class_diff
+from hubcompare.populations.nulls import MIN_NULL_HALF, distinct_splits
+from hubcompare.populations.plots import plot_agreement, plot_class_diff
 from hubcompare.populations.sides import Side
 from hubcompare.populations.synthetic import synthetic_labels, synthetic_side
 
@@ -220,3 +222,43 @@ def test_errors_mismatched_data_and_too_few_models():
         class_diff(a, single)
     with pytest.raises(TooFewModelsError, match="side E has 1 model"):
         agreement(a, single, null_side="b")
+
+
+def test_distinct_splits_counts_every_pair_of_disjoint_halves():
+    from itertools import combinations
+
+    for m in range(2, 9):
+        h = m // 2
+        pairs = {frozenset((a, b)) for a in combinations(range(m), h)
+                 for b in combinations(sorted(set(range(m)) - set(a)), h)}
+        assert distinct_splits(m, h) == len(pairs)
+    assert (distinct_splits(8, 4), distinct_splits(10, 5)) == (35, 126)  # the threshold's reason (nulls.MIN_NULL_HALF)
+
+
+def test_a_null_too_small_to_carry_weight_is_said_plainly():
+    small = "too small to carry weight"
+    for models, half in ((3, 1), (6, 3), (2 * MIN_NULL_HALF - 1, MIN_NULL_HALF - 1)):
+        a, b = _pops(11, models=models, n=400)
+        ag = agreement(a, b, splits=50, permutations=50)
+        assert ag.null["half_size"] == half and ag.summary()["null"]["too_small"] is True
+        assert [w for w in ag.warnings if small in w] == [next(w for w in ag.warnings if small in w)]  # once
+        assert f"halves hold {half} model(s)" in next(w for w in ag.warnings if small in w)
+        if half >= 2:
+            cd = class_diff(a, b, splits=50)
+            assert cd.summary()["null"]["too_small"] is True and any(small in w for w in cd.warnings)
+    for models in (2 * MIN_NULL_HALF, 20):
+        a, b = _pops(12, models=models, n=400)
+        ag, cd = agreement(a, b, splits=50, permutations=50), class_diff(a, b, splits=50)
+        assert ag.summary()["null"]["too_small"] is False and cd.summary()["null"]["too_small"] is False
+        assert not any(small in w for w in ag.warnings + cd.warnings)
+
+
+@pytest.mark.parametrize("models", [1, 3, 20])
+def test_figures_are_written_at_every_size(models, tmp_path):
+    a, b = _pops(13, models=models, n=500, shift_b={3: -1.0})
+    ag = agreement(a, b, splits=50, permutations=50)
+    png = plot_agreement(ag, tmp_path / "agreement.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    if models >= 2:
+        png = plot_class_diff(class_diff(a, b, splits=50), tmp_path / "class_diff.png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

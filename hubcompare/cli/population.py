@@ -112,9 +112,17 @@ def agreement(
         n = s["null"]
         console.print(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
                       f"(the null itself: {n['expected_outside_under_null']:.1f})", highlight=False)
+        _small_null(n)
     out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_agreement(r, out / "agreement.png")]
     wrote(files)
+
+
+def _small_null(n: dict) -> None:
+    """Beside the null's line: say plainly when its halves are too small for it to carry weight."""
+    if n["too_small"]:
+        console.print(f"  [bold yellow]too few models for this null to carry weight[/]: halves of {n['half_size']} "
+                      f"(at least {n['min_half_size']} needed); read the counts above as a sketch, not a finding", highlight=False)
 
 
 def _null_header(n: dict) -> str:
@@ -160,6 +168,7 @@ def class_diff(
         n = s["null"]
         console.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
                       f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", highlight=False)
+        _small_null(n)
     out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
     files = [*r.save(out), plot_class_diff(r, out / "class_diff.png")]
     wrote(files)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..provenance import atomic_write_json, atomic_write_text
 from . import stats
-from .nulls import comparison_provenance, example_split, null_side_for
+from .nulls import MIN_NULL_HALF, comparison_provenance, example_split, null_side_for, small_null_warning
 from .sides import Side, check_aligned
 
 __all__ = ["AgreementResult", "agreement"]
@@ -77,7 +77,8 @@ class AgreementResult:
             s["null"] = {"side": n["side"], "splits": n["splits"], "half_size": n["half_size"], "band": "95%, of differences / their SD given the pooled accuracy",
                          "z_band": n["z_band"],
                          "outside_band": n["outside"], "expected_outside_under_null": n["expected_outside"],
-                         "null_mean_abs_difference": n["mean_abs_difference"]}
+                         "null_mean_abs_difference": n["mean_abs_difference"],
+                         "too_small": n["too_small"], "min_half_size": MIN_NULL_HALF}
         if self.pair is not None:
             s["pair"] = self.pair
         return s
@@ -145,8 +146,10 @@ def agreement(a: Side, b: Side, *, splits: int = 1000, permutations: int = 1000,
                 "expected_outside": float(null_out.mean()), "mean_abs_difference": float(np.abs(d).mean()),
                 "example_a": nside.correct[first == 1].mean(0), "example_b": nside.correct[first == -1].mean(0),
                 "example_split": example_split(nside, first)}
-        if h < 2:
-            warnings.append(f"the null's halves hold {h} model(s) each: its band is coarse; add seeds to {nside.label}")
+        small = small_null_warning(nside.label, nside.num_models, h)
+        null["too_small"] = small is not None
+        if small:
+            warnings.append(small)
     elif pair is None:
         warnings.append("no side has 2 models: no split-half null")
     if pair is None:

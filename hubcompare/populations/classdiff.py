@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import TooFewModelsError
 from ..provenance import atomic_write_json, atomic_write_text
 from . import stats
-from .nulls import comparison_provenance, example_split, null_side_for
+from .nulls import MIN_NULL_HALF, comparison_provenance, example_split, null_side_for, small_null_warning
 from .sides import Side, check_aligned
 
 __all__ = ["MIN_MODELS", "ClassDiffResult", "class_diff"]
@@ -73,7 +73,8 @@ class ClassDiffResult:
         if self.null is not None:
             per = self.null["significant_per_split"]
             s["null"] = {"side": self.null["side"], "splits": self.null["splits"], "half_size": self.null["half_size"],
-                         "mean_significant_q": float(per.mean()), "share_of_splits_with_any_significant": float((per > 0).mean())}
+                         "mean_significant_q": float(per.mean()), "share_of_splits_with_any_significant": float((per > 0).mean()),
+                         "too_small": self.null["too_small"], "min_half_size": MIN_NULL_HALF}
         return s
 
     def to_json(self) -> dict:
@@ -131,6 +132,10 @@ def class_diff(a: Side, b: Side, *, alpha: float = 0.05, splits: int = 1000, see
                 "significant_per_split": (np.nan_to_num(qs, nan=1.0) < alpha).sum(1),
                 "example": {"diff": diff[0], "ci_lo": diff[0] - half[0], "ci_hi": diff[0] + half[0], "q": qs[0]},
                 "example_split": example_split(nside, memb[0])}
+        small = small_null_warning(nside.label, nside.num_models, null["half_size"])
+        null["too_small"] = small is not None
+        if small:
+            warnings.append(small)
     result = ClassDiffResult(a.label, b.label, list(a.classes), xa, xb, w, q, alpha, null, warnings=warnings)
     result.provenance = comparison_provenance(
         "class-diff", a, b, seed=seed, null=null,

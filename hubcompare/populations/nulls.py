@@ -3,13 +3,25 @@ splits are recorded, and the provenance block of a two-sided comparison."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import PopulationError, TooFewModelsError
 from ..provenance import package_versions
 from .sides import Side
 
-__all__ = ["NULL_SIDES", "SPLIT_GENERATOR", "comparison_provenance", "example_split", "null_side_for"]
+__all__ = ["MIN_NULL_HALF", "NULL_SIDES", "SPLIT_GENERATOR", "comparison_provenance", "distinct_splits", "example_split",
+           "null_side_for", "small_null_warning"]
+
+# Halves smaller than this make a null too coarse to carry weight. m models split into two halves of
+# h have only C(m, h) C(m - h, h) / 2 distinct splits: 35 for 8 models (h = 4), so 2.5% of them is
+# less than one split and the 95% band's edges are single extreme splits; 126 for 10 models (h = 5),
+# about 3 splits per tail. Each example's half-accuracy takes only h + 1 values, and on synthetic
+# populations with no difference at all (docs/results/digits-deep-vs-wide-20seeds/README.md) the
+# examples outside the agreement band outnumber the null's own count by 6.5x at h = 3 and 3x at
+# h = 4, against 2x at h = 5-10.
+MIN_NULL_HALF = 5
 
 NULL_SIDES = ("a", "b", "auto")
 SPLIT_GENERATOR = ("numpy.random.default_rng(seed): half splits drawn first, then the permutations; "
@@ -29,6 +41,22 @@ def null_side_for(a: Side, b: Side, choice: str, need: int = 2) -> Side | None:
                                 f"{side.num_models} model(s), at least {need} are needed (or let the null side be 'auto').",
                                 params=("null_side",))
     return side
+
+
+def distinct_splits(models: int, half: int) -> int:
+    """How many different unordered pairs of disjoint halves of ``half`` models ``models`` models have."""
+    return math.comb(models, half) * math.comb(models - half, half) // 2
+
+
+def small_null_warning(side: str, models: int, half: int) -> str | None:
+    """The plain warning for a null whose halves are under :data:`MIN_NULL_HALF` models; None when large enough."""
+    if half >= MIN_NULL_HALF:
+        return None
+    return (f"the null is too small to carry weight: its halves hold {half} model(s) each ({models} in {side}), "
+            f"so it has only {distinct_splits(models, half)} distinct split(s) and each example's half-accuracy takes "
+            f"{half + 1} values; its band is coarse, and counts measured against it (examples outside the band, "
+            f"classes significant under it) are not findings. Halves of at least {MIN_NULL_HALF} models "
+            f"({2 * MIN_NULL_HALF}+ models on the null's side) are needed; add seeds to {side}")
 
 
 def example_split(side: Side, membership: np.ndarray) -> dict:
