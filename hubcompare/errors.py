@@ -12,7 +12,16 @@ command-line flags). An error whose fix is to change an argument lists those par
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a bad value (from a hostile file, say) in a message."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 class HubcompareError(Exception):
     """Base class of every error hubcompare raises on purpose.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointCorruptError, CheckpointFileMissingError, ModelConfigError
+from ..errors import CheckpointCorruptError, CheckpointFileMissingError, ModelConfigError, short_repr
 from .metadata import ModelMeta
 
 __all__ = ["Checkpoint", "load_checkpoint", "check_config", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "PREDICTIONS_FILE",
@@ -112,17 +112,17 @@ def check_config(config: dict, cfg_path: Path) -> None:
 
     arch = config.get("architecture")
     if not isinstance(arch, str) or not ARCHITECTURE_NAME.fullmatch(arch):
-        fail(f"'architecture' must be a timm architecture name such as cifar_resnet or resnet50, not {_short(arch)}"
+        fail(f"'architecture' must be a timm architecture name such as cifar_resnet or resnet50, not {short_repr(arch)}"
              + (": a config cannot point at another repo or folder" if isinstance(arch, str) and (":" in arch or "/" in arch) else ""))
-    if "num_classes" in config and not _is_int(config["num_classes"], 0, MAX_CLASSES):
-        fail(f"'num_classes' must be an integer from 0 to {MAX_CLASSES:,}, not {_short(config['num_classes'])}")
+    if "num_classes" in config and not is_int(config["num_classes"], 0, MAX_CLASSES):
+        fail(f"'num_classes' must be an integer from 0 to {MAX_CLASSES:,}, not {short_repr(config['num_classes'])}")
     args = config.get("model_args")
     if args is not None and not isinstance(args, dict):
-        fail(f"'model_args' must be a JSON object of keyword arguments, not {_short(args)}")
+        fail(f"'model_args' must be a JSON object of keyword arguments, not {short_repr(args)}")
     cfg = config.get("pretrained_cfg")
     if cfg is not None:
         if not isinstance(cfg, dict):
-            fail(f"'pretrained_cfg' must be a JSON object, not {_short(cfg)}")
+            fail(f"'pretrained_cfg' must be a JSON object, not {short_repr(cfg)}")
         _check_pretrained_cfg(cfg, fail)
     try:
         ModelMeta.from_config(config)
@@ -135,17 +135,17 @@ def _check_pretrained_cfg(cfg: dict, fail) -> None:
     for key in ("input_size", "test_input_size", "min_input_size"):
         value = cfg.get(key)
         if value is not None and not (isinstance(value, list) and len(value) == 3
-                                      and all(_is_int(v, 1, MAX_INPUT_SIDE) for v in value)):
+                                      and all(is_int(v, 1, MAX_INPUT_SIDE) for v in value)):
             fail(f"pretrained_cfg's {key!r} must be [channels, height, width] (integers from 1 to {MAX_INPUT_SIDE}), "
-                 f"not {_short(value)}")
+                 f"not {short_repr(value)}")
     for key in ("mean", "std"):
         value = cfg.get(key)
         if value is not None and not (isinstance(value, list) and 1 <= len(value) <= MAX_INPUT_SIDE
                                       and all(_is_number(v) and (key == "mean" or v > 0) for v in value)):
             fail(f"pretrained_cfg's {key!r} must be a list of finite numbers{' > 0' if key == 'std' else ''}, "
-                 f"not {_short(value)}")
+                 f"not {short_repr(value)}")
     for key, check, what in (
-        ("num_classes", lambda v: _is_int(v, -1, MAX_CLASSES), f"an integer from -1 to {MAX_CLASSES:,}"),
+        ("num_classes", lambda v: is_int(v, -1, MAX_CLASSES), f"an integer from -1 to {MAX_CLASSES:,}"),
         ("fixed_input_size", lambda v: isinstance(v, bool), "true or false"),
         ("crop_pct", lambda v: _is_number(v) and 0 < v <= 16, "a number in (0, 16]"),
         ("interpolation", lambda v: isinstance(v, str), "a string"),
@@ -154,20 +154,14 @@ def _check_pretrained_cfg(cfg: dict, fail) -> None:
         ("classifier", lambda v: isinstance(v, (str, list)), "a layer name or a list of them"),
     ):
         if cfg.get(key) is not None and not check(cfg[key]):
-            fail(f"pretrained_cfg's {key!r} must be {what}, not {_short(cfg[key])}")
+            fail(f"pretrained_cfg's {key!r} must be {what}, not {short_repr(cfg[key])}")
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
+def is_int(value: Any, low: int, high: int) -> bool:
+    """An int (not a bool) in [low, high]: what a JSON integer field of a config must be."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-
-def _short(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"a deeply nested {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

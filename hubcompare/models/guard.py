@@ -20,9 +20,9 @@ import timm
 import torch
 from timm.models import PretrainedCfg
 
-from ..errors import HubcompareError, ModelConfigError, ModelTooLargeError
+from ..errors import HubcompareError, ModelConfigError, ModelTooLargeError, short_repr
 from . import resnet as _resnet
-from .checkpoint import DEFAULT_MAX_PARAMS, MAX_CLASSES, MAX_INPUT_SIDE, check_config
+from .checkpoint import DEFAULT_MAX_PARAMS, MAX_CLASSES, MAX_INPUT_SIDE, check_config, is_int
 
 __all__ = ["BuildPlan", "plan_build", "estimate_size", "cifar_resnet_size", "check_size", "MAX_CIFAR_DEPTH"]
 
@@ -33,10 +33,6 @@ _SOURCE_KEYS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "so
 _CFG_FIELDS = {f.name for f in fields(PretrainedCfg)} - _SOURCE_KEYS
 
 
-def _is_int(v: Any, low: int, high: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
 def _is_number(v: Any, low: float, high: float, high_open: bool = False) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v
             and (v < high if high_open else v <= high))
@@ -44,12 +40,12 @@ def _is_number(v: Any, low: float, high: float, high_open: bool = False) -> bool
 
 _Check = tuple[Callable[[Any], bool], str]
 _RATE: _Check = (lambda v: _is_number(v, 0, 1, high_open=True), "a number in [0, 1)")
-_IN_CHANS: _Check = (lambda v: _is_int(v, 1, MAX_IN_CHANS), f"an integer from 1 to {MAX_IN_CHANS}")
-_NUM_CLASSES: _Check = (lambda v: _is_int(v, 0, MAX_CLASSES), f"an integer from 0 to {MAX_CLASSES:,}")
+_IN_CHANS: _Check = (lambda v: is_int(v, 1, MAX_IN_CHANS), f"an integer from 1 to {MAX_IN_CHANS}")
+_NUM_CLASSES: _Check = (lambda v: is_int(v, 0, MAX_CLASSES), f"an integer from 0 to {MAX_CLASSES:,}")
 
 # cifar_resnet: CifarResNet's keyword arguments (depth and width are checked by resnet.check_architecture too)
 CIFAR_ARGS: dict[str, _Check] = {
-    "depth": (lambda v: _is_int(v, 8, MAX_CIFAR_DEPTH) and (v - 2) % 6 == 0,
+    "depth": (lambda v: is_int(v, 8, MAX_CIFAR_DEPTH) and (v - 2) % 6 == 0,
               f"an integer 6n+2 from 8 to {MAX_CIFAR_DEPTH} (e.g. {', '.join(map(str, _resnet.EXAMPLE_DEPTHS))})"),
     "width": (lambda v: _is_number(v, 1 / 32, math.inf, high_open=True), "a finite number >= 1/32"),
     "num_classes": _NUM_CLASSES,
@@ -70,8 +66,8 @@ TIMM_ARGS: dict[str, _Check] = {
     "drop_block_rate": _RATE,
     "global_pool": (lambda v: isinstance(v, str) and re.fullmatch(r"[a-z_]{0,16}", v) is not None,
                     "a pooling name such as 'avg', 'max', 'token' or ''"),
-    "img_size": (lambda v: _is_int(v, 1, MAX_INPUT_SIDE) or (isinstance(v, list) and len(v) == 2
-                                                           and all(_is_int(s, 1, MAX_INPUT_SIDE) for s in v)),
+    "img_size": (lambda v: is_int(v, 1, MAX_INPUT_SIDE) or (isinstance(v, list) and len(v) == 2
+                                                           and all(is_int(s, 1, MAX_INPUT_SIDE) for s in v)),
                  f"an integer or [height, width] from 1 to {MAX_INPUT_SIDE}"),
 }
 
@@ -113,7 +109,7 @@ def plan_build(config: dict, cfg_path: str | Path, max_params: int = DEFAULT_MAX
     for key, value in kwargs.items():
         ok, what = allowed[key]
         if not ok(value):
-            raise ModelConfigError(f"{cfg_path}: model_args {key!r} of {arch} must be {what}, not {_short(value)}", cfg_path)
+            raise ModelConfigError(f"{cfg_path}: model_args {key!r} of {arch} must be {what}, not {short_repr(value)}", cfg_path)
     where = f"{cfg_path}: {arch}({', '.join(f'{k}={v!r}' for k, v in sorted(model_args.items()))})"
     if is_cifar:
         try:
@@ -173,10 +169,3 @@ def check_size(params: int, buffers: int, max_params: int, where: str, path: str
             f"{4 * (params + buffers) / 1e9:.1f} GB in float32), more than max_params={max_params:,}: raise max_params "
             "only for a model you trust and have the memory for", path, params=("max_params",))
 
-
-def _short(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"a deeply nested {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import CheckpointCorruptError
+from ..errors import CheckpointCorruptError, short_repr
 
 __all__ = ["ModelMeta", "SUMMARY_KEYS"]
 
@@ -104,7 +104,7 @@ class ModelMeta:
             if not ok:
                 raise CheckpointCorruptError(
                     f"the 'hubcompare' block's {name!r} must be {_KIND_WORDS[kinds]}"
-                    f"{_ITEM_WORDS.get(name, '')}, not {_short(value)}"
+                    f"{_ITEM_WORDS.get(name, '')}, not {short_repr(value, 40)}"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,10 +155,3 @@ def _json_type(value: Any) -> str:
             return word if kinds is not _NUMBER else ("an integer" if isinstance(value, int) else "a number")
     return type(value).__name__
 
-
-def _short(value: Any, limit: int = 40) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"a deeply nested {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
