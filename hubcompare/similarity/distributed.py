@@ -35,6 +35,7 @@ import torch
 
 from ..data.datasets import ImageDataset
 from ..errors import CompareBackendError, HubcompareError
+from ..hub.references import resolve_reference
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..models.devices import describe_device
 from ..training.backends import connect_ray, ray_node_cpus
@@ -75,8 +76,6 @@ def shard_bounds(num_batches: int, shards: int) -> list[tuple[int, int]]:
 def _run_shard(sources: Sequence[ModelSource], dataset: ImageDataset, indices: Sequence[int], options: dict, threads: int):
     """A worker's shard (a Ray streaming task): a header describing the worker and its layers, then one
     :class:`BatchContribution` per minibatch at ``indices``, in order."""
-    from ..hub.references import resolve_reference
-
     torch.set_num_threads(max(1, threads))
     models = [CompareModel.from_resolved(resolve_reference(s.ref, max_params=s.max_params),
                                          None if s.layers is None else list(s.layers), ref=s.name) for s in sources]

@@ -23,13 +23,17 @@ A backend is driven through three calls: ``submit(task)``, ``poll(timeout)`` (me
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -75,6 +79,8 @@ def _now() -> str:
 
 def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
     """Train one run (resuming it when it has resume state); its log goes to ``task.log_file``."""
+    # torch and the training loop load here, in the worker: the driver (and the Ray connection check the
+    # comparison commands run first) never pays for them
     import torch
 
     from .loop import train
@@ -123,8 +129,6 @@ def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
 def _worker_main(conn) -> None:
     """A worker process: run tasks from the pipe until it closes. Ctrl-C is the driver's to handle; if the
     driver dies (even by kill -9) the worker exits at once, so no orphan keeps training a run a rerun takes up."""
-    import multiprocessing
-    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
@@ -155,7 +159,6 @@ class LocalPool:
     """``workers`` spawn processes on this machine; a dead worker costs only the run it held."""
 
     def __init__(self, workers: int):
-        import multiprocessing
 
         self.slots = max(1, workers)
         self._ctx = multiprocessing.get_context("spawn")
@@ -182,7 +185,6 @@ class LocalPool:
         self._workers.remove(w)
 
     def poll(self, timeout: float) -> list[Message]:
-        from multiprocessing.connection import wait
 
         busy = [w for w in self._workers if w.task is not None]
         if not busy:
@@ -261,8 +263,6 @@ def connect_ray(address: str | None = None, error: type[BackendError] = GridBack
     check_ray_address(address, error)
     if ray.is_initialized():
         return ray, False
-    import logging
-
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
