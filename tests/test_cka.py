@@ -48,6 +48,20 @@ def relu_features(rng, n, p, offset=5.0):
     return (np.maximum(rng.standard_normal((n, p)), 0) * 3 + offset).astype(np.float32)
 
 
+class Broken(nn.Module):
+    """A model whose every output is NaN (its head layer is the first to go non-finite)."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.head((self.conv(x) * float("nan")).mean((2, 3)))
+
+
 def test_one_batch_equals_direct_formula(rng):
     X, Y = rng.standard_normal((40, 30)), rng.standard_normal((40, 12))
     Y[:, :5] += X[:, :5]
@@ -152,17 +166,6 @@ def test_bad_inputs_get_clear_errors():
         compare([CompareModel("A", a)], ds, batch_size=3)
     with pytest.raises(LayerSelectionError, match="match no layer"):
         compare([CompareModel("A", a, layers=["layer9.*"])], ds)
-
-    class Broken(nn.Module):
-        num_classes = 10
-
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-            self.head = nn.Linear(4, 10)
-
-        def forward(self, x):
-            return self.head((self.conv(x) * float("nan")).mean((2, 3)))
 
     with pytest.raises(CompareError, match="layer head produced NaN/inf"):
         compare([CompareModel("broken", Broken())], ds, batch_size=32)
@@ -292,17 +295,6 @@ def test_dense_gram_and_float32_hsic_products_keep_the_1e6_bound_on_offset_featu
 
 def test_accelerator_pipeline_names_the_layer_that_went_nan():
     ds = toy_dataset(96)
-
-    class Broken(nn.Module):
-        num_classes = 10
-
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-            self.head = nn.Linear(4, 10)
-
-        def forward(self, x):
-            return self.head((self.conv(x) * float("nan")).mean((2, 3)))
 
     with pytest.raises(CompareError, match="broken: layer head produced NaN/inf .* on pass 1, examples 0-31 "):
         compare([CompareModel("ok", make_resnet(0)), CompareModel("broken", Broken())], ds, batch_size=32, pipeline="accelerator")

@@ -33,6 +33,17 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(devices, "_mps_available", lambda: False)
 
 
+def _interrupted_after(recipe, out, epoch: int) -> None:
+    """Train ``recipe`` into ``out`` on the CPU and interrupt it after ``epoch`` (its resume state stays)."""
+
+    def stop(e):
+        if e.kind == "epoch" and e.epoch == epoch:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(recipe, out, on_event=stop, device="cpu")
+
+
 def test_resolve_device_accepts_the_documented_forms(no_gpu):
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(" CPU ") == torch.device("cpu")
@@ -138,13 +149,7 @@ def test_resume_state_holds_cpu_tensors_and_loads_onto_another_device(tmp_path):
     """The resume state is CPU tensors only; loading maps each onto the device of the parameter it belongs to
     (simulated with torch's "meta" device: where a second GPU's tensors would go, the momentum buffers go)."""
     recipe = small_recipe()
-
-    def stop_after_epoch_2(e):
-        if e.kind == "epoch" and e.epoch == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(recipe, tmp_path / "run", on_event=stop_after_epoch_2, device="cpu")
+    _interrupted_after(recipe, tmp_path / "run", epoch=2)
     path = tmp_path / "run" / RESUME_DIR / RESUME_FILE
     with safe_open(str(path), framework="pt") as f:
         saved = {k: f.get_tensor(k) for k in f.keys()}
@@ -176,13 +181,7 @@ def test_resume_state_holds_cpu_tensors_and_loads_onto_another_device(tmp_path):
 def test_a_run_resumed_on_another_device_records_both(tmp_path, monkeypatch):
     """A resume state from another device resumes, and the checkpoint lists the devices of every segment."""
     recipe = small_recipe(**{"train.epochs": 3})
-
-    def stop_after_epoch_1(e):
-        if e.kind == "epoch" and e.epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(recipe, tmp_path / "run", on_event=stop_after_epoch_1, device="cpu")
+    _interrupted_after(recipe, tmp_path / "run", epoch=1)
     path = tmp_path / "run" / RESUME_DIR / RESUME_FILE
     with safe_open(str(path), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
