@@ -224,3 +224,27 @@ class GridRunsFailedError(GridError, RuntimeError):
     def __init__(self, message: str, failures: dict | None = None):
         super().__init__(message)
         self.failures = failures or {}
+
+
+class ComparisonTooLargeError(CompareError):
+    """A comparison pass that would hold more memory than allowed (too many models x layers, batches too large)."""
+
+
+class OverlappingSidesError(PopulationError, ValueError):
+    """Two sides that share a model, or a side with none: across-side numbers would compare a model with itself."""
+
+
+class SideArchitectureError(PopulationError, ValueError):
+    """A side whose models do not share their compared layers (it mixes architectures), where layer-by-layer needs one."""
+
+
+class ProbeError(HubcompareError, ValueError):
+    """A linear-probe or block-deletion run that cannot be done as asked (its settings, its data, the model's head)."""
+
+
+class NoDeletableBlocksError(ProbeError):
+    """A model with no residual block whose shortcut is the identity: no block can be deleted keeping the identity path."""
+
+
+class ReportError(HubcompareError, ValueError):
+    """A model report that cannot be written as asked (its output path, a section that cannot be made)."""

@@ -120,16 +120,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Strict JSON (any parser reads it): NaN and infinities, which ``json`` would write bare, become null."""
-    return atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def strict_json(obj: Any) -> Any:
+    """A JSON-ready copy in which NaN and infinities (which ``json`` writes bare, breaking strict parsers) are None."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: strict_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [strict_json(v) for v in obj]
     return obj
 
 

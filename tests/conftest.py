@@ -65,6 +65,38 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def block_models(tmp_path_factory) -> dict:
+    """The slow lane's digits models with and without block structure, trained once per session by
+    ``benchmarks/blocks_plain_loop.py`` (one process per model, all at once, one thread each; ~6 min on 2 cores):
+
+    - ``"deep"``: ResNet-56 2x, seeds 0, 1, 2 (a block in most seeds), a list in seed order;
+    - ``"shallow"``: ResNet-20 1x, seed 0 (no block), the same recipe.
+
+    Returns ``{"deep": [record, record, record], "shallow": record}``. A record is the script's JSON line for the
+    model: ``depth``, ``width``, ``seed``, ``lr``, ``shift``, ``seconds``, ``test_accuracy``, ``checkpoint`` (the
+    checkpoint folder: a str path every hubcompare command and ``resolve_reference`` load), ``blocks`` (each
+    ``{"layers": "LO-HI"`` (indices over the stem and the block outputs), ``"mean_cka"``, ``"outside"``,
+    ``"mean_pc1"``, ``"names"``: the layer names from LO to HI``}``) and ``pc1`` (each layer's PC1 share); a model
+    whose activations diverged has ``"error"`` instead of ``blocks``/``pc1``. Keep these names and types stable.
+    """
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "blocks_plain_loop.py"
+    folder = tmp_path_factory.mktemp("block-models")
+    runs = [("--seeds", str(s)) for s in range(3)] + [("--depth", "20", "--width", "1", "--seeds", "0")]
+    procs = [subprocess.Popen([sys.executable, str(script), *args, "--checkpoints", str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in runs]
+    records = []
+    for p in procs:
+        out, err = p.communicate(timeout=3000)
+        assert p.returncode == 0, err[-2000:]
+        records.append(json.loads(out.splitlines()[0]))
+    return {"deep": records[:3], "shallow": records[3]}
+
+
+@pytest.fixture(scope="session")
 def local_ray():
     """A real local Ray (``ray.init(num_cpus=2)``) for the whole session, started by the first test that asks for it
     (the grid's Ray backend, sharded CKA): each module asking for it does not pay Ray's start-up again."""

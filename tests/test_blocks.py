@@ -132,29 +132,17 @@ def test_real_digits_resnet20_has_no_block(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_digits_resnet56_2x_blocks_in_most_seeds():
+def test_real_digits_resnet56_2x_blocks_in_most_seeds(block_models):
     """Deep, wide digits ResNets grow a block in most seeds; the detector finds it, crossing stage lines.
 
-    Trains seeds 0-2 with ``benchmarks/blocks_plain_loop.py`` (ResNet-56 2x, 60 epochs, one 1-pixel
-    shift per batch), at once, one thread each (~5.5 min on 2 cores). Measured over seeds 0-9: a
+    Seeds 0-2 of ``benchmarks/blocks_plain_loop.py`` (ResNet-56 2x, 60 epochs, one 1-pixel shift per batch), trained
+    once per session by the ``block_models`` fixture (~6 min on 2 cores). Measured over seeds 0-9: a
     block in 7 (test accuracy 0.92-0.98 in five of them, 0.29 and 0.69 in two), none in 3 (one at
     0.93, two collapsed or diverged). So: a block in at least two of the three, in at least one
     well-trained model, and every block a stage-crossing square that stands out from its
     surroundings; a collapsed seed is allowed.
     """
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "blocks_plain_loop.py"
-    procs = [subprocess.Popen([sys.executable, str(script), "--seeds", str(s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for s in range(3)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=1500)
-        assert p.returncode == 0, err[-2000:]
-        results.append(json.loads(out.splitlines()[0]))
+    results = block_models["deep"]
     with_block = [r for r in results if r.get("blocks")]
     for r in with_block:
         for b in r["blocks"]:

@@ -119,7 +119,7 @@ def _cases() -> list[Case]:
 
     # --- eval, info ----------------------------------------------------------------------------
     for cmd in ("eval", "info"):
-        add(cmd, "{missing}", expect="does not exist")
+        add(cmd, "{missing}", expect=NO_FOLDER)
         add(cmd, "{file}", expect="a-file.txt")
         add(cmd, "{folder}", expect="config.json")
         add(cmd, "{bad_config}", expect="config.json")
@@ -132,6 +132,10 @@ def _cases() -> list[Case]:
     add("info", "{bad_config}", "--json", expect="config.json")
     add("info", "{bad_card}", expect="README.md.*YAML metadata.*delete the file")
     add("info", "{card_not_utf8}", expect="README.md.*YAML metadata")
+    for cmd in ("eval", "info"):  # any model reference, so the reference errors too
+        add(cmd, "hf:someone/x", expect="accepted forms")
+        add(cmd, "hf-hub:nobody/nothing", offline=True, expect="nobody/nothing")
+        add(cmd, "no-such-entry", expect="no registry entry 'no-such-entry'")
 
     # --- push, push-population -----------------------------------------------------------------
     add("push", "{missing}", "--repo", "me/x", expect="does not exist")
@@ -261,15 +265,66 @@ def _cases() -> list[Case]:
     add("class-diff", two, two, "--top", "0", expect="'--top'")
     add("class-diff", "{run}", "{run2}", expect="at least 2 models per side")
 
+    # --- what a block does: probes, delete-blocks ---------------------------------------------------
+    for cmd in ("probes", "delete-blocks"):
+        add(cmd, "{missing}", expect=NO_FOLDER)
+        add(cmd, "{bad_weights}", expect="model.safetensors")
+        add(cmd, "{run}", "--examples", "0", expect="'--examples'")
+        add(cmd, "{run}", "--batch-size", "0", expect="'--batch-size'")
+        add(cmd, "{run}", "--dataset", "nope", expect="nope")
+        add(cmd, "{run}", "--dataset", "cifar10", "--data-dir", "{file}", expect="--data-dir")
+        add(cmd, "{run}", "--blocks", "nope", expect="'--blocks'.*not auto, none or a JSON file")
+        add(cmd, "{run}", "--blocks", "{file}", "--examples", "50", expect="'--blocks'.*not a blocks JSON")
+        add(cmd, "{run}", "--format", "gif", expect="'--format'")
+        add(cmd, "{run}", "--out", "{file}", expect="'--out'.*is a file")
+    for value in ("0", "-1", "nan", "inf"):
+        add("probes", "{run}", "--l2", value, expect="'--l2'")
+    for value in ("0", "1", "nan"):
+        add("probes", "{run}", "--validation-fraction", value, expect="'--validation-fraction'")
+    add("probes", "{run}", "--memory-gb", "0", expect="'--memory-gb'")
+    add("probes", "{run}", "--memory-gb", "1e-6", "--blocks", "none", expect="ProbeError.*stem has 1,024 features.*GiB")
+    add("probes", "{run}", "--train-examples", "1", expect="'--train-examples'")
+    add("probes", "{run}", "--layers", "no-such-layer*", "--blocks", "none", expect="no-such-layer")
+    # --- figure formats and labels of the comparison commands -------------------------------------
+    for cmd, args in (("cka", ("{run}",)), ("blocks", ("{run}",)), ("cross-cka", ("{run}", "{run}")),
+                      ("agreement", ("{run}", "{run2}")), ("class-diff", (two, two))):
+        add(cmd, *args, "--format", "gif", expect="'--format'.*choose one of png, pdf, svg")
+    add("cross-cka", "{run}", "{run}", "--label", "only one", expect="'--label': 1 label for 2 models")
+    add("cross-cka", "{run}", "{run}", "--label", "a", "--label", "b", "--label", "c", expect="3 labels for 2 models")
+    add("layers", "{run}", "--json", "--layers", "no-such-layer*", expect="no-such-layer")
+
     # --- --device, on every command that runs a model: refused before any model is loaded -----------
     device_args = {"train": ("digits", *t, "--out", "{new}"), "eval": ("{run}",), "layers": ("{run}",), "cka": ("{run}",),
                    "blocks": ("{run}",), "cross-cka": ("{run}", "{run}"), "agreement": ("{run}", "{run2}"),
-                   "class-diff": (two, two)}
+                   "class-diff": (two, two), "probes": ("{run}",), "delete-blocks": ("{run}",)}
     for cmd, args in device_args.items():
         add(cmd, *args, "--device", "nonsense", expect="DeviceError.*device 'nonsense' is not one of auto, cpu, cuda.*--device")
         add(cmd, *args, "--device", ABSENT_CUDA, expect="DeviceError.*(CUDA is not available|no CUDA device).*--device")
     add("train", "digits", *t, "--device", "cuda:x", "--out", "{new}", expect="device 'cuda:x' is not one of.*--device")
     add("cka", "{run}", "--device", "", expect="device '' is not one of.*--device")
+
+    # --- across-seeds (and cross-cka given population sides), report ------------------------------
+    add("across-seeds", "{run}", "{missing}", expect=NO_FOLDER)
+    add("across-seeds", "{run}", "population:no-such-pop", expect="no-such-pop")
+    add("across-seeds", "{run}", "{run}", "--examples", "50", expect="OverlappingSidesError.*same model")
+    add("across-seeds", "{run}+{bad_config}", "{run2}", expect="config.json")
+    for value in ("0", "nan", "-1"):
+        add("across-seeds", "{run}", "{run2}", "--max-memory", value, expect="'--max-memory'")
+    add("across-seeds", "{run}", "{run2}", "--examples", "50", "--max-memory", "0.01", "--passes", "100000",
+        expect="ComparisonTooLargeError.*fewer layers")
+    add("across-seeds", "{run}", "{run2}", "--pc-examples", "1", expect="'--pc-examples'")
+    add("across-seeds", "{run}", "{run2}", "--batch-size", "0", expect="batch")
+    add("across-seeds", "{run}", "{run2}", "--workers", "2", expect="--workers needs --backend ray")
+    add("across-seeds", "{run}", "{run2}", "--out", "{file}", expect="'--out'.*is a file")
+    add("cross-cka", "{run}+{run2}", "{run}", "{run2}", expect="two at a time")
+    add("report", "{missing}", expect=NO_FOLDER)
+    add("report", "{bad_weights}", expect="model.safetensors")
+    add("report", "{run}", "--out", "{file}", expect="'--out'.*does not end in .html")
+    add("report", "{run}", "--out", "{folder}", expect="'--out'.*is a folder")
+    add("report", "{run}", "--out", "{file}/sub/r.html", expect="'--out'.*a-file.txt is a file")
+    add("report", "{run}", "--batch-size", "0", expect="batch")
+    add("report", "{run}", "--pc-examples", "0", expect="'--pc-examples'")
+    add("report", "{run}", "--probe-examples", "1", expect="'--probe-examples'")
 
     # --- hub serve (fails before serving: no server starts) --------------------------------------
     add("hub serve", expect="Missing option '--data'")

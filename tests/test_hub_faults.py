@@ -61,6 +61,7 @@ def _run(fn, result, errors):
 
 def test_5xx_answers_are_retried_with_backoff(trained_run, tmp_path):
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import close_session
 
     from hubcompare.hub.client import pull, push
     from hubcompare.hub.server import HubServer
@@ -78,6 +79,7 @@ def test_5xx_answers_are_retried_with_backoff(trained_run, tmp_path):
                 return super()._dispatch(method)
 
         server.httpd.RequestHandlerClass = Flaky
+        close_session()  # a connection the push kept alive would still be served by the old handler
         pulled = pull("flaky/r8", api=api, cache_dir=tmp_path / "cache")
     assert pulled.commit_sha == sha and len(failures) == 3
 

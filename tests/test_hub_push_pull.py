@@ -223,3 +223,127 @@ def test_timm_reference_loads_timm_pretrained_weights_from_the_hub(hub):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(resolved.model(x), original(x))
+
+
+def _cli_env(tmp_path, **extra) -> dict:
+    """The environment a user's shell gives the command: huggingface_hub's bars forced on (TQDM_POSITION=-1), so that
+    any bar it drew would show in the captured output."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    return env | {"TQDM_POSITION": "-1", "HUBCOMPARE_HOME": str(tmp_path / "home"), "COLUMNS": "80"} | extra
+
+
+def _cli(*args, env, timeout=300) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).parent / "hubcompare"
+    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_offline_unpinned_pull_after_a_pinned_pull_uses_the_newest_cached_commit(pushed, monkeypatch, tmp_path):
+    """The README's order: a pull pinned to a sha records no branch; offline, the unpinned name still resolves, to the
+    newest cached commit, and the command names it."""
+    from huggingface_hub import constants
+
+    from hubcompare.hub.client import cached_commits, pull
+
+    cache = tmp_path / "cache"
+    pinned = pull("alice/digits-r8", pushed.commit_sha, cache_dir=cache)
+    assert not (cache / "models--alice--digits-r8" / "refs" / "main").exists()  # what made the offline pull fail
+    assert [sha for sha, _ in cached_commits("alice/digits-r8", cache)] == [pinned.commit_sha]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = pull("alice/digits-r8", cache_dir=cache)
+    assert offline.commit_sha == pushed.commit_sha and offline.path == pinned.path
+    assert pushed.commit_sha in offline.notice and "newest cached commit" in offline.notice
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    env = _cli_env(tmp_path, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    out = _cli("pull", "hf-hub:alice/digits-r8", env=env)
+    assert out.returncode == 0, out.stderr
+    notice = " ".join(out.stderr.split())
+    assert "newest cached commit" in notice and pushed.commit_sha in notice
+    assert pushed.commit_sha in out.stdout.replace("\n", "").replace(" ", "").replace("│", "")
+
+
+def test_offline_pull_of_a_repo_never_cached_is_still_not_in_cache(pushed, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from hubcompare.errors import NotInCacheError
+    from hubcompare.hub.client import pull
+
+    pull("alice/digits-r8", pushed.commit_sha, cache_dir=tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NotInCacheError, match="alice/other"):
+        pull("alice/other", cache_dir=tmp_path)
+
+
+def _cached_files(cache: Path) -> dict[str, int]:
+    """Every file a snapshot of the cache holds, with its size (the blobs they link to)."""
+    return {str(p.relative_to(cache)): p.stat().st_size for p in cache.glob("models--*/snapshots/*/*")}
+
+
+def test_stored_predictions_side_downloads_no_weights(pushed, trained_run, monkeypatch, tmp_path):
+    """Comparing stored predictions fetches predictions, config and card: never the weights (until a model must run)."""
+    from huggingface_hub import constants
+
+    from hubcompare.hub.references import resolve_reference
+    from hubcompare.populations.sides import load_side
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    side = load_side(f"hf-hub:alice/digits-r8@{pushed.commit_sha}", "A", cache_dir=tmp_path / "preds")
+    assert side.members[0].predictions == "stored" and side.members[0].commit_sha == pushed.commit_sha
+    files = _cached_files(cache)
+    assert sorted(Path(f).name for f in files) == ["README.md", "config.json", "predictions.safetensors"]
+    assert not list(cache.rglob("*.incomplete"))
+    weights = (trained_run / "model.safetensors").stat().st_size
+    assert sum(p.stat().st_size for p in cache.glob("models--*/blobs/*")) < weights  # no weights blob either
+
+    resolved = resolve_reference(f"hf-hub:alice/digits-r8@{pushed.commit_sha}", weights=False)
+    assert not (resolved.path / "model.safetensors").exists()
+    assert torch.equal(_outputs(resolved.model), _outputs(load_model(load_checkpoint_of(trained_run))))  # fetched now
+    assert (resolved.path / "model.safetensors").is_file() and resolved.path.name == pushed.commit_sha
+
+
+def load_checkpoint_of(path):
+    from hubcompare.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def test_cli_pull_and_push_print_no_huggingface_hub_progress_bars(pushed, trained_run, tmp_path):
+    """One progress display, hubcompare's: no 'Fetching 4 files' or 'Upload 2 LFS files' from huggingface_hub."""
+    env = _cli_env(tmp_path, HF_HUB_CACHE=str(tmp_path / "cache"))
+    out = _cli("pull", f"hf-hub:alice/digits-r8@{pushed.commit_sha}", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Fetching" not in out.stdout + out.stderr and "it/s" not in out.stdout + out.stderr
+    out = _cli("push", str(trained_run), "--repo", "alice/bars-r8", "--no-register", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Upload" not in out.stdout + out.stderr and "it/s" not in out.stdout + out.stderr
+
+
+def test_info_and_eval_take_hub_and_registry_references(pushed, trained_run, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from hubcompare.cli.main import app
+    from hubcompare.models.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(trained_run).meta
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HUBCOMPARE_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    out = runner.invoke(app, ["info", "hf-hub:alice/digits-r8", "--json"])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.stdout)
+    assert info["seed"] == meta.seed and info["resolved"]["commit_sha"] == pushed.commit_sha
+    assert not list((tmp_path / "cache").rglob("model.safetensors"))  # info reads no weights
+
+    out = runner.invoke(app, ["registry", "add", "r8", f"hf-hub:alice/digits-r8@{pushed.commit_sha}"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["eval", "r8", "--json", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["commit_sha"] == pushed.commit_sha and report["resolved"] == f"hf-hub:alice/digits-r8@{pushed.commit_sha}"
+    assert report["accuracy"] == pytest.approx(meta.test_accuracy, abs=1e-6) and report["agreement_with_stored"] == 1.0
+    out = runner.invoke(app, ["info", "r8"])
+    assert out.exit_code == 0 and "ResNet-8 (1x) on digits" in out.output and pushed.commit_sha[:12] in out.output
+    out = runner.invoke(app, ["eval", "r8", "--write"])
+    assert out.exit_code == 2 and "--write" in out.output and "Traceback" not in out.output

@@ -76,3 +76,52 @@ def test_timm_weights_only_published_as_pickles_are_refused():
 def test_local_folder_resolves_to_its_model(trained_run):
     resolved = resolve_reference(str(trained_run))
     assert resolved.commit_sha is None and resolved.path == trained_run and resolved.meta.depth == 8
+
+
+def _cells(table_text: str, column: int) -> list[str]:
+    """The text of one column of a rich table drawn with a rule between rows: each row's folded lines joined."""
+    rows: list[str] = []
+    new_row = True
+    for line in table_text.splitlines():
+        if line.startswith(("├", "└", "┡")):
+            new_row = True
+        elif line.startswith("│"):
+            cell = line.split("│")[column + 1].strip()
+            if new_row:
+                rows.append(cell)
+                new_row = False
+            else:
+                rows[-1] += cell
+    return rows
+
+
+def test_registry_list_piped_at_80_columns_prints_names_and_references_whole(tmp_path):
+    """Piped output is 80 columns wide: names and references (what a user copies) fold onto more lines, never '…'."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hubcompare.hub.registry import Entry, Registry
+
+    home = tmp_path / "home"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    entries = [Entry(f"alice--digits-zoo-digits-d{d}-w1-f1-s{s}", f"hf-hub:alice/digits-zoo-digits-d{d}-w1-f1-s{s}@{sha}", sha,
+                     "cifar_resnet", d, 1.0, "digits", 1.0, s, 0.98, ["digits-zoo"]) for d in (8, 14) for s in (0, 1)]
+    registry = Registry(home / "registry.sqlite", curated_dirs=[])
+    for e in entries:
+        registry.add(e)
+    env = dict(os.environ, HUBCOMPARE_HOME=str(home), HUBCOMPARE_REGISTRY_DIRS="", COLUMNS="80")
+    cli = [str(Path(sys.executable).parent / "hubcompare"), "registry", "list", "--population", "digits-zoo"]
+    out = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout and max(map(len, out.stdout.splitlines())) <= 80, out.stdout
+    assert sorted(_cells(out.stdout, 0)) == sorted(e.name for e in entries), out.stdout
+    assert sorted(_cells(out.stdout, 1)) == sorted(e.reference for e in entries), out.stdout
+    assert "4 entries" in out.stdout
+    listed = json.loads(subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=120).stdout)
+    assert {e["name"]: e["reference"] for e in listed} == {e.name: e.reference for e in entries}
+    shown = json.loads(subprocess.run([cli[0], "registry", "show", entries[0].name, "--json"], env=env, capture_output=True,
+                                      text=True, timeout=120).stdout)
+    assert shown["reference"] == entries[0].reference and shown["commit_sha"] == sha and shown["populations"] == ["digits-zoo"]

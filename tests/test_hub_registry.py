@@ -121,7 +121,7 @@ def test_cli_push_population(hub, trained_run, tmp_path, monkeypatch):
     flat = " ".join(r.output.split())  # rich wraps long lines
     assert "1 members (1 pushed, 0 unchanged)" in flat and "tag population-solo" in flat
     r = runner.invoke(app, ["registry", "list", "--population", "solo"])
-    assert "1 entries" in r.output
+    assert "1 entry" in r.output
     bad = shutil.copytree(trained_run, tmp_path / "bad")
     (bad / "model.safetensors").write_bytes(b"not the weights")
     r = runner.invoke(app, ["push-population", str(bad), "--population", "broken", "--owner", "erin"])

@@ -29,9 +29,12 @@ LEVELS = {
     "data": 1,  # datasets and augmentation
     "models": 2,  # a model, its checkpoint folder and its predictions on a dataset
     "training": 3, "hub": 3,
-    "similarity": 4, "populations": 4,
-    "cli": 5,
-    "hubcompare": 6,
+    "similarity": 4,  # CKA, blocks: how two models' layers relate
+    "populations": 5,  # many models: per-example statistics and CKA across seeds (uses similarity)
+    "probes": 5,  # what a block does: linear probes, block deletion (uses similarity's blocks)
+    "report": 6,  # one model's figures on one page
+    "cli": 7,
+    "hubcompare": 8,
 }
 UI_PACKAGES = ("typer", "rich")
 

@@ -83,10 +83,15 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
     sync(Registry(), "erin")
     out = tmp_path / "classes"
     r = runner.invoke(app, ["class-diff", "population:e2e-narrow", "registry:population=e2e-wide,width=2", "--splits", "200",
-                            "--out", str(out)])
+                            "--out", str(out), "--format", "pdf"])
     assert r.exit_code == 0, r.output
     assert "Welch" in r.output and "classes significant" in r.output
+    # sides named by their models' card name (they differ in width); the table says A and B, so it fits 80 columns
+    assert "A = ResNet-8 (1x)" in r.output and "B = ResNet-8 (2x)" in r.output and "…" not in r.output
+    assert all(len(line) <= 80 for line in r.output.splitlines() if "acc A" in line or line[:2].strip().isdigit())
     res = json.loads((out / "class_diff.json").read_text())
+    assert res["side_a"] == "ResNet-8 (1x)" and res["provenance"]["side_a"]["spec"] == "population:e2e-narrow"
+    assert (out / "class_diff.pdf").read_bytes().startswith(b"%PDF")
     k = 10
     xa = np.stack([[c[labels == j].mean() for j in range(k)] for c in ca])
     xb = np.stack([[c[labels == j].mean() for j in range(k)] for c in cb])
@@ -96,10 +101,17 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
         assert row["class"] == str(j)  # digits' class names
         if row["p"] is not None:
             assert row["p"] == pytest.approx(ref.pvalue[j], abs=1e-10) and row["t"] == pytest.approx(ref.statistic[j], abs=1e-10)
-    assert res["summary"]["null"]["side"] == "population:e2e-narrow"  # 4 models: halves of 2
+    assert res["summary"]["null"]["side"] == "ResNet-8 (1x)"  # population:e2e-narrow, 4 models: halves of 2
     assert res["summary"]["null"]["too_small"] is True and "too few models for this null" in " ".join(r.output.split())
     assert all(m["registry_name"].startswith("erin--") for m in res["provenance"]["side_a"]["models"])
-    assert (out / "class_diff.png").stat().st_size > 10_000 and (out / "class_diff.csv").is_file()
+    assert (out / "class_diff.csv").is_file()
+
+    r = runner.invoke(app, ["agreement", "population:e2e-narrow", "population:e2e-wide", "--splits", "50", "--permutations", "50",
+                            "--out", str(tmp_path / "json"), "--json"])
+    assert r.exit_code == 0, r.output
+    printed, written = json.loads(r.stdout), json.loads((tmp_path / "json" / "agreement.json").read_text())
+    assert printed["summary"] == written["summary"] and printed["side_a"] == "ResNet-8 (1x)"
+    assert printed["files"][-1] == str(tmp_path / "json" / "agreement.png") and "Wrote 3 files" in r.stderr
 
 
 def test_models_without_predictions_are_computed_once_and_cached(populations, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,11 +11,11 @@ import typer
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from .hub import Register
-from .options import DataDir, Device, console, finite, one_of, pick_device, writable_folder
+from .options import DataDir, Device, console, finite, one_of, pick_device, progress_console, writable_folder, wrote
+from .output import Json, add_column, plural, print_json, table
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "red", "pending": "yellow", "running": "blue"}
 
@@ -75,6 +76,7 @@ def grid(
     population: Annotated[Optional[str], typer.Option("--population", help="With --push: population name (default: the grid's population:).")] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push: create the repos private.")] = False,
     register: Register = True,
+    as_json: Json = False,
 ) -> None:
     """Train one run per point of a grid (a recipe plus axes) into one population folder.
 
@@ -99,11 +101,12 @@ def grid(
 
         check_name(hub_population, "population name")
         check_namespace(owner)
-    todo_note = f"{len(spec.points)} runs of {escape(spec.recipe)} ({', '.join(f'{k} x{len(v)}' for k, v in spec.axes.items()) or 'no axes'})"
-    console.print(f"[bold]Grid[/] {escape(spec.population)}: {todo_note} -> {escape(str(spec.out))}  [dim]backend {backend}[/]",
+    out_console = progress_console(as_json)
+    todo_note = f"{plural(len(spec.points), 'run')} of {escape(spec.recipe)} ({', '.join(f'{k} x{len(v)}' for k, v in spec.axes.items()) or 'no axes'})"
+    out_console.print(f"[bold]Grid[/] {escape(spec.population)}: {todo_note} -> {escape(str(spec.out))}  [dim]backend {backend}[/]",
                   highlight=False)
     view = _View()
-    with Live(view, console=console, refresh_per_second=4, transient=True) as live:
+    with Live(view, console=out_console, refresh_per_second=4, transient=True) as live:
         def on_event(e) -> None:
             view.update(e)
             if e.kind == "retry":
@@ -120,14 +123,17 @@ def grid(
                               cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, max_retries=max_retries, data_dir=data_dir,
                               overwrite=overwrite, device=device, on_event=on_event)
         except KeyboardInterrupt:  # the app's error boundary prints "Interrupted." and exits 130
-            console.print(f"Finished epochs are saved in each run's .resume folder: rerun the same command to resume "
+            out_console.print(f"Finished epochs are saved in each run's .resume folder: rerun the same command to resume "
                           f"({spec.out}).")
             raise
-    _table(result)
+    _table(result, out_console)
     if push and result.finished:
         from .hub import push_members
 
-        push_members([r.run_dir for r in result.finished], hub_population, owner, private=private, register=register)
+        push_members([r.run_dir for r in result.finished], hub_population, owner, private=private, register=register,
+                     out=out_console)
+    if as_json:
+        print_json(json.loads(Path(result.manifest).read_text()))
     if result.failed:
         raise GridRunsFailedError(
             f"{len(result.failed)} of {len(result.runs)} runs failed (listed above; logs in {result.out / 'logs'}): fix the cause "
@@ -135,18 +141,17 @@ def grid(
             + (", then push again" if push else ""), {r.name: (r.errors or [""])[-1] for r in result.failed})
 
 
-def _table(result) -> None:
-    t = Table(title=f"{result.population}: {len(result.finished)}/{len(result.runs)} finished in {_duration(result.wall_time_s)} "
+def _table(result, out) -> None:
+    t = table(title=f"{result.population}: {len(result.finished)}/{len(result.runs)} finished in {_duration(result.wall_time_s)} "
                     f"({result.backend}) -> {result.out}")
-    t.add_column("run", no_wrap=True)
-    for name in ("status", "test acc", "tries", "resumed at", "train time"):
-        t.add_column(name)
+    for name in ("run", "status", "test acc", "tries", "resumed at", "train time"):
+        add_column(t, name)
     for r in result.runs:
         t.add_row(r.name, f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]", "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}",
                   str(r.attempts), ", ".join(map(str, r.resumed_at)) or "-",
                   "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f} s" if r.wall_time_s < 60 else _duration(r.wall_time_s))
-    console.print(t)
+    out.print(t)
     for r in result.failed:
-        console.print(f"[red]{r.name}[/]: {escape((r.errors or ['?'])[-1])}", highlight=False, soft_wrap=True)
-    console.print(f"logs: {result.out / 'logs'}/RUN.log", highlight=False, soft_wrap=True)
-    console.print(f"[bold green]Wrote[/] {result.manifest}")
+        out.print(f"[red]{r.name}[/]: {escape((r.errors or ['?'])[-1])}", highlight=False, soft_wrap=True)
+    out.print(f"logs: {result.out / 'logs'}/RUN.log", highlight=False, soft_wrap=True)
+    wrote([result.manifest], json=out is not console)

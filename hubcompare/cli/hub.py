@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
-from .options import MaxParams, RunDir, console, err_console, finite, warn
+from .options import MaxParams, RunDir, console, err_console, finite, progress_console, warn
 from .options import fraction as fraction_option
+from .output import Json, plural, print_json, table
 
 hub_app = typer.Typer(help="Run a local Hugging Face Hub-protocol server.", no_args_is_help=True)
 registry_app = typer.Typer(help="Names for models, with the metadata to select populations.", no_args_is_help=True)
@@ -58,6 +58,19 @@ def serve(
         console.print("stopped")
 
 
+def quiet_hub_bars() -> None:
+    """Turn off huggingface_hub's own progress bars ("Upload 2 LFS files", "Fetching 4 files") for this process:
+    a command shows one progress display, its own. (Pulls pass a silent bar class themselves; uploads offer no
+    per-call switch.)"""
+    import warnings
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 in the environment wins, and says so
+        warnings.simplefilter("ignore")
+        disable_progress_bars()
+
+
 def _register(result, name: Optional[str], populations=()) -> tuple[str, Exception | None]:
     """Record a push in the registry: the name, and the typed error when recording failed (None when it worked).
 
@@ -88,23 +101,32 @@ def push(
     message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
     register: Register = True,
     name: Annotated[Optional[str], typer.Option("--name", help="Registry name (default OWNER--NAME).")] = None,
+    as_json: Json = False,
 ) -> None:
-    """Upload a checkpoint folder to the Hub as one commit; prints and records the commit sha."""
+    """Upload a checkpoint folder to the Hub as one commit; prints and records the commit sha (and registers
+    it as OWNER--NAME, pinned to that sha)."""
     from ..hub.client import push as do_push
     from ..hub.names import check_registry_name
 
     if register and name is not None:
         check_registry_name(name)  # before the commit, not after it
-    with console.status(f"pushing {run_dir} to {repo}"):
+    quiet_hub_bars()
+    out = progress_console(as_json)
+    with out.status(f"pushing {run_dir} to {repo}"):
         result = do_push(run_dir, repo, private=private, commit_message=message)
     what = "already up to date at" if result.skipped else "committed"
-    console.print(f"[bold green]{repo}[/] {what} [bold]{result.commit_sha}[/]  (recorded in {run_dir}/.hub/pushes.json)")
+    out.print(f"[bold green]{repo}[/] {what} [bold]{result.commit_sha}[/]  (recorded in {run_dir}/.hub/pushes.json)")
+    registered = None
     if register:
         registered, error = _register(result, name)
         if error is None:
-            console.print(f"registry: {registered} -> hf-hub:{repo}@{result.commit_sha[:12]}")
+            out.print(f"registry: {registered} -> hf-hub:{repo}@{result.commit_sha}")
         else:
             _not_registered(error, f"`hubcompare registry add {registered} hf-hub:{repo}@{result.commit_sha}`")
+            registered = None
+    if as_json:
+        print_json({"repo_id": repo, "commit_sha": result.commit_sha, "skipped": result.skipped,
+                    "reference": f"hf-hub:{repo}@{result.commit_sha}", "registry_name": registered})
 
 
 def push_population(
@@ -124,15 +146,16 @@ def push_population(
 
 
 def push_members(run_dirs: list[Path], population: str, owner: str, *, private: bool = False, workers: int = 4,
-                 register: bool = True) -> None:
+                 register: bool = True, out=console) -> None:
     """What ``push-population`` (and ``grid --push``) does: push, register, report; PushError when any push failed."""
     from ..errors import PushError
     from ..hub.client import push_population as do_push
 
+    quiet_hub_bars()
     unregistered: list[Exception] = []
 
-    progress = Progress(TextColumn("[bold blue]pushing {task.fields[population]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
+    progress = Progress(TextColumn("[bold blue]pushing {task.fields[population]}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=out)
     with progress:
         task = progress.add_task("push", total=len(run_dirs), population=population, last="")
 
@@ -150,7 +173,7 @@ def push_members(run_dirs: list[Path], population: str, owner: str, *, private: 
 
         result = do_push(run_dirs, population, owner, private=private, workers=workers, on_done=done)
     skipped = sum(r.skipped for r in result.pushed)
-    console.print(f"collection [bold]{result.collection_slug}[/]: {len(result.pushed)} members "
+    out.print(f"collection [bold]{result.collection_slug}[/]: {len(result.pushed)} members "
                   f"({len(result.pushed) - skipped} pushed, {skipped} unchanged), tag population-{population}")
     if unregistered:
         _not_registered(unregistered[0], f"`hubcompare registry sync --author {owner} --population {population}` "
@@ -164,24 +187,36 @@ def pull(
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name, or a folder.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Also record it in the registry under this name.")] = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    as_json: Json = False,
 ) -> None:
-    """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit, and load it."""
+    """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit, and load it.
+
+    Offline (HF_HUB_OFFLINE=1), an unpinned hf-hub:OWNER/NAME that was only pulled pinned to a commit resolves to
+    the newest cached commit, and says which."""
     from ..hub.references import resolve_reference
     from ..hub.registry import Registry, entry_from_meta
 
     registry = Registry()
-    with console.status(f"pulling {reference}"):
+    with progress_console(as_json).status(f"pulling {reference}"):
         resolved = resolve_reference(reference, registry, max_params=max_params)
-    table = Table(title=reference, show_header=False)
-    table.add_row("reference (pinned)", str(resolved.pinned))
-    table.add_row("commit", resolved.commit_sha or "(local folder)")
-    table.add_row("files", str(resolved.path))
-    for key, value in resolved.meta.summary().items():
-        table.add_row(key, str(value))
-    table.add_row("parameters", f"{sum(p.numel() for p in resolved.model.parameters()):,}")
-    console.print(table)
+        parameters = sum(p.numel() for p in resolved.model.parameters())
+    warn(resolved.notices)
     if name:
         registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha), replace=True)
+    if as_json:
+        print_json({"reference": reference, "pinned": str(resolved.pinned), "commit_sha": resolved.commit_sha,
+                    "path": str(resolved.path), "registry_name": name, **resolved.meta.summary(), "parameters": parameters,
+                    "notices": resolved.notices})
+        return
+    t = table(title=reference, show_header=False)
+    t.add_row("reference (pinned)", str(resolved.pinned))
+    t.add_row("commit", resolved.commit_sha or "(local folder)")
+    t.add_row("files", str(resolved.path))
+    for key, value in resolved.meta.summary().items():
+        t.add_row(key, str(value))
+    t.add_row("parameters", f"{parameters:,}")
+    console.print(t)
+    if name:
         console.print(f"registry: {name} -> {resolved.pinned}")
 
 
@@ -210,6 +245,7 @@ def registry_add(
     with console.status(f"resolving {ref}"):
         resolved = resolve_reference(ref, registry, max_params=max_params)
         resolved.model  # noqa: B018  (load it: only a model that loads is recorded)
+    warn(resolved.notices)
     entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, population or ()),
                          replace=replace)
     console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
@@ -225,8 +261,10 @@ def registry_list(
     fraction: Annotated[Optional[str], typer.Option("--fraction", callback=fraction_option, help="e.g. 1, 1/4, 0.0625")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     lines: Annotated[bool, typer.Option("--lines", help="Print entries in the curated-file format (registry/*.txt).")] = False,
+    as_json: Json = False,
 ) -> None:
     """List entries (user and curated), filtered: a population is such a query."""
+    from dataclasses import asdict
     from fractions import Fraction
 
     from ..hub.registry import Registry
@@ -234,30 +272,42 @@ def registry_list(
     frac = float(Fraction(fraction)) if fraction else None
     entries = Registry().query(population=population, architecture=architecture, depth=depth, width=width,
                                dataset=dataset, data_fraction=frac, seed=seed)
+    if as_json:
+        print_json([asdict(e) for e in entries])
+        return
     if lines:
         for e in entries:
             console.print(escape(e.to_line()), highlight=False, soft_wrap=True)
         return
-    table = Table("name", "reference", "arch", "depth", "width", "dataset", "fraction", "seed", "accuracy", "populations", "source")
+    # names and references are what a user copies: they fold onto more lines, never end in dots; a rule between
+    # entries keeps folded rows apart
+    curated = any(e.source != "user" for e in entries)
+    t = table("name", "reference", "model", "acc", "populations", *(["source"] if curated else []), show_lines=True)
     for e in entries:
-        table.add_row(e.name, e.reference, e.architecture or "", *("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
-                      for v in (e.depth, e.width, e.dataset, e.data_fraction, e.seed, e.accuracy)),
-                      ",".join(e.populations), e.source)
-    console.print(table)
-    console.print(f"{len(entries)} entries")
+        model = " ".join(filter(None, (
+            e.architecture, None if e.depth is None else f"d{e.depth}", None if e.width is None else f"w{e.width:g}",
+            e.dataset, None if e.data_fraction in (None, 1) else f"f{e.data_fraction:g}", None if e.seed is None else f"s{e.seed}")))
+        t.add_row(e.name, e.reference, model, "" if e.accuracy is None else f"{e.accuracy:.4f}", ",".join(e.populations),
+                  *([Path(e.source).name] if curated else []))  # a curated file's name:line (the folder is in `show`)
+    console.print(t)
+    console.print(plural(len(entries), "entry", "entries"))
 
 
 @registry_app.command("show")
-def registry_show(name: Annotated[str, typer.Argument()]) -> None:
+def registry_show(name: Annotated[str, typer.Argument()], as_json: Json = False) -> None:
     """Show one entry."""
     from dataclasses import asdict
 
     from ..hub.registry import Registry
 
-    table = Table(title=name, show_header=False)
-    for key, value in asdict(Registry().get(name)).items():
-        table.add_row(key, "" if value is None else str(value))
-    console.print(table)
+    entry = asdict(Registry().get(name))
+    if as_json:
+        print_json(entry)
+        return
+    t = table(title=name, show_header=False)
+    for key, value in entry.items():
+        t.add_row(key, "" if value is None else str(value))
+    console.print(t)
 
 
 @registry_app.command("remove")
@@ -273,12 +323,18 @@ def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
 def registry_sync(
     author: Annotated[str, typer.Option("--author", help="Hub user or organisation.")],
     population: Annotated[Optional[str], typer.Option("--population", help="Only models tagged population-NAME.")] = None,
+    as_json: Json = False,
 ) -> None:
     """Fill the registry from list_models (tags hubcompare [+ population-P]), each pinned to its current sha."""
+    from dataclasses import asdict
+
     from ..hub.registry import Registry, sync
 
-    with console.status(f"listing models of {author}"):
+    with progress_console(as_json).status(f"listing models of {author}"):
         entries = sync(Registry(), author, population)
+    if as_json:
+        print_json([asdict(e) for e in entries])
+        return
     for e in entries:
-        console.print(f"{e.name} -> {e.reference}")
-    console.print(f"{len(entries)} entries synced")
+        console.print(f"{e.name} -> {e.reference}", highlight=False, soft_wrap=True)
+    console.print(f"{plural(len(entries), 'entry', 'entries')} synced")

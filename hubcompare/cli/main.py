@@ -12,6 +12,9 @@ from . import compare as _compare
 from . import grid as _grid
 from . import hub as _hub
 from . import population as _population
+from . import probes as _probes
+from . import report as _report
+from . import seeds as _seeds
 from . import train as _train
 from .options import err_console, error_line
 
@@ -67,9 +70,13 @@ app.command("layers")(_compare.layers)
 app.command("cross-cka")(_compare.cross_cka)
 app.command("cka")(_compare.cka)
 app.command("blocks")(_compare.blocks)
+app.command("probes")(_probes.probes)
+app.command("delete-blocks")(_probes.delete_blocks)
 
 app.command("agreement")(_population.agreement)
 app.command("class-diff")(_population.class_diff)
+app.command("across-seeds")(_seeds.across_seeds)
+app.command("report")(_report.report)
 
 
 def main() -> None:

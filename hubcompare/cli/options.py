@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from ..errors import HubcompareError
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .output import plural
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,10 +45,18 @@ OPTION_FOR_PARAM = {
     "dataset": "--dataset",
     "depth": "--depth",
     "device": "--device",
+    "format": "--format",
     "gpus_per_run": "--gpus-per-run",
     "grid": "the GRID file",
     "host": "--host",
     "layers": "--layers (`hubcompare layers REF` lists a model's layers)",
+    "max_bytes": "--max-memory",
+    "l2_grid": "--l2",
+    "validation_fraction": "--validation-fraction",
+    "train_examples": "--train-examples",
+    "max_feature_bytes": "--memory-gb",
+    "pool": "--pool",
+    "max_iter": "--max-iter",
     "max_params": "--max-params",
     "max_retries": "--max-retries",
     "null_side": "--null-side",
@@ -97,6 +106,11 @@ def one_of(*choices: str):
     return check
 
 
+FigureFormat = Annotated[str, typer.Option(
+    "--format", callback=one_of("png", "pdf", "svg"),
+    help="Figure format: png, or pdf / svg (vector, text kept as text, for a paper).")]
+
+
 def writable_folder(value: Optional[Path]) -> Optional[Path]:
     """For ``--out`` folders: refuse a file, or a place that cannot be created or written, before any work."""
     if value is None:
@@ -127,9 +141,19 @@ def warn(warnings: list[str]) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
 
 
-def wrote(files) -> None:
-    """The closing line of every command that writes results: which files it wrote."""
-    console.print(f"[bold green]Wrote[/] {', '.join(map(str, files))}")
+def wrote(files, json: bool = False) -> None:
+    """The closing lines of every command that writes results: each file it wrote on a line of its own, never broken
+    by the terminal's width (so it can be copied). Under ``--json`` (stdout holds only the JSON) on stderr."""
+    files = [str(f) for f in files]
+    out = err_console if json else console
+    out.print(f"[bold green]Wrote[/] {plural(len(files), 'file')}:", highlight=False)
+    for f in files:
+        out.print(f"  {escape(f)}", soft_wrap=True, highlight=False)
+
+
+def progress_console(json: bool) -> Console:
+    """Where a command's progress, status lines and notes go: stdout, or stderr under ``--json``."""
+    return err_console if json else console
 
 
 def slug(ref: str) -> str:

@@ -6,23 +6,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
     SEED_MAX,
     DataDir,
     Device,
+    FigureFormat,
     MaxParams,
-    console,
     finite,
     one_of,
     pick_device,
+    progress_console,
     slug,
     warn,
     writable_folder,
     wrote,
 )
+from .output import Json, plural, print_json, table
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -31,12 +33,14 @@ Dataset = Annotated[str | None, typer.Option("--dataset", help="Compare on this 
 Splits = Annotated[int, typer.Option("--splits", min=1, help="Random splits of one population into two disjoint halves (the null).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the random splits and permutations (recorded in the result).")]
 NullSide = Annotated[str, typer.Option("--null-side", callback=one_of("a", "b", "auto"), help="Population the split-half null comes from: a, b, or auto (A if large enough, else B).")]
-LabelOpt = Annotated[str | None, typer.Option(help="Name of the side in tables and figures (default: the side string).")]
+LabelOpt = Annotated[str | None, typer.Option(
+    help="Name of the side in tables, figures and the JSON (default: its models' card name, e.g. 'ResNet-20 (1x)', when "
+         "they share one and the other side's differs; else the side string).")]
 Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, help="Folder for the PNG/JSON/CSV outputs (default: results/<command>-<A>-vs-<B>).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where computed predictions are cached (default: $HUBCOMPARE_HOME/predictions).")]
 
 
-def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int, device: str):
+def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int, device: str, con):
     from ..data.datasets import load_dataset
     from ..populations.sides import load_side
 
@@ -44,16 +48,40 @@ def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_p
     ds = load_dataset(dataset, "test", data_dir) if dataset else None
     sides = []
     for spec, label in ((a, label_a or a), (b, label_b or b)):
-        with console.status(f"loading {label}") as status:
+        with con.status(f"loading {escape(label)}") as status:
             side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir, max_params=max_params, device=dev,
-                             on_member=lambda i, n, ref, label=label, status=status: status.update(f"loading {label}: {i + 1}/{n} {ref}"))
-        sources = {}
+                             on_member=lambda i, n, ref, label=label, status=status: status.update(
+                                 f"loading {escape(label)}: {i + 1}/{n} {escape(ref)}"))
+        sides.append(side)
+    _default_labels(sides, (label_a, label_b))
+    for side in sides:
+        sources: dict[str, int] = {}
         for m in side.members:
             sources[m.predictions] = sources.get(m.predictions, 0) + 1
-        console.print(f"[bold]{label}[/]: {side.num_models} model(s), predictions "
-                      + ", ".join(f"{v} {k}" for k, v in sources.items()), soft_wrap=True, highlight=False)
-        sides.append(side)
+        con.print(f"[bold]{escape(side.label)}[/]" + (f" ({escape(side.spec)})" if side.spec != side.label else "")
+                  + f": {plural(side.num_models, 'model')}, predictions " + ", ".join(f"{v} {k}" for k, v in sources.items()),
+                  soft_wrap=True, highlight=False)
     return sides
+
+
+def _default_labels(sides, given) -> None:
+    """Sides without a --label are called by their models' shared card name (``ResNet-20 (1x)``, with what tells the two
+    sides apart added) when that names them apart; else they keep the side string."""
+    from ..similarity.labels import default_label, unique_labels
+
+    infos, names = [], []
+    for side in sides:
+        per_model = [default_label(m.info, m.ref) for m in side.members]
+        shared = {k: v for k, v in side.members[0].info.items() if all(m.info.get(k) == v for m in side.members)}
+        infos.append(shared)
+        names.append(per_model[0] if len(set(per_model)) == 1 and "depth" in shared else None)
+    if None in names:
+        return
+    labels = unique_labels(infos, [s.spec for s in sides], list(given))
+    if labels[0] != labels[1]:
+        for side, label, g in zip(sides, labels, given):
+            if not g and not label.endswith("]") and " #" not in label:  # else the side string says it better
+                side.label = label
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -62,6 +90,12 @@ def _fmt(v, spec=".4f") -> str:
 
 def _p(v) -> str:
     return "-" if v is None else f"{v:.3g}"
+
+
+def _sides_line(con, a: str, b: str) -> None:
+    """Which side is A and which B, whole (tables then say just A and B, so their columns fit 80 characters)."""
+    for k, v in (("A", a), ("B", b)):
+        con.print(f"[bold]{k}[/] = {escape(v)}", soft_wrap=True, highlight=False)
 
 
 def agreement(
@@ -79,54 +113,66 @@ def agreement(
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
+    fmt: FigureFormat = "png",
+    json_out: Json = False,
 ) -> None:
     """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement."""
     from ..populations.agreement import agreement as compute
     from ..populations.plots import plot_agreement
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device)
-    with console.status("computing"):
+    con = progress_console(json_out)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device, con)
+    with con.status("computing"):
         r = compute(sa, sb, splits=splits, permutations=permutations, seed=seed, null_side=null_side,
                     settings={"dataset_option": dataset})
     warn(r.warnings)
+    out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
+    files = [*r.save(out), plot_agreement(r, out / f"agreement.{fmt}")]
+    if json_out:
+        print_json(r.to_json() | {"files": [str(f) for f in files]})
+        wrote(files, json_out)
+        return
     s = r.summary()
-    t = Table("", sa.label, sb.label, "across", title=f"Agreement on {len(r.ids)} examples of {sa.dataset.get('name')}")
+    _sides_line(con, sa.label, sb.label)
+    t = table("", "A", "B", "across", title=f"Agreement on {plural(len(r.ids), 'example')} of {sa.dataset.get('name')}")
     t.add_row("models", str(s["models"]["a"]), str(s["models"]["b"]), "")
     t.add_row("mean accuracy", _fmt(s["mean_accuracy"]["a"]), _fmt(s["mean_accuracy"]["b"]), "")
     k = s["kappa"]
     t.add_row("error consistency (kappa), mean over pairs", *(_fmt((k[x] or {}).get("mean")) for x in ("within_a", "within_b", "across")))
     ag = s["agreement"]
     t.add_row("prediction agreement", *(_fmt(ag[x]) for x in ("within_a", "within_b", "across")))
-    console.print(t)
-    console.print(f"per-example accuracy: mean |A - B| {s['mean_abs_per_example_difference']:.4f}, correlation "
-                  f"{_fmt(s['per_example_accuracy_correlation'])}", highlight=False)
+    con.print(t)
+    say = lambda text: con.print(text, soft_wrap=True, highlight=False)  # noqa: E731
+    say(f"per-example accuracy: mean |A - B| {s['mean_abs_per_example_difference']:.4f}, correlation "
+        f"{_fmt(s['per_example_accuracy_correlation'])}")
     if r.pair is not None:
         mc = r.pair["mcnemar"]
-        console.print(f"two models: kappa {_fmt(r.pair['kappa'])}, agreement {r.pair['agreement']:.4f}; McNemar exact test: "
-                      f"{mc['a_right_b_wrong']} right only by A, {mc['a_wrong_b_right']} only by B, p = {_p(mc['p_value'])}", highlight=False)
+        say(f"two models: kappa {_fmt(r.pair['kappa'])}, agreement {r.pair['agreement']:.4f}; McNemar exact test: "
+            f"{mc['a_right_b_wrong']} right only by A, {mc['a_wrong_b_right']} only by B, p = {_p(mc['p_value'])}")
     if r.permutation is not None:
         pt = s["permutation_test"]
-        console.print(f"permutation test over model labels ({pt['permutations']}): mean squared per-example difference "
-                      f"{pt['observed']:.5f} vs null mean {pt['null_mean']:.5f}, [bold]p = {_p(pt['p_value'])}[/]", highlight=False)
+        say(f"permutation test over model labels ({pt['permutations']}): mean squared per-example difference "
+            f"{pt['observed']:.5f} vs null mean {pt['null_mean']:.5f}, [bold]p = {_p(pt['p_value'])}[/]")
     if r.null is not None:
         n = s["null"]
-        console.print(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
-                      f"(the null itself: {n['expected_outside_under_null']:.1f})", highlight=False)
-        _small_null(n)
-    out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
-    files = [*r.save(out), plot_agreement(r, out / "agreement.png")]
+        say(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
+            f"(expected by chance at these side sizes: {n['expected_outside_under_null']:.1f}, "
+            f"p = {_p(n['outside_band_p_value'])})")
+        _small_null(con, n)
     wrote(files)
 
 
-def _small_null(n: dict) -> None:
+def _small_null(con, n: dict) -> None:
     """Beside the null's line: say plainly when its halves are too small for it to carry weight."""
     if n["too_small"]:
-        console.print(f"  [bold yellow]too few models for this null to carry weight[/]: halves of {n['half_size']} "
-                      f"(at least {n['min_half_size']} needed); read the counts above as a sketch, not a finding", highlight=False)
+        con.print(f"  [bold yellow]too few models for this null to carry weight[/]: halves of {n['half_size']} "
+                  f"(at least {n['min_half_size']} needed); its band is coarse, so the outside count's p-value is the figure to read",
+                  soft_wrap=True, highlight=False)
 
 
 def _null_header(n: dict) -> str:
-    return f"split-half null from {n['side']} ({n['splits']} splits, {n['half_size']} vs {n['half_size']} models): "
+    h = plural(n["half_size"], "model")
+    return f"split-half null from {escape(n['side'])} ({plural(n['splits'], 'split')}, {h} vs {h}): "
 
 
 def class_diff(
@@ -145,30 +191,44 @@ def class_diff(
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
+    fmt: FigureFormat = "png",
+    json_out: Json = False,
 ) -> None:
     """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs."""
     from ..populations.classdiff import class_diff as compute
     from ..populations.plots import plot_class_diff
 
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device)
-    with console.status("computing"):
+    con = progress_console(json_out)
+    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device, con)
+    with con.status("computing"):
         r = compute(sa, sb, alpha=alpha, splits=splits, seed=seed, null_side=null_side, settings={"dataset_option": dataset})
     warn(r.warnings)
+    out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
+    files = [*r.save(out), plot_class_diff(r, out / f"class_diff.{fmt}")]
+    if json_out:
+        print_json(r.to_json() | {"files": [str(f) for f in files]})
+        wrote(files, json_out)
+        return
     s = r.summary()
-    t = Table("class", f"acc {r.label_a}", f"acc {r.label_b}", "A - B", f"{100 * (1 - alpha):g}% CI", "t", "df", "p", "q (BH)", "",
-              title=f"Welch's t-test per class: {s['models']['a']} vs {s['models']['b']} models, sorted by p")
-    for row in r.rows()[:top]:
-        t.add_row(row["class"], _fmt(row["mean_a"]), _fmt(row["mean_b"]), _fmt(row["difference"], "+.4f"),
+    _sides_line(con, r.label_a, r.label_b)
+    t = table(title=f"Welch's t-test per class: {s['models']['a']} vs {plural(s['models']['b'], 'model')}, sorted by p",
+              box=None, header_style="bold", pad_edge=False, collapse_padding=True)
+    rows = r.rows()
+    t.add_column("class", overflow="fold", min_width=min(16, max(5, *(len(row["class"]) for row in rows[:top]))))
+    for h in ("acc A", "acc B", "A - B", f"{100 * (1 - alpha):g}% CI", "t", "df", "p", "q (BH)", ""):
+        t.add_column(h, justify="right", no_wrap=True)
+    for row in rows[:top]:
+        t.add_row(escape(row["class"]), _fmt(row["mean_a"]), _fmt(row["mean_b"]), _fmt(row["difference"], "+.4f"),
                   "-" if row["ci_lo"] is None else f"[{row['ci_lo']:+.4f}, {row['ci_hi']:+.4f}]",
                   _fmt(row["t"], ".2f"), _fmt(row["df"], ".1f"), _p(row["p"]), _p(row["q"]), "[bold red]*[/]" if row["significant"] else "")
-    console.print(t)
-    console.print(f"[bold]{s['significant_q']}[/] of {s['classes']} classes significant at q < {alpha:g} "
-                  f"({s['significant_p']} at raw p < {alpha:g})", highlight=False)
+    con.print(t)
+    if len(rows) > top:
+        con.print(f"({plural(len(rows) - top, 'more class', 'more classes')} in the JSON and CSV; --top shows more)", highlight=False)
+    con.print(f"[bold]{s['significant_q']}[/] of {plural(s['classes'], 'class', 'classes')} significant at q < {alpha:g} "
+              f"({s['significant_p']} at raw p < {alpha:g})", highlight=False)
     if r.null is not None:
         n = s["null"]
-        console.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
-                      f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", highlight=False)
-        _small_null(n)
-    out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
-    files = [*r.save(out), plot_class_diff(r, out / "class_diff.png")]
+        con.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
+                  f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", soft_wrap=True, highlight=False)
+        _small_null(con, n)
     wrote(files)

@@ -10,7 +10,10 @@ own server (``HF_ENDPOINT``). Design choices:
   models without duplicating commits;
 - a pull resolves the revision to a commit sha first, then downloads that sha into the standard
   Hugging Face cache, so what is loaded is pinned and later commits cannot change it; offline
-  (``HF_HUB_OFFLINE=1``) it is served from the cache;
+  (``HF_HUB_OFFLINE=1``) it is served from the cache, and an unpinned reference whose branch was never
+  cached (the repo was pulled pinned to a sha) falls back to the newest cached commit, with a notice;
+- a pull fetches only the files its caller needs (``files``): comparing stored predictions never
+  downloads weights; huggingface_hub's own progress bars are off (callers draw one display);
 - only safetensors weights are ever downloaded or loaded: pickles (``pytorch_model.bin``, ``.pth``)
   are skipped, and a repo that offers nothing else is refused;
 - timeouts, connection errors and 5xx are retried with exponential backoff.
@@ -39,6 +42,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import tqdm as hf_tqdm
 
 from ..errors import (
     CheckpointMismatchError,
@@ -58,7 +63,7 @@ from .names import check_name, check_repo_id
 
 __all__ = [
     "PushResult", "PopulationResult", "Pulled", "push", "push_population", "pull", "population_repo_name",
-    "PICKLE_PATTERNS", "with_retries",
+    "PICKLE_PATTERNS", "with_retries", "cached_commits",
 ]
 
 UPLOAD_FILES = (WEIGHTS_FILE, CONFIG_FILE, PREDICTIONS_FILE)  # README.md is generated per repo
@@ -266,7 +271,16 @@ def push_population(run_dirs: Iterable[str | Path], population: str, owner: str,
     return PopulationResult(population=population, collection_slug=slug, pushed=pushed, failures=failures)
 
 
-# --- pull -------------------------------------------------------------------------------------
+# --- pull ----------------------------------------------------------------------------------------
+class _NoBars(hf_tqdm):
+    """huggingface_hub's progress bars, always off: a download is one step of a hubcompare command, whose own
+    display (a bar or a spinner) is the only one (its "Fetching 5 files" bars otherwise print into it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
 @dataclass
 class Pulled:
     repo_id: str
@@ -274,6 +288,7 @@ class Pulled:
     commit_sha: str  # what was downloaded
     path: Path  # the snapshot folder in the Hugging Face cache
     offline: bool
+    notice: str | None = None  # set when the commit was chosen from the cache rather than by the revision (offline)
 
 
 def _refuse_pickles(repo_id: str, rev: str, files: Iterable[str]) -> None:
@@ -290,36 +305,84 @@ def _refuse_pickles(repo_id: str, rev: str, files: Iterable[str]) -> None:
     raise HubFileNotFoundError(f"{repo_id}@{rev} has no {WEIGHTS_FILE}: it is not a timm/hubcompare model repo.")
 
 
+def cached_commits(repo_id: str, cache_dir: str | Path | None = None, needs: Iterable[str] = (CONFIG_FILE,)) -> list[tuple[str, float]]:
+    """The commits of ``repo_id`` in the Hugging Face cache that hold every file of ``needs``, newest download
+    first, as (sha, when it was downloaded: the snapshot folder's modification time)."""
+    snapshots = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    if not snapshots.is_dir():
+        return []
+    found = [(d.name, d.stat().st_mtime) for d in snapshots.iterdir()
+             if d.is_dir() and all((d / f).is_file() for f in needs)]
+    return sorted(found, key=lambda c: c[1], reverse=True)
+
+
+def _newest_cached(repo_id: str, cache_dir, files: tuple[str, ...]) -> tuple[str, str] | None:
+    """Offline, for an unpinned reference whose branch the cache never recorded (it was pulled pinned to a sha, which
+    writes no refs/main): the newest cached commit, and the notice that says so."""
+    commits = cached_commits(repo_id, cache_dir, [f for f in files if f in (CONFIG_FILE, WEIGHTS_FILE, PREDICTIONS_FILE)])
+    if not commits:
+        return None
+    sha, when = commits[0]
+    stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+    others = f" ({len(commits)} commits cached)" if len(commits) > 1 else ""
+    return sha, (f"offline: the cache does not record which commit {repo_id}@main is (it was pulled pinned to a commit), "
+                 f"so the newest cached commit is used: {sha} (downloaded {stamp}){others}. Name it exactly as "
+                 f"hf-hub:{repo_id}@{sha}.")
+
+
 def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None, cache_dir: str | Path | None = None,
-         attempts: int = 5) -> Pulled:
+         attempts: int = 5, files: Iterable[str] = PULL_FILES) -> Pulled:
     """Download a model (safetensors only) into the Hugging Face cache, pinned to a commit sha.
 
-    Only the files loading reads are downloaded (``PULL_FILES``: weights, config.json, card, predictions;
-    timm's own Hub repos hold model.safetensors and config.json too), never the rest of the repo.
-    ``snapshot_download`` resolves the revision to a commit once and downloads that commit; the
-    snapshot folder is named by it. With ``HF_HUB_OFFLINE=1`` (or when the Hub cannot be reached)
-    the cached snapshot is used.
+    Only ``files`` are downloaded (default ``PULL_FILES``: weights, config.json, card, predictions, all that
+    loading reads; timm's own Hub repos hold model.safetensors and config.json too), never the rest of the repo.
+    Without the weights file in ``files`` (e.g. only predictions are needed) the weights are neither fetched
+    nor required. ``snapshot_download`` resolves the revision to a commit once and downloads that commit; the
+    snapshot folder is named by it. With ``HF_HUB_OFFLINE=1`` (or when the Hub cannot be reached) the cached
+    snapshot is used; an unpinned pull whose branch the cache does not record uses the newest cached commit
+    and says so in ``Pulled.notice``.
     """
     check_repo_id(repo_id)
     api = api or HfApi()
+    files = tuple(dict.fromkeys(files))
     rev = revision or "main"
     offline = bool(constants.HF_HUB_OFFLINE)
+    notice = None
+
+    def download(revision: str) -> Path:
+        return Path(with_retries(lambda: snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(files), ignore_patterns=PICKLE_PATTERNS,
+            endpoint=api.endpoint, token=api.token, local_files_only=offline, tqdm_class=_NoBars),
+            f"download {repo_id}@{revision}", attempts))
+
+    not_cached = NotInCacheError(
+        f"{repo_id}@{rev} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub "
+        "cannot be used (offline or unreachable): pull it once while online, or unset HF_HUB_OFFLINE."
+    )
     try:
-        path = Path(with_retries(lambda: snapshot_download(
-            repo_id, revision=rev, cache_dir=cache_dir, allow_patterns=list(PULL_FILES), ignore_patterns=PICKLE_PATTERNS,
-            endpoint=api.endpoint, token=api.token, local_files_only=offline), f"download {repo_id}@{rev}", attempts))
+        try:
+            path = download(rev)
+        except LocalEntryNotFoundError:
+            fallback = _newest_cached(repo_id, cache_dir, files) if revision is None else None
+            if fallback is None:
+                raise
+            offline = True
+            path, notice = download(fallback[0]), fallback[1]
     except LocalEntryNotFoundError as e:
-        raise NotInCacheError(
-            f"{repo_id}@{rev} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub "
-            "cannot be used (offline or unreachable): pull it once while online, or unset HF_HUB_OFFLINE."
-        ) from e
+        raise not_cached from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise _translate(e, repo_id, rev, api.endpoint) from None
-    if not (path / WEIGHTS_FILE).is_file():
-        files = [p.name for p in path.iterdir()] if path.is_dir() else []  # no snapshot folder when nothing matched
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if f in files and not (path / f).is_file()]
+    if offline and missing and path.is_dir() and (path / CONFIG_FILE).is_file():
+        raise NotInCacheError(
+            f"{repo_id}@{path.name} is cached without {', '.join(missing)} (an earlier command needed only its "
+            "predictions) and the Hub cannot be used: pull it once while online, or unset HF_HUB_OFFLINE."
+        )
+    if WEIGHTS_FILE in files and not (path / WEIGHTS_FILE).is_file():
+        listed = [p.name for p in path.iterdir()] if path.is_dir() else []  # no snapshot folder when nothing matched
         if not offline:
-            files = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts)
-        _refuse_pickles(repo_id, rev, files)
+            listed = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts)
+        _refuse_pickles(repo_id, rev, listed)
     if not (path / CONFIG_FILE).is_file():
         raise HubFileNotFoundError(f"{repo_id}@{rev} has no {CONFIG_FILE}: it is not a timm/hubcompare model repo.")
-    return Pulled(repo_id=repo_id, revision=revision, commit_sha=path.name, path=path, offline=offline)
+    return Pulled(repo_id=repo_id, revision=revision, commit_sha=path.name, path=path, offline=offline, notice=notice)

@@ -3,11 +3,13 @@
 Parsing lives in :mod:`.names` (a leaf); this module follows a reference through the registry,
 pulls Hub and timm weights pinned to a commit, and opens the checkpoint folder. The torch model is
 built only when ``.model`` is first read, so callers that only need a checkpoint's stored files
-(e.g. its predictions) never build one.
+(e.g. its predictions) never build one; with ``weights=False`` a Hub model's weights are not even
+downloaded until ``.model`` asks for them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,12 +17,20 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
-from ..errors import InvalidReferenceError, PickleWeightsRefusedError, ReferenceNotFoundError
-from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE, Checkpoint, load_checkpoint
+from ..errors import CheckpointFileMissingError, InvalidReferenceError, PickleWeightsRefusedError, ReferenceNotFoundError
+from ..models.checkpoint import (
+    CARD_FILE,
+    CONFIG_FILE,
+    DEFAULT_MAX_PARAMS,
+    PREDICTIONS_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    load_checkpoint,
+)
 from ..models.guard import check_size, estimate_size
 from ..models.metadata import ModelMeta
 from ..models.weights import load_model
-from .client import pull
+from .client import Pulled, pull
 from .names import ACCEPTED_FORMS, Reference, parse_reference
 from .registry import Registry
 
@@ -32,7 +42,10 @@ class ResolvedModel:
     """A reference resolved: what was followed, from which registry entry and commit, and what was opened.
 
     ``checkpoint`` is the opened folder for local and Hub references (None for ``timm:``, whose
-    model is built at once); ``model`` is built from the checkpoint on first use, in eval mode.
+    model is built at once); ``model`` is built from the checkpoint on first use, in eval mode (a Hub
+    model resolved with ``weights=False`` downloads its weights, at the same commit, then).
+    ``notices``: what the user should know about how it was resolved (e.g. offline, the newest cached commit
+    stood in for an unpinned reference); commands print them.
     """
 
     reference: Reference  # the non-registry reference followed (a registry name's target)
@@ -43,10 +56,15 @@ class ResolvedModel:
     checkpoint: Checkpoint | None = None
     _model: torch.nn.Module | None = field(default=None, repr=False)
     max_params: int = DEFAULT_MAX_PARAMS  # the model is refused, before it is built, when its config describes more
+    notices: list[str] = field(default_factory=list)
+    api: object = field(default=None, repr=False)
 
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
+            if self.checkpoint is not None and not (self.checkpoint.path / WEIGHTS_FILE).is_file() and self.commit_sha:
+                pulled = pull(self.reference.target, self.commit_sha, api=self.api)  # the weights, at the same commit
+                self.checkpoint = load_checkpoint(pulled.path)
             self._model = load_model(self.checkpoint, self.max_params)
         return self._model
 
@@ -61,11 +79,13 @@ class ResolvedModel:
 
 
 def resolve_reference(ref: str | Reference, registry: Registry | None = None, api=None, *,
-                      max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
+                      max_params: int = DEFAULT_MAX_PARAMS, weights: bool = True) -> ResolvedModel:
     """Follow ``ref`` (through the registry) to a checkpoint: pulled, pinned to a commit sha, for Hub and timm references.
 
     Checkpoint folders are opened and validated, not built: read ``.model`` to build the model (refused
     before anything is allocated when its config describes more than ``max_params`` parameters).
+    ``weights=False``: a Hub model whose repo holds predictions is pulled without its weights (config, card and
+    predictions only), for callers that read stored predictions; ``.model`` fetches the weights if it is read.
     """
     if isinstance(ref, str):
         ref = parse_reference(ref, registry.names() if registry is not None else None)
@@ -78,7 +98,7 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
                 f"registry entry {entry.name} points at another registry name ({entry.reference}): "
                 "point it at an hf-hub:, timm: or local-dir: reference."
             )
-        resolved = resolve_reference(inner, registry, api, max_params=max_params)
+        resolved = resolve_reference(inner, registry, api, max_params=max_params, weights=weights)
         resolved.registry_name = entry.name
         return resolved
     if ref.kind == "local-dir":
@@ -88,10 +108,29 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
         ckpt = load_checkpoint(path)
         return ResolvedModel(ref, ckpt.config, None, ckpt.path, checkpoint=ckpt, max_params=max_params)
     if ref.kind == "hf-hub":
-        pulled = pull(ref.target, ref.revision, api=api)
-        ckpt = load_checkpoint(pulled.path)
-        return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt, max_params=max_params)
+        pulled = None if weights else _pull_without_weights(ref, api)
+        pulled = pulled or pull(ref.target, ref.revision, api=api)
+        ckpt = _open_pulled(pulled)
+        return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt, max_params=max_params,
+                             notices=[pulled.notice] if pulled.notice else [], api=api)
     return _resolve_timm(ref, api, max_params)
+
+
+def _pull_without_weights(ref: Reference, api) -> Pulled | None:
+    """The repo's config, card and predictions, not its weights; None when it holds no predictions (pull it all)."""
+    pulled = pull(ref.target, ref.revision, api=api, files=(CONFIG_FILE, CARD_FILE, PREDICTIONS_FILE))
+    return pulled if (pulled.path / PREDICTIONS_FILE).is_file() else None
+
+
+def _open_pulled(pulled: Pulled) -> Checkpoint:
+    """Open a pulled snapshot; one pulled without weights is opened from its validated config alone."""
+    try:
+        return load_checkpoint(pulled.path)
+    except CheckpointFileMissingError as e:
+        # load_checkpoint checks config.json fully before it looks for the weights, so only the weights are missing
+        if e.path != pulled.path / WEIGHTS_FILE or (pulled.path / WEIGHTS_FILE).is_file():
+            raise
+        return Checkpoint(path=pulled.path, config=json.loads((pulled.path / CONFIG_FILE).read_text()))
 
 
 def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
@@ -115,4 +154,5 @@ def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> 
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pulled.path / WEIGHTS_FILE), "source": "timm"})
     config = {"architecture": arch, "num_classes": model.num_classes, "pretrained_cfg": dict(model.pretrained_cfg)}
     config["pretrained_cfg"].pop("file", None)
-    return ResolvedModel(ref, config, pulled.commit_sha, pulled.path, _model=model.eval(), max_params=max_params)
+    return ResolvedModel(ref, config, pulled.commit_sha, pulled.path, _model=model.eval(), max_params=max_params,
+                         notices=[pulled.notice] if pulled.notice else [])

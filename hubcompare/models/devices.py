@@ -9,6 +9,10 @@ which silently breaks CKA's 1e-6 bound against the float64 reference.
 float64 on GPUs: data-centre GPUs run it at half their float32 rate or better; consumer GPUs at 1/32 to
 1/64 of it, and MPS not at all. :func:`fast_float64` says which (by compute capability); the CKA engine
 uses it to choose how it forms each minibatch's HSIC products (:mod:`hubcompare.similarity.cka`).
+
+Layout: on the CPU, oneDNN runs float32 convolutions channels-last ~1.3-1.5x faster than NCHW (CIFAR ResNets,
+``benchmarks/cka_speed.py``) with the same float32 arithmetic; :func:`channels_last_helps` says where that is
+known to hold and :func:`memory_format` puts models in a layout for a block and back after.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from torch import nn
 from ..errors import DeviceError
 
 __all__ = ["DEVICE_FORMS", "available_devices", "resolve_device", "describe_device", "exact_float32", "fast_float64",
-           "float64_device", "module_device", "on_device", "synchronize", "peak_memory_bytes"]
+           "float64_device", "module_device", "on_device", "synchronize", "peak_memory_bytes", "MEMORY_FORMATS",
+           "channels_last_helps", "memory_format"]
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 _SPEC = re.compile(r"auto|cpu|mps|cuda(?::(?P<index>[0-9]{1,4}))?")
 # compute capabilities whose float64 runs at >= 1/2 of float32 (P100, V100, A100, H100/H200, B200); every other
 # GPU (GeForce, RTX workstation, Jetson, B300, ...) has 1/32-1/64 rate float64
 FAST_FLOAT64_CAPABILITIES = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def _mps_available() -> bool:
@@ -127,11 +133,19 @@ def _tf32_flags() -> list[tuple[object, str, str]]:
     return [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
 
 
+def _onednn_flags() -> list[tuple[object, str, str]]:
+    """The same for oneDNN on the CPU (torch >= 2.9): ``ieee`` keeps its float32 matmul and convolutions from
+    running in bf16 or TF32 whatever ``torch.set_float32_matmul_precision`` says."""
+    mkldnn = torch.backends.mkldnn
+    return [(obj, "fp32_precision", "ieee") for obj in (getattr(mkldnn, "matmul", None), getattr(mkldnn, "conv", None))
+            if obj is not None and hasattr(obj, "fp32_precision")]
+
+
 @contextmanager
 def exact_float32() -> Iterator[None]:
-    """float32 matrix products and convolutions on CUDA in full float32 (TF32 off) inside the block; the
-    settings before it are restored after. No effect on the CPU."""
-    flags = _tf32_flags()
+    """float32 matrix products and convolutions in full float32 inside the block: TF32 off on CUDA, no bf16 or
+    TF32 in oneDNN on the CPU; the settings before it are restored after."""
+    flags = _tf32_flags() + _onednn_flags()
     saved = [getattr(obj, attr) for obj, attr, _ in flags]
     try:
         for obj, attr, value in flags:
@@ -159,6 +173,34 @@ def on_device(modules: Sequence[nn.Module], device: torch.device) -> Iterator[No
     finally:
         for m, place in zip(modules, places):
             m.to(place)
+
+
+def channels_last_helps(device: str | torch.device) -> bool:
+    """Whether float32 convolutions are known to run faster channels-last on ``device``: the CPU with oneDNN.
+    GPUs are not measured here in exact float32 (TF32 off), so they keep NCHW unless asked."""
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+@contextmanager
+def memory_format(modules: Sequence[nn.Module], fmt: torch.memory_format) -> Iterator[None]:
+    """The modules' 4-D parameters and buffers laid out in ``fmt`` inside the block, and each back in the strides
+    it had after it. Only the layout changes, never a value; one tensor at a time is copied, so the models' memory
+    does not double."""
+    changed: list[tuple[torch.Tensor, tuple[int, ...]]] = []
+    seen: set[int] = set()
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            dense = t.dim() == 4 and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
+            if id(t) in seen or not dense or t.is_contiguous(memory_format=fmt):
+                continue
+            seen.add(id(t))
+            changed.append((t, t.stride()))
+            t.data = t.data.contiguous(memory_format=fmt)
+    try:
+        yield
+    finally:
+        for t, stride in changed:
+            t.data = torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t.data)
 
 
 def synchronize(device: str | torch.device) -> None:

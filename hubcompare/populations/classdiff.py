@@ -117,6 +117,10 @@ def class_diff(a: Side, b: Side, *, alpha: float = 0.05, splits: int = 1000, see
     if np.isnan(w.p).any():
         warnings.append(f"{int(np.isnan(w.p).sum())} class(es) have zero variance on both sides (e.g. every model 100% right): "
                         "no test, counted as not significant")
+    one_sided = int(((np.ptp(xa, 0) == 0) ^ (np.ptp(xb, 0) == 0)).sum())
+    if one_sided:
+        warnings.append(f"{one_sided} class(es) have zero variance on one side only (every model of that side equally right): "
+                        "their Welch test rests on the other side's variance alone")
     null = None
     nside = null_side_for(a, b, null_side, need=2 * MIN_MODELS)
     if nside is None:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from ..provenance import atomic_write_figure
+from ..similarity.plots import write_figure
 from . import stats
 from .agreement import BAND_TOL
 
@@ -34,6 +34,10 @@ def _dataset_line(provenance: dict) -> str:
 def _short(label: str, width: int = 48) -> str:
     """A side's label cut in the middle when long (paths, globs, @files), for axis labels and legends."""
     return label if len(label) <= width else label[: width // 2 - 1] + "..." + label[-(width // 2 - 2):]
+
+
+def _models(n: int) -> str:
+    return f"{n} model{'' if n == 1 else 's'}"
 
 
 def _title(text: str, width: int = 100) -> str:
@@ -115,9 +119,9 @@ def plot_agreement(result, path: str | Path) -> Path:
         zlo, zhi = nl["z_band"]
         handles += [Line2D([], [], color="crimson", ls="--", lw=1, label=f"null's 95% band (|z| from {nl['splits']} splits of {_short(nl['side'], 30)})"),
                     Patch(fill=False, ec="crimson", label=f"cells outside it: {int(result.outside.sum())} examples "
-                                                            f"(the null's own count: {nl['expected_outside']:.1f})")]
-    ax.set_xlabel(f"per-example accuracy, {la} ({ma} models)")
-    ax.set_ylabel(f"per-example accuracy, {lb} ({mb} models)")
+                                                            f"(expected by chance: {nl['expected_outside']:.1f}, p = {nl['outside_test']['p_value']:.3g})")]
+    ax.set_xlabel(f"per-example accuracy, {la} ({_models(ma)})")
+    ax.set_ylabel(f"per-example accuracy, {lb} ({_models(mb)})")
     k = result.kappa["across"]["mean"]
     kappa = f"kappa across {k:.3f}, " if k is not None else ""
     title = f"A vs B: examples per cell ({kappa}agreement {result.agreement['across']:.3f})"
@@ -132,11 +136,11 @@ def plot_agreement(result, path: str | Path) -> Path:
         h = nl["half_size"]
         ea, eb = nl["example_a"], nl["example_b"]
         _lattice_panel(axn, ea, eb, h, h, norm, _outside(ea, eb, h, h, zlo, zhi), (zlo, zhi, h, h))
-        axn.set_xlabel(f"per-example accuracy, first half ({h} models)")
-        axn.set_ylabel(f"per-example accuracy, second half ({h} models)")
+        axn.set_xlabel(f"per-example accuracy, first half ({_models(h)})")
+        axn.set_ylabel(f"per-example accuracy, second half ({_models(h)})")
         small = nl.get("too_small", False)
         axn.set_title(f"Null: one split of {_short(nl['side'], 30)} into halves" +
-                      (f"\nTOO SMALL TO CARRY WEIGHT: halves of {h} model(s)" if small else ""),
+                      (f"\nTOO SMALL TO CARRY WEIGHT: halves of {_models(h)}" if small else ""),
                       fontsize=10, color="#b35900" if small else "black")
     fig.colorbar(mesh, ax=lattice_axes, shrink=0.8, label="examples per cell (log scale)")
     if result.permutation is not None:
@@ -147,9 +151,9 @@ def plot_agreement(result, path: str | Path) -> Path:
         ax2.set_ylabel("permutations")
         ax2.set_title("Permutation test over model labels", fontsize=10)
         ax2.legend(fontsize=8)
-    fig.suptitle(_title(f"{result.label_a} (A, {ma} models) vs {result.label_b} (B, {mb} models)\n{_dataset_line(result.provenance)}",
+    fig.suptitle(_title(f"{result.label_a} (A, {_models(ma)}) vs {result.label_b} (B, {_models(mb)})\n{_dataset_line(result.provenance)}",
                         int(14 * fig.get_figwidth())), fontsize=11)
-    return atomic_write_figure(fig, path)
+    return write_figure(fig, path)
 
 
 def plot_class_diff(result, path: str | Path) -> Path:
@@ -181,9 +185,9 @@ def plot_class_diff(result, path: str | Path) -> Path:
     # below the axes, so it never covers the null's band or a class's interval
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     if result.null is not None and result.null.get("too_small", False):
-        ax.set_title(f"null too small to carry weight: halves of {result.null['half_size']} model(s)", fontsize=10, color="#b35900")
+        ax.set_title(f"null too small to carry weight: halves of {_models(result.null['half_size'])}", fontsize=10, color="#b35900")
     width = int(12 * fig.get_figwidth())
-    fig.suptitle(_title(f"Per-class differences, Welch's t-test: A = {result.label_a} ({result.class_acc_a.shape[0]} models), "
-                        f"B = {result.label_b} ({result.class_acc_b.shape[0]} models)\n{_dataset_line(result.provenance)}", width),
+    fig.suptitle(_title(f"Per-class differences, Welch's t-test: A = {result.label_a} ({_models(result.class_acc_a.shape[0])}), "
+                        f"B = {result.label_b} ({_models(result.class_acc_b.shape[0])})\n{_dataset_line(result.provenance)}", width),
                  fontsize=11)
-    return atomic_write_figure(fig, path)
+    return write_figure(fig, path)

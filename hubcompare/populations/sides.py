@@ -236,7 +236,8 @@ def _compute(model, ds, cache_file: Path, label: str, device):
 
 
 def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_dir: Path, max_params: int, device):
-    resolved = resolve_reference(ref_text, registry, api, max_params=max_params)  # a checkpoint is opened, its model not built yet
+    # a checkpoint is opened, its model not built; a Hub model's weights are downloaded only if its predictions must be computed
+    resolved = resolve_reference(ref_text, registry, api, max_params=max_params, weights=False)
     ckpt, sha = resolved.checkpoint, resolved.commit_sha
     meta = resolved.meta
     source = None
@@ -252,11 +253,12 @@ def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_d
                     f"{ref_text} has no stored predictions and records no dataset: pass a dataset to compute them on."
                 )
             ds = load_dataset(meta.dataset, "test", data_dir)
-        if ckpt is not None:
-            key = meta.weights_sha256 or sha256_file(ckpt.path / WEIGHTS_FILE)
+        model = resolved.model  # (a Hub model pulled without weights fetches them now, at the same commit)
+        if resolved.checkpoint is not None:
+            key = meta.weights_sha256 or sha256_file(resolved.checkpoint.path / WEIGHTS_FILE)
         else:
             key = f"{resolved.reference.target}-{sha}"
-        preds, source = _compute(resolved.model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text, device)
+        preds, source = _compute(model, ds, cache_dir / f"{key}-{ds.fingerprint}.safetensors", ref_text, device)
     member = Member(
         ref=ref_text, resolved=str(resolved.pinned), commit_sha=sha, registry_name=resolved.registry_name,
         path=str(resolved.path) if resolved.path else None, predictions=source, weights_sha256=meta.weights_sha256,
@@ -264,7 +266,7 @@ def _member_predictions(ref_text: str, registry, api, dataset, data_dir, cache_d
         info=meta.summary(),
         device=preds.device,
     )
-    return member, preds
+    return member, preds, resolved.notices
 
 
 def _describe_groups(groups: dict[tuple, list[str]]) -> str:
@@ -324,11 +326,14 @@ def load_side(spec: str, label: str, *, dataset=None, data_dir=None, registry=No
         if on_member:
             on_member(i, len(refs), ref)
         loaded.append(_member_predictions(ref, registry, api, dataset, data_dir, cache_dir, max_params, device))
+    notices = [n for *_, member_notices in loaded for n in member_notices]
+    loaded = [(member, preds) for member, preds, _ in loaded]
     _check_same_data(loaded, f"side {label} ({spec})")
     first = loaded[0][1]
     if first.logits.shape[1] != first.dataset.get("num_classes", first.logits.shape[1]):
         raise PredictionsUnavailableError(f"{loaded[0][0].ref}: {first.logits.shape[1]} logits for a {first.dataset.get('num_classes')}-class dataset")
     classes, warnings = _class_names(first.dataset, dataset, data_dir)
+    warnings = notices + warnings
     predicted = np.stack([p.predicted.numpy() for _, p in loaded]).astype(np.int32)
     return Side(label, spec, [m for m, _ in loaded], predicted, first.labels.numpy().astype(np.int64), list(first.ids),
                 dict(first.dataset), classes, warnings)

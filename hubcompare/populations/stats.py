@@ -9,12 +9,14 @@ under a second.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
 
 __all__ = [
+    "BandCount",
     "PermutationTest",
     "Welch",
     "bh_qvalues",
@@ -165,12 +167,28 @@ def standardized_band(null: np.ndarray, sd: np.ndarray, level: float = 0.95) -> 
 
 
 @dataclass
+class BandCount:
+    """How many examples fall outside a fixed per-example band: observed, and under each relabelling of the
+    pooled models at the sides' own sizes (the null the count is judged against, whatever made the band)."""
+
+    observed: int
+    null: np.ndarray  # the count under each relabelling
+    p_value: float  # (1 + #{null >= observed}) / (1 + permutations): conservative where counts tie
+
+    def to_json(self) -> dict:
+        return {"statistic": "examples outside the band", "null": "relabellings of the pooled models at the sides' sizes",
+                "observed": self.observed, "null_mean": float(self.null.mean()), "null_q95": float(np.quantile(self.null, 0.95)),
+                "p_value": self.p_value, "permutations": int(self.null.size)}
+
+
+@dataclass
 class PermutationTest:
     """Mean over examples of the squared per-example accuracy difference, against model-label permutations."""
 
     observed: float
     null: np.ndarray  # the statistic under each permutation
     p_value: float  # (1 + #{null >= observed}) / (1 + permutations)
+    outside: BandCount | None = None  # the examples outside a band, under the same permutations (when a band was given)
 
     def to_json(self) -> dict:
         return {"statistic": "mean over examples of (accuracy_A - accuracy_B)^2", "observed": self.observed,
@@ -178,24 +196,41 @@ class PermutationTest:
                 "null_q95": float(np.quantile(self.null, 0.95))}
 
 
-def _msd(sum_a: np.ndarray, total: np.ndarray, m_a: int, m_b: int) -> np.ndarray:
-    diff = sum_a / m_a - (total - sum_a) / m_b
-    return (diff * diff).mean(-1)
+def _diff(sum_a: np.ndarray, total: np.ndarray, m_a: int, m_b: int) -> np.ndarray:
+    return sum_a / m_a - (total - sum_a) / m_b
 
 
-def permutation_test(ca: np.ndarray, cb: np.ndarray, perms: int, rng: np.random.Generator, chunk: int = 250) -> PermutationTest:
-    """Do A and B differ per example more than random relabellings of their pooled models do?"""
+def _outside(diff: np.ndarray, band: tuple[np.ndarray, np.ndarray], tol: float) -> np.ndarray:
+    return ((diff < band[0] - tol) | (diff > band[1] + tol)).sum(-1)
+
+
+def permutation_test(ca: np.ndarray, cb: np.ndarray, perms: int, rng: np.random.Generator, chunk: int = 250,
+                     band: tuple[np.ndarray, np.ndarray] | None = None, tol: float = 0.0) -> PermutationTest:
+    """Do A and B differ per example more than random relabellings of their pooled models do?
+
+    With ``band`` (per-example lower and upper bounds on accuracy_A - accuracy_B, ``tol`` of slack),
+    also counts the examples outside it under the same relabellings: a band read off two halves of
+    one population (a coarser lattice of differences than A vs B) holds a different share of the null
+    at A's and B's sizes than at the halves', so only the count at the true sizes says what to expect.
+    """
     pooled = np.concatenate([np.asarray(ca, np.float32), np.asarray(cb, np.float32)])
     m_a, m_b = len(ca), len(cb)
     total = pooled.sum(0, dtype=np.float64)
-    observed = float(_msd(pooled[:m_a].sum(0, dtype=np.float64), total, m_a, m_b))
+    d = _diff(pooled[:m_a].sum(0, dtype=np.float64), total, m_a, m_b)
+    observed = float((d * d).mean())
+    seen = None if band is None else int(_outside(d, band, tol))
     labels = random_relabelings(rng, m_a + m_b, m_a, perms)
     null = np.empty(perms)
+    counts = np.empty(perms, np.int64)
     for s in range(0, perms, chunk):
         sums = (labels[s:s + chunk].astype(np.float32) @ pooled).astype(np.float64)  # exact integer sums
-        null[s:s + chunk] = _msd(sums, total, m_a, m_b)
+        d = _diff(sums, total, m_a, m_b)
+        null[s:s + chunk] = (d * d).mean(-1)
+        if band is not None:
+            counts[s:s + chunk] = _outside(d, band, tol)
     p = (1 + int((null >= observed * (1 - 1e-12)).sum())) / (1 + perms)
-    return PermutationTest(observed, null, p)
+    outside = None if band is None else BandCount(seen, counts, (1 + int((counts >= seen).sum())) / (1 + perms))
+    return PermutationTest(observed, null, p, outside)
 
 
 # --- class-level tests --------------------------------------------------------------------------
@@ -235,7 +270,9 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Welch:
     se2 = va + vb
     with np.errstate(divide="ignore", invalid="ignore"):
         df = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-        test = sps.ttest_ind(a, b, axis=0, equal_var=False)
+        with warnings.catch_warnings():  # a column constant on a side makes scipy warn of "catastrophic cancellation";
+            warnings.simplefilter("ignore", RuntimeWarning)  # class_diff says what it means (NaN p, or one side's variance)
+            test = sps.ttest_ind(a, b, axis=0, equal_var=False)
         t, p = np.asarray(test.statistic, np.float64), np.asarray(test.pvalue, np.float64)
         se = np.sqrt(se2)
         half = sps.t.ppf((1 + confidence) / 2, df) * se

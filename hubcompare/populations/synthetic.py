@@ -13,7 +13,7 @@ import numpy as np
 
 from .sides import Side
 
-__all__ = ["synthetic_labels", "synthetic_side"]
+__all__ = ["reshuffled_ease", "synthetic_labels", "synthetic_pair", "synthetic_side"]
 
 
 def synthetic_labels(n: int, num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -34,3 +34,25 @@ def synthetic_side(label: str, models: int, labels: np.ndarray, ease: np.ndarray
     return Side.from_arrays(label, predicted, labels, classes=[f"class{k}" for k in range(num_classes)],
                             dataset={"name": "synthetic", "split": "test", "num_examples": len(labels),
                                      "num_classes": num_classes, "fingerprint": "synthetic"})
+
+
+def reshuffled_ease(ease: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float = 1.0) -> np.ndarray:
+    """``ease`` with a ``share`` of each class's examples trading ease among themselves: per-example
+    differences planted at (nearly) unchanged class accuracy."""
+    out = ease.copy()
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        pick = rng.choice(idx, round(share * idx.size), replace=False)
+        out[pick] = ease[rng.permutation(pick)]
+    return out
+
+
+def synthetic_pair(models_a: int, models_b: int, n: int, num_classes: int, seed: int, *, reshuffle: float = 0.0,
+                   class_shift_b: dict[int, float] | None = None) -> tuple[Side, Side]:
+    """Sides A and B on the same ``n`` examples: no difference but chance unless B's ease is reshuffled
+    on a ``reshuffle`` share of the examples or shifted on some classes."""
+    rng = np.random.default_rng(seed)
+    labels, ease = synthetic_labels(n, num_classes, rng)
+    a = synthetic_side("A", models_a, labels, ease, rng, num_classes)
+    ease_b = reshuffled_ease(ease, labels, rng, reshuffle) if reshuffle else ease
+    return a, synthetic_side("B", models_b, labels, ease_b, rng, num_classes, class_shift=class_shift_b)

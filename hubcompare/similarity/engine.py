@@ -13,6 +13,14 @@ small, each Gram checked as it is made) and ``accelerator`` (one centred product
 and the HSIC products on the device, one finiteness check per batch read back a batch late, so the
 host never waits for the GPU inside a pass). ``auto`` picks ``cpu`` on the CPU and ``accelerator``
 elsewhere; choosing ``accelerator`` on the CPU is how it is tested without a GPU.
+
+The forward is the fastest exact one the device has: autograd off altogether (``torch.inference_mode``) and,
+where convolutions run faster so (the CPU: oneDNN, ``memory_format="auto"``), models and inputs channels-last
+for the pass (the same float32 arithmetic in another order; the models' layouts are put back after), with
+every convolution + BatchNorm (+ ReLU) chain run as one convolution (``fuse_batchnorm``,
+:mod:`~hubcompare.models.fusion`: rounding-level changes, CKA within ~1e-8). The Grams read each tapped
+activation in its own memory order (:func:`~.cka.flat_features`), so no tap is copied back to NCHW; on the
+CPU their products run in oneDNN (:func:`~.cka.onednn_products`). The settings record the forward used.
 """
 
 from __future__ import annotations
@@ -28,11 +36,22 @@ from torch import nn
 
 from ..data.datasets import ImageDataset, load_dataset
 from ..errors import CompareError, DatasetChoiceError
-from ..models.devices import describe_device, exact_float32, fast_float64, float64_device, on_device, resolve_device
+from ..models.devices import (
+    MEMORY_FORMATS,
+    channels_last_helps,
+    describe_device,
+    exact_float32,
+    fast_float64,
+    float64_device,
+    memory_format,
+    on_device,
+    resolve_device,
+)
+from ..models.fusion import fused_inference
 from ..models.inputs import InputSpec
 from ..provenance import package_versions
 from .capture import LayerCapture
-from .cka import HSIC_PRODUCTS, MIN_BATCH, MinibatchCKA, gram, gram_dense, u_center
+from .cka import HSIC_PRODUCTS, MIN_BATCH, MinibatchCKA, gram, gram_dense, onednn_products, u_center
 from .results import CKAResult
 
 if TYPE_CHECKING:
@@ -44,6 +63,7 @@ __all__ = ["BatchContribution", "CompareModel", "Comparison", "ComparisonPass", 
 # what a compared model's provenance records from its metadata, beyond what identifies it (SUMMARY_KEYS)
 PROVENANCE_KEYS = ("recipe_hash", "weights_sha256")
 PIPELINES = ("auto", "cpu", "accelerator")
+LAYOUTS = ("auto", *MEMORY_FORMATS)  # memory_format of the forward: auto = channels-last where it is faster
 STAGE_BYTES = 1 << 30  # a dataset split up to this size is copied to the device once, not batch by batch
 
 
@@ -191,6 +211,8 @@ def compare(
     device: str | torch.device = "cpu",
     pipeline: str = "auto",
     hsic_products: str | None = None,
+    memory_format: str = "auto",
+    fuse_batchnorm: bool = True,
 ) -> Comparison:
     """Minibatch CKA between every layer pair of every model (and within each model).
 
@@ -202,11 +224,14 @@ def compare(
     ``device``: where the models run and the Grams are made (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); the
     models are moved there for the pass and back after. ``pipeline``: ``auto``, ``cpu`` or ``accelerator`` (see
     the module doc). ``hsic_products``: ``float64`` or ``float32`` (:meth:`MinibatchCKA.batch_hsic`); default:
-    float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. All of it is recorded in the settings.
+    float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. ``memory_format``: ``auto`` (channels-last
+    for models with convolutions where that is faster: the CPU), ``channels_last`` or ``contiguous`` (NCHW).
+    ``fuse_batchnorm``: run conv + BatchNorm (+ ReLU) chains as one convolution for the pass (module doc).
+    All of it is recorded in the settings.
     The same numbers from several processes: :mod:`hubcompare.similarity.distributed`.
     """
     with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, remove_pc1, device, pipeline,
-                        hsic_products) as run:
+                        hsic_products, memory_format, fuse_batchnorm) as run:
         acc = run.accumulators()
         for c in run.contributions(on_batch=on_batch):
             run.add(acc, c)
@@ -221,10 +246,14 @@ class ComparisonPass:
 
     def __init__(self, models: Sequence[CompareModel], dataset: ImageDataset, batch_size: int = 256, passes: int = 1,
                  seed: int = 0, num_examples: int | None = None, remove_pc1: bool = False,
-                 device: str | torch.device = "cpu", pipeline: str = "auto", hsic_products: str | None = None):
+                 device: str | torch.device = "cpu", pipeline: str = "auto", hsic_products: str | None = None,
+                 memory_format: str = "auto", fuse_batchnorm: bool = True):
         self.dev = dev = resolve_device(device)
         if pipeline not in PIPELINES:
             raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+        if memory_format not in LAYOUTS:
+            raise CompareError(f"memory_format must be one of {LAYOUTS}, not {memory_format!r}", params=("memory_format",))
+        self.memory_format, self.fuse_batchnorm = memory_format, fuse_batchnorm
         self.pipeline = ("cpu" if dev.type == "cpu" else "accelerator") if pipeline == "auto" else pipeline
         self.products = hsic_products or ("float64" if fast_float64(dev) else "float32")
         if self.products not in HSIC_PRODUCTS:
@@ -252,7 +281,15 @@ class ComparisonPass:
         try:
             self._context.enter_context(exact_float32())
             self._context.enter_context(on_device([m.model for m in self.models], self.dev))
+            self.layouts = [self._layout(m.model) for m in self.models]
+            for fmt in MEMORY_FORMATS:
+                self._context.enter_context(memory_format([m.model for m, f in zip(self.models, self.layouts) if f == fmt],
+                                                          MEMORY_FORMATS[fmt]))
             self._setup()
+            # after the layers are found (fusion swaps modules): a module a hook taps is never replaced
+            self.fusions = [self._context.enter_context(fused_inference(m.model, () if cap.native else cap.names))
+                            if self.fuse_batchnorm else {"batchnorm_folded": 0, "relu_fused": 0}
+                            for m, cap in zip(self.models, self.captures)]
         except BaseException:
             self._context.close()
             raise
@@ -260,6 +297,14 @@ class ComparisonPass:
 
     def __exit__(self, *exc) -> None:
         self._context.close()
+
+    def _layout(self, model: nn.Module) -> str:
+        """The memory format ``model`` runs in: as asked, or (``auto``) channels-last where the device runs convolutions
+        faster so and the model has any."""
+        if self.memory_format != "auto":
+            return self.memory_format
+        convolves = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        return "channels_last" if convolves and channels_last_helps(self.dev) else "contiguous"
 
     def _setup(self) -> None:
         dev, dataset = self.dev, self.dataset
@@ -329,7 +374,7 @@ class ComparisonPass:
             n = len(mb.indices)
             u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64, device=at64)
             pc_hsic = []
-            for mi, (cap, spec) in enumerate(zip(self.captures, self.specs)):
+            for mi, (cap, spec, layout) in enumerate(zip(self.captures, self.specs, self.layouts)):
                 pc_grams = []
 
                 def sink(li: int, act: torch.Tensor, mi=mi, pc_grams=pc_grams, mb=mb) -> None:
@@ -341,7 +386,8 @@ class ComparisonPass:
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k.to(at64))))
 
-                cap.run(spec(images), sink)
+                with torch.inference_mode():
+                    cap.run(spec(images).contiguous(memory_format=MEMORY_FORMATS[layout]), sink)
                 if remove_pc1:
                     pc_hsic.append(MinibatchCKA.contribution(torch.stack(pc_grams), products))
             if not check_each:
@@ -383,6 +429,15 @@ class ComparisonPass:
                 "u_centring": "float64",
                 "hsic_products": "float64" if self.products == "float64" else "float32 over runs of Gram rows, partial sums in float64",
                 "sums_over_batches": "float64",
+            },
+            "forward": {
+                "autograd": "off (torch.inference_mode)",
+                "channels_last": "channels_last" in self.layouts,
+                "memory_format": {m.ref: layout for m, layout in zip(models, self.layouts)},
+                "batchnorm_fused": {m.ref: record for m, record in zip(models, self.fusions)},
+                "gram_products": ("oneDNN float32 matmul" if self.pipeline == "cpu" and self.dev.type == "cpu"
+                                  and onednn_products() else "BLAS float32 matmul"),
+                "taps": "Grams read each activation in its memory order (no copy back to NCHW)",
             },
             "inputs": {m.ref: spec.describe(dataset.image_shape) for m, spec in zip(models, self.specs)},
             "layers": {m.ref: cap.names for m, cap in zip(models, captures)},

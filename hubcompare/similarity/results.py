@@ -39,6 +39,16 @@ class CKAResult:
     kind: str = "cross"  # cross | within | within-pc1-removed
     provenance: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    label_a: str | None = None  # what figures and tables call model A (default: its reference)
+    label_b: str | None = None
+
+    @property
+    def name_a(self) -> str:
+        return self.label_a or self.ref_a
+
+    @property
+    def name_b(self) -> str:
+        return self.label_b or self.ref_b
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -84,6 +94,8 @@ class CKAResult:
             "kind": self.kind,
             "ref_a": self.ref_a,
             "ref_b": self.ref_b,
+            "label_a": self.name_a,
+            "label_b": self.name_b,
             "layers_a": self.layers_a,
             "layers_b": self.layers_b,
             "stage_boundaries_a": self.boundaries_a,
@@ -110,4 +122,4 @@ class CKAResult:
         d = json.loads(Path(path).with_suffix(".json").read_text())
         arr = lambda v: np.array([[np.nan if x is None else x for x in row] for row in v], dtype=float)  # noqa: E731
         return cls(d["ref_a"], d["ref_b"], d["layers_a"], d["layers_b"], d["stage_boundaries_a"], d["stage_boundaries_b"],
-                   arr(d["cka"]), arr(d["se"]), d["kind"], d["provenance"], d["warnings"])
+                   arr(d["cka"]), arr(d["se"]), d["kind"], d["provenance"], d["warnings"], d.get("label_a"), d.get("label_b"))

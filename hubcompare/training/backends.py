@@ -96,7 +96,7 @@ def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
         report(dict(state))
 
         def on_event(e) -> None:
-            if e.kind == "step":
+            if e.kind in ("step", "evaluate_batch"):
                 return
             state.update(kind=e.kind, epoch=e.epoch, epochs=e.epochs)
             if e.kind == "start":

@@ -59,7 +59,11 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class TrainEvent:
-    """What the trainer reports: ``kind`` is start | step | epoch | evaluate | done."""
+    """What the trainer reports: ``kind`` is start | step | epoch | evaluate | evaluate_batch | done.
+
+    ``step``/``steps`` count training steps of the epoch for ``step`` and ``epoch`` events, and test examples
+    (evaluated / in the test split) for ``evaluate`` (the start of the final evaluation) and ``evaluate_batch``.
+    """
 
     kind: str
     epoch: int
@@ -364,9 +368,10 @@ def train(
             _save_resume(resume_path, model, optimizer, generator, recipe, state)
             emit(TrainEvent("epoch", epoch + 1, epochs, steps, steps, loss_sum / seen, correct / seen, lr))
 
-    emit(TrainEvent("evaluate", epochs, epochs))
+    emit(TrainEvent("evaluate", epochs, epochs, 0, len(test.ids)))  # step/steps: test examples done / in all
     model = model.to(memory_format=torch.contiguous_format)
-    preds = predict(model, test, batch_size=t["eval_batch_size"], device=dev)
+    preds = predict(model, test, batch_size=t["eval_batch_size"], device=dev,
+                    on_batch=lambda done, n: emit(TrainEvent("evaluate_batch", epochs, epochs, done, n)))
     model = model.to("cpu")  # checkpoints hold CPU tensors
     last = state["history"][-1]
     meta = ModelMeta(

@@ -1,0 +1,199 @@
+"""CLI command `across-seeds` (and `cross-cka` given population sides): what seeds and architectures share, per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import (
+    DataDir,
+    Device,
+    FigureFormat,
+    MaxParams,
+    Threads,
+    console,
+    device_label,
+    finite,
+    pick_device,
+    progress_console,
+    set_threads,
+    slug,
+    warn,
+    wrote,
+)
+from .output import Json, add_column, plural, print_json, table
+from .passes import (
+    Backend,
+    BatchSize,
+    Dataset,
+    Examples,
+    Layers,
+    Passes,
+    RayAddress,
+    Seed,
+    Split,
+    Workers,
+    check_backend,
+    comparer,
+    plan_for,
+)
+from .population import LabelOpt, Out, SideArg
+
+SIDE_SCHEMES = ("population", "registry", "hf-tag", "collection")
+MaxMemory = Annotated[float, typer.Option(
+    "--max-memory", min=0.01, callback=finite,
+    help="GiB one pass may hold (every model's Grams per minibatch + the jackknife's per-minibatch matrices; each Ray "
+         "worker holds the same); a larger request is refused before any work, naming what to cut.")]
+PcExamples = Annotated[int, typer.Option("--pc-examples", min=2, help="Fixed sample for each model's exact PC1 shares (its block).")]
+
+
+def names_sides(refs: list[str]) -> bool:
+    """Whether any argument is a many-model side (population:, registry:, hf-tag:, collection:, @FILE, A+B)."""
+    def side(r: str) -> bool:
+        r = r.strip()
+        return r.startswith("@") or r.partition(":")[0] in SIDE_SCHEMES or ("+" in r and not Path(r).expanduser().is_dir())
+    return any(side(r) for r in refs)
+
+
+def cross_cka_sides(refs: list[str], label: list[str] | None = None, **options: Any) -> None:
+    """`cross-cka SIDE_A SIDE_B` with population sides: the across-seeds summary (the options it shares are passed on)."""
+    if len(refs) != 2:
+        raise typer.BadParameter(f"population sides are compared two at a time, got {len(refs)}: `hubcompare across-seeds "
+                                 "SIDE_A SIDE_B` (or cross-cka with two sides).", param_hint="REFS")
+    if label and len(label) != 2:
+        raise typer.BadParameter("give --label once per side (twice) or not at all.", param_hint="'--label'")
+    known = {k: v for k, v in options.items() if k in ACROSS_OPTIONS}
+    across_seeds(refs[0], refs[1], label_a=label[0] if label else None, label_b=label[1] if label else None, **known)
+
+
+def _load_side(spec: str, label: str, layers, max_params: int, con):
+    from ..hub.references import resolve_reference
+    from ..populations.sides import expand_side
+    from ..similarity.engine import CompareModel
+
+    with con.status(f"finding the models of {label}"):
+        refs = expand_side(spec)
+    models = []
+    with con.status(f"loading {label}") as status:
+        for i, ref in enumerate(refs):
+            status.update(f"loading {label}: {i + 1}/{len(refs)} {ref}")
+            models.append(CompareModel.from_resolved(resolve_reference(ref, max_params=max_params), layers, ref=ref))
+    return models
+
+
+def _side_labels(models_a, models_b, a: str, b: str, label_a, label_b) -> tuple[str, str]:
+    """Given labels, else each side's architecture as its card names it (``ResNet-56 (2x)``) when its models share one,
+    else the side as written; two equal labels get (A) and (B)."""
+    from ..similarity.labels import default_label
+
+    def name(models, spec: str) -> str:
+        names = {default_label(m.provenance, m.ref) for m in models}
+        return names.pop() if len(names) == 1 and len(models) > 1 else spec
+
+    la, lb = label_a or name(models_a, a), label_b or name(models_b, b)
+    if la == lb and not (label_a and label_b):
+        la, lb = f"{la} (A)", f"{lb} (B)"
+    return la, lb
+
+
+def _stat(mean, sd, n, count: bool = True) -> str:
+    """``0.912 ± 0.031`` (sd over pairs; ``-`` with one pair), and the number of values on a second line."""
+    if not n:
+        return "-" + ("\nn=0" if count else "")
+    return f"{mean:.3f} ± {'-' if sd is None or sd != sd else f'{sd:.3f}'}" + (f"\nn={n}" if count else "")
+
+
+def across_seeds(
+    a: SideArg,
+    b: SideArg,
+    layers: Layers = None,
+    dataset: Dataset = None,
+    split: Split = "test",
+    data_dir: DataDir = None,
+    batch_size: BatchSize = None,
+    passes: Passes = 1,
+    seed: Seed = 0,
+    examples: Examples = None,
+    pc_examples: PcExamples = 1024,
+    label_a: LabelOpt = None,
+    label_b: LabelOpt = None,
+    max_memory: MaxMemory = 8.0,
+    out: Out = None,
+    threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    workers: Workers = None,
+    fmt: FigureFormat = "png",
+    json_out: Json = False,
+) -> None:
+    """Across seeds: CKA between every pair of seeds at matching layers, within each side and across the two, inside
+    vs outside each model's block; one pass (every model's Grams once per minibatch).
+
+    Layers match by name within a side (one architecture a side) and by relative depth across sides. Default layers of a
+    hubcompare ResNet: the stem and every block output. Writes across_seeds.png (or --format), .json and .csv."""
+    from ..populations.seed_plots import plot_across_seeds
+    from ..populations.seeds import across_seeds as compute
+    from ..similarity.engine import comparison_dataset
+
+    check_backend(backend, ray_address, workers)
+    con = progress_console(json_out)
+    set_threads(threads)
+    dev = pick_device(device)
+    models_a = _load_side(a, label_a or a, layers, max_params, con)
+    models_b = _load_side(b, label_b or b, layers, max_params, con)
+    label_a, label_b = _side_labels(models_a, models_b, a, b, label_a, label_b)
+    ds = comparison_dataset([*models_a, *models_b], dataset, split, data_dir)
+    plan = plan_for(ds, examples, batch_size, passes)
+    out = out or Path("results") / f"across-seeds-{slug(label_a)}-vs-{slug(label_b)}"
+    k = len(models_a) + len(models_b)
+    with comparer(backend, ray_address, workers, threads, max_params, con) as compare_fn, \
+            Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     TimeRemainingColumn(), console=con) as p:
+        where = device_label(dev) + (", Ray workers" if backend == "ray" else "")
+        cka_task = p.add_task(f"CKA, {k} models in one pass on {ds.name} {split} ({where})", total=None)
+        pc_task = p.add_task("PC1 shares per model (its block)", total=k)
+        r = compute(models_a, models_b, ds, plan.batch_size, passes, seed, examples, label_a=label_a, label_b=label_b,
+                    spec_a=a, spec_b=b, pc_examples=pc_examples, device=dev, compare_fn=compare_fn,
+                    max_bytes=int(max_memory * 2**30),
+                    on_batch=lambda d, n: p.update(cka_task, completed=d, total=n),
+                    on_model=lambda i, n, ref: p.update(pc_task, completed=i, description=f"PC1 shares: {ref}"))
+        p.update(pc_task, completed=k, description="PC1 shares per model (its block)")
+    r.provenance["batch_plan"] = plan.to_json()
+    files = [*r.save(out), plot_across_seeds(r, out / f"across_seeds.{fmt}")]
+    plan_warning = plan.warning()
+    warn(r.warnings + ([plan_warning] if plan_warning else []))
+    if json_out:
+        print_json({"command": "across-seeds", **r.to_json(), "files": [str(f) for f in files]})
+    else:
+        _tables(r)
+    wrote(files, json_out)
+
+
+def _tables(r) -> None:
+    s = r.summary()
+    for key, side in (("a", r.a), ("b", r.b)):
+        t = table("#", "layer", title=f"{side.label}: {plural(len(side.models), 'model')}, "
+                  f"{s['models_with_a_block'][key]} with a block; {plural(s['pairs'][f'within_{key}'], 'seed pair')} within, "
+                  f"{plural(s['pairs'][f'across_on_{key}'], 'pair')} across")
+        for col in ("within: mean ± sd", "across, same rel. depth", "in a block"):
+            add_column(t, col, justify="right")
+        for row in (x for x in r.layer_rows() if x["side"] == key):
+            t.add_row(str(row["index"]), row["layer"], _stat(row["within_mean"], row["within_sd"], row["within_n"], False),
+                      _stat(row["across_mean"], row["across_sd"], row["across_n"], False), f"{100 * row['block_share']:.0f}%")
+        console.print(t)
+    t = table("pairs", "outside both blocks", "one layer in its block", "both in their blocks",
+              title="CKA over (pair, layer) values, by where the two layers lie")
+    names = {"within_a": f"within {r.a.label}", "within_b": f"within {r.b.label}",
+             "across_on_a": f"across, on {r.a.label}'s layers", "across_on_b": f"across, on {r.b.label}'s layers"}
+    for key, name in names.items():
+        t.add_row(name, *(_stat(**{f: s[key][c][f] for f in ("mean", "sd", "n")}) for c in ("outside", "partly", "inside")))
+    console.print(t)
+
+
+ACROSS_OPTIONS = set(across_seeds.__code__.co_varnames[: across_seeds.__code__.co_argcount]) - {"a", "b", "label_a", "label_b"}
