@@ -130,19 +130,21 @@ class RayShards:
         device: str | torch.device = "cpu",
         pipeline: str = "auto",
         hsic_products: str | None = None,
+        memory_format: str = "auto",
+        fuse_batchnorm: bool = True,
     ) -> Comparison:
         """:func:`~.engine.compare`, its plan sharded over Ray workers: the same arguments and result (see the module
         doc for when it is bit for bit the same); the settings' ``backend`` records the shards and workers."""
         sources = [ModelSource.of(m, self.max_params) for m in models]
         with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, remove_pc1, device, pipeline,
-                            hsic_products) as run:
+                            hsic_products, memory_format, fuse_batchnorm) as run:
             total_cpus = max(1, int(sum(self.node_cpus)))
             bounds = shard_bounds(len(run.plan), self.workers or total_cpus)
             threads = self.threads or max(1, min(total_cpus // len(bounds), int(max(self.node_cpus))))
             gpus = 1 if run.dev.type == "cuda" else 0  # a CUDA comparison: each shard on a GPU of its own
             options = {"batch_size": batch_size, "passes": passes, "seed": seed, "num_examples": run.n_total,
                        "remove_pc1": remove_pc1, "device": run.dev.type, "pipeline": run.pipeline,
-                       "hsic_products": run.products}
+                       "hsic_products": run.products, "memory_format": memory_format, "fuse_batchnorm": fuse_batchnorm}
             headers, got = self._run(run, sources, dataset, bounds, options, threads, gpus, on_batch)
             acc = run.accumulators()
             for index in range(len(run.plan)):  # plan order: the additions one process makes
