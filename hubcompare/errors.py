@@ -248,3 +248,81 @@ class NoDeletableBlocksError(ProbeError):
 
 class ReportError(HubcompareError, ValueError):
     """A model report that cannot be written as asked (its output path, a section that cannot be made)."""
+
+
+class ResultStoreError(HubcompareError):
+    """Base class for result-store problems: a store folder or index that cannot be used, files that cannot be stored."""
+
+
+class ResultKeyInputError(ResultStoreError, ValueError):
+    """What a result key would hash cannot be written as canonical JSON (NaN, infinities, non-string keys, objects)."""
+
+
+class InvalidResultKeyError(ResultStoreError, ValueError):
+    """A result key or prefix that is not hex, or too short to name one result (at least 6 characters)."""
+
+
+class ResultNotFoundError(ResultStoreError, LookupError):
+    """No stored result has that key (or starts with that prefix)."""
+
+
+class AmbiguousResultKeyError(ResultStoreError, LookupError):
+    """A key prefix that starts several stored results; ``candidates`` holds their keys."""
+
+    def __init__(self, message: str, candidates: list[str] | None = None):
+        super().__init__(message)
+        self.candidates = candidates or []
+
+
+class ResultFileError(ResultStoreError, LookupError):
+    """A file name asked of a stored result that is not one of its files (or is a path, not a name)."""
+
+
+class InvalidResultReferenceError(HubcompareError, ValueError):
+    """A shared-result reference that is not ``hf-hub-result:OWNER/NAME[@REVISION]``."""
+
+
+class SharedResultError(HubError, ValueError):
+    """A result repo on the Hub that is not a valid hubcompare result: missing or malformed hubcompare-result.json, a key
+    that does not match its inputs, unexpected or pickled files."""
+
+
+class ServiceError(HubcompareError):
+    """Base class for problems of `hubcompare serve`: its settings, a request it refuses, a job it cannot find."""
+
+
+class ServiceConfigError(ServiceError, ValueError):
+    """Server settings that are refused: a non-loopback address without a token, a token too short, a bad data folder."""
+
+
+class ServiceDependencyError(ServiceError):
+    """The web service's packages (fastapi, uvicorn, python-multipart) are not installed."""
+
+
+class ServiceRequestError(ServiceError, ValueError):
+    """A request the server refuses before any work: over its size limits, malformed JSON, a field it does not accept."""
+
+
+class ServiceBackendError(ServiceError, BackendError):
+    """`hubcompare serve --backend ray` cannot run jobs: Ray is not installed, or nothing answers at --ray-address."""
+
+
+class WriteNotAllowedError(ServiceError, PermissionError):
+    """A write (queueing a job) without the server's token, with a wrong one, or from another site's page."""
+
+
+class JobNotFoundError(ServiceError, LookupError):
+    """A job id the server does not know (ids live as long as the server process)."""
+
+
+class InvalidRequestError(HubcompareError, ValueError):
+    """A comparison request refused before any work: an unknown field, a wrong type, a size out of range, a bad layer
+    glob, or (for the service) a reference to a file-system path. ``field`` names the request field at fault."""
+
+    def __init__(self, message: str, field: str | None = None, *, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(message, params=params)
+        self.field = field
+
+
+class ConfirmationRequiredError(HubcompareError, ValueError):
+    """Something that deletes was asked for where no one can confirm it (no terminal) and it was not confirmed up front."""

@@ -228,6 +228,7 @@ def _cases() -> list[Case]:
         for value in ("nan", "inf", "2", "-1"):
             add("blocks", "{run}", opt, value, expect=opt)
     add("blocks", "{run}", "--min-size", "0", expect="--min-size")
+    add("cka", "{run}", "--examples", "50", env=home_is_file, expect="ResultStoreError.*cannot use the result store.*HUBCOMPARE_HOME")
     add("blocks", "{run}", "--max-gap", "-1", expect="--max-gap")
     # sharded CKA: refused before any model is loaded or Ray is started (port 1: nothing answers on loopback)
     for cmd, args in (("cka", ("{run}",)), ("blocks", ("{run}",)), ("cross-cka", ("{run}", "{run}"))):
@@ -284,6 +285,8 @@ def _cases() -> list[Case]:
     add("probes", "{run}", "--memory-gb", "0", expect="'--memory-gb'")
     add("probes", "{run}", "--memory-gb", "1e-6", "--blocks", "none", expect="ProbeError.*stem has 1,024 features.*GiB")
     add("probes", "{run}", "--train-examples", "1", expect="'--train-examples'")
+    for cmd, args in (("probes", ("{run}",)), ("delete-blocks", ("{run}",)), ("across-seeds", ("{run}", "{run2}"))):
+        add(cmd, *args, env=home_is_file, expect="ResultStoreError.*cannot use the result store")  # stored results
     add("probes", "{run}", "--layers", "no-such-layer*", "--blocks", "none", expect="no-such-layer")
     # --- figure formats and labels of the comparison commands -------------------------------------
     for cmd, args in (("cka", ("{run}",)), ("blocks", ("{run}",)), ("cross-cka", ("{run}", "{run}")),
@@ -310,7 +313,7 @@ def _cases() -> list[Case]:
     add("across-seeds", "{run}+{bad_config}", "{run2}", expect="config.json")
     for value in ("0", "nan", "-1"):
         add("across-seeds", "{run}", "{run2}", "--max-memory", value, expect="'--max-memory'")
-    add("across-seeds", "{run}", "{run2}", "--examples", "50", "--max-memory", "0.01", "--passes", "100000",
+    add("across-seeds", "{run}", "{run2}", "--split", "train", "--examples", "512", "--batch-size", "512", "--max-memory", "0.01",
         expect="ComparisonTooLargeError.*fewer layers")
     add("across-seeds", "{run}", "{run2}", "--pc-examples", "1", expect="'--pc-examples'")
     add("across-seeds", "{run}", "{run2}", "--batch-size", "0", expect="batch")
@@ -326,11 +329,44 @@ def _cases() -> list[Case]:
     add("report", "{run}", "--pc-examples", "0", expect="'--pc-examples'")
     add("report", "{run}", "--probe-examples", "1", expect="'--probe-examples'")
 
+    # --- the result store: results list/show/rm/pull, push-result ------------------------------
+    results_db = "result index .*index.sqlite is not a readable result index"
+    add("results list", "--limit", "0", expect="'--limit'")
+    add("results list", env={"HUBCOMPARE_HOME": "{corrupt_results_home}"}, expect=results_db)
+    add("results list", env=home_is_file, expect="cannot use the result store")
+    for cmd in ("results show", "results rm"):
+        add(cmd, "zz", expect="'zz' is not a result key")
+        add(cmd, "../../etc/passwd", expect="is not a result key")
+        add(cmd, "abc", expect="too short to name a result: give at least 6")
+        add(cmd, "abcdef", expect="no stored result has a key starting 'abcdef'.*hubcompare results list")
+    add("results show", "hf-hub-result:no-owner", expect="not a Hub repo id.*hf-hub-result:OWNER/NAME")
+    add("results rm", "abcdef", "--yes", env={"HUBCOMPARE_HOME": "{corrupt_results_home}"}, expect=results_db)
+    add("results pull", "hf-hub:alice/model", expect="not a shared-result reference.*hf-hub-result:OWNER/NAME")
+    add("results pull", "hf-hub-result:alice/x@a..b", expect="hf-hub-result:OWNER/NAME")
+    add("results pull", "hf-hub-result:alice/never-shared", offline=True, expect="not in the Hugging Face cache")
+    add("push-result", "abcdef", expect="Missing option '--repo'")
+    add("push-result", "abcdef", "--repo", "not a repo", expect="not a Hub repo id")
+    add("push-result", "zz", "--repo", "alice/x", expect="'zz' is not a result key")
+    add("push-result", "abcdef", "--repo", "alice/x", expect="no stored result has a key starting 'abcdef'")
+
     # --- hub serve (fails before serving: no server starts) --------------------------------------
     add("hub serve", expect="Missing option '--data'")
     add("hub serve", "--data", "{new}", "--port", "abc", expect="'--port'")
     add("hub serve", "--data", "{new}", "--port", "70000", expect="Invalid value for '--port'")
     add("hub serve", "--data", "{file}", "--port", "0", expect="data folder .*a-file.txt is a file.*--data")
+
+    # --- serve (refused before uvicorn starts: nothing listens) -----------------------------------
+    add("serve", "--host", "0.0.0.0", "--port", "0", expect="not a loopback address, without a token.*--token",
+        env={"HUBCOMPARE_TOKEN": ""})
+    add("serve", "--host", "0.0.0.0", "--port", "0", "--token", "short", expect="at least 16 printable characters")
+    add("serve", "--port", "70000", expect="Invalid value for '--port'")
+    add("serve", "--workers", "0", expect="'--workers'")
+    add("serve", "--max-examples", "0", expect="'--max-examples'")
+    add("serve", "--data-dir", "{file}", "--port", "0", expect="data folder .*a-file.txt is a file.*--data-dir")
+    add("serve", "--backend", "gpu", "--port", "0", expect="'--backend'")
+    add("serve", "--ray-address", "127.0.0.1:1", "--port", "0", expect="only used with the ray backend.*--backend ray")
+    add("serve", "--threads", "0", "--port", "0", expect="'--threads'")
+    add("serve", "--backend", "ray", "--ray-address", "127.0.0.1:1", "--port", "0", expect="cannot start or reach Ray at 127.0.0.1:1")
     return out
 
 
@@ -389,6 +425,7 @@ def lab(tmp_path_factory) -> dict[str, str]:
         (root / name / relative).write_bytes(data)
 
     write("corrupt_home", "registry.sqlite", b"this is not an SQLite database" * 10)
+    write("corrupt_results_home", "results/index.sqlite", b"this is not an SQLite database" * 10)
     write("curated_name_only", "a.txt", b"# a name without a reference\nonlyname\n")
     write("curated_not_utf8", "a.txt", b"x hf-hub:a/b depth=\xff\xfe\n")
     write("curated_bad_ref", "a.txt", b"x hf-hub:not-a-repo\n")

@@ -39,7 +39,9 @@ def test_cka_and_blocks_commands(trained_run, tmp_path):
     r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "within")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "within" / "cka.png").is_file()
-    r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "on-cpu"), "--device", "cpu"])
+    # the same request: --recompute, else the store hands back the first result (the device is not in its key)
+    r = runner.invoke(app, ["cka", str(trained_run), "--batch-size", "128", "--out", str(tmp_path / "on-cpu"), "--device", "cpu",
+                            "--recompute"])
     assert r.exit_code == 0, r.output
     auto, cpu = CKAResult.load(tmp_path / "within" / "cka.json"), CKAResult.load(tmp_path / "on-cpu" / "cka.json")
     if auto.provenance["device"]["type"] == "cpu":  # auto is the CPU here: the very same numbers

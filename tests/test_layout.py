@@ -30,11 +30,14 @@ LEVELS = {
     "models": 2,  # a model, its checkpoint folder and its predictions on a dataset
     "training": 3, "hub": 3,
     "similarity": 4,  # CKA, blocks: how two models' layers relate
+    "results": 4,  # the result store: content keys, SQLite index + files, sharing a result on the Hub
     "populations": 5,  # many models: per-example statistics and CKA across seeds (uses similarity)
     "probes": 5,  # what a block does: linear probes, block deletion (uses similarity's blocks)
     "report": 6,  # one model's figures on one page
-    "cli": 7,
-    "hubcompare": 8,
+    "comparisons": 6,  # a comparison request run (or found in the store): what the CLI and the service both call
+    "service": 7,  # `hubcompare serve`: web pages, JSON API, job queue
+    "cli": 8,
+    "hubcompare": 9,
 }
 UI_PACKAGES = ("typer", "rich")
 

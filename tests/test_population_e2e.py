@@ -128,7 +128,8 @@ def test_models_without_predictions_are_computed_once_and_cached(populations, tm
     for expected in ("computed", "cache"):
         out = tmp_path / expected
         r = runner.invoke(app, ["agreement", f"{runs['narrow'][0]}+{runs['narrow'][1]}", side_b, "--cache-dir", str(cache),
-                                "--splits", "50", "--permutations", "50", "--out", str(out)])
+                                "--splits", "50", "--permutations", "50", "--out", str(out),
+                                *(["--recompute"] if expected == "cache" else [])])  # (else the stored result answers)
         assert r.exit_code == 0, r.output
         models = json.loads((out / "agreement.json").read_text())["provenance"]["side_b"]["models"]
         assert [m["predictions"] for m in models] == [expected, "stored"]

@@ -5,8 +5,8 @@ terminal) started in an empty scratch folder that holds only ``.venv`` (a link t
 ``.venv/bin/hubcompare`` works; ``hubcompare`` is on PATH) and, beside it, ``../shared`` when this machine has
 one. HF_HOME, HUBCOMPARE_HOME, HOME and HF_ENDPOINT point at fresh temporary places; the Hub server is the
 project's own, started by the README's ``hubcompare hub serve ... &`` line. The one substitution: the
-README's port 8080 becomes a free port (8080 may be taken on a shared machine). A ```python block runs with
-the venv's python in the same folder.
+README's ports 8080 (the Hub) and 8765 (``hubcompare serve``) become free ports (they may be taken on a shared
+machine). A ```python block runs with the venv's python in the same folder.
 
 Each command must exit 0; its output must not hold huggingface_hub's own progress bars (forced on with
 TQDM_POSITION=-1, so they would show); every ``--out`` folder and every path of a ``Wrote ...`` line must exist
@@ -40,6 +40,7 @@ VENV = Path(sys.executable).parent.parent
 MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<kind>[a-z]+)\s*:?\s*(?P<arg>.*?)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\s*$")
 README_PORT = "8080"
+SERVICE_PORT = "8765"  # `hubcompare serve`'s default, in the README's service section
 COMMAND_TIMEOUT_S = 1800  # a generous bound per command on a loaded 2-core machine (the grid trains 8 models)
 HF_BAR_TEXT = ("Fetching ", "Downloading bytes", "Upload ", "Reconstructing")
 
@@ -213,6 +214,7 @@ def test_readme_runs_as_written(tmp_path):
     text = README.read_text()
     blocks = runnable(readme_blocks(text))
     port = free_port()
+    ports = {README_PORT: port, SERVICE_PORT: free_port()}
     work = tmp_path / "work"
     scratch = work / "clone"  # "the clone": empty but for the venv link
     scratch.mkdir(parents=True)
@@ -244,8 +246,9 @@ def test_readme_runs_as_written(tmp_path):
                 script.write_text(b.text + "\n")
                 commands = [f".venv/bin/python {shlex.quote(str(script))}"]
             else:
-                commands = [c.replace(f"127.0.0.1:{README_PORT}", f"127.0.0.1:{port}").replace(f"--port {README_PORT}", f"--port {port}")
-                            for c in shell_commands(b.text)]
+                commands = shell_commands(b.text)
+                for old, new in ports.items():
+                    commands = [c.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}").replace(f"--port {old}", f"--port {new}") for c in commands]
             for command in commands:
                 code, output = shell.run(command)
                 where = f"README.md:{b.line}: `{command}`"
@@ -254,8 +257,9 @@ def test_readme_runs_as_written(tmp_path):
                 for bar in HF_BAR_TEXT:
                     assert bar not in output, f"{where} printed huggingface_hub's own progress bar ({bar!r}):\n{output[-2000:]}"
                 assert "Traceback" not in output, f"{where}:\n{output[-4000:]}"
-                if command.rstrip().endswith("&") and str(port) in command:
-                    _wait_for_port(port)  # a user typing the next line gives the server the same moment
+                for p in ports.values():
+                    if command.rstrip().endswith("&") and str(p) in command:
+                        _wait_for_port(p)  # a user typing the next line gives the server the same moment
                 for folder in _out_folders(command):
                     assert (scratch / folder).is_dir(), f"{where}: --out {folder} was not written"
                     if re.search(r"\bhubcompare train\b", command):

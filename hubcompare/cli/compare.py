@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
@@ -16,11 +16,9 @@ from .options import (
     FigureFormat,
     MaxParams,
     Threads,
-    device_label,
     finite,
     pick_device,
     progress_console,
-    set_threads,
     slug,
     warn,
     writable_folder,
@@ -38,10 +36,9 @@ from .passes import (
     Split,
     Workers,
     check_backend,
-    comparer,
-    plan_for,
 )
 from .passes import Layers as BlockLayers
+from .stored import Recompute, run_stored, stored_json
 
 Layers = Annotated[
     Optional[list[str]],
@@ -88,31 +85,6 @@ def _load(refs: list[str], layers: Optional[list[str]], max_params: int, con):
     return models
 
 
-def _prepare(refs: list[str], layers, dataset, split, data_dir, threads, max_params: int, device: str, con):
-    """What every comparison command does first: threads, the device, load the models, load the dataset to compare on."""
-    from ..similarity.engine import comparison_dataset
-
-    set_threads(threads)
-    dev = pick_device(device)
-    models = _load(refs, layers, max_params, con)
-    return models, comparison_dataset(models, dataset, split, data_dir), dev
-
-
-def _finish(result, plan, label_a: str, label_b: str) -> None:
-    """Name a result's models and record the batch plan (how the batch size was chosen, the SE it allows)."""
-    result.label_a, result.label_b = label_a, label_b
-    result.provenance["batch_plan"] = plan.to_json()
-
-
-def _with_progress(ds, split: str, dev, run, con, backend: str = "local"):
-    """Run ``run(on_batch)`` under a rich progress bar over minibatches (on stderr under --json)."""
-    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=con) as p:
-        where = device_label(dev) + (", Ray workers" if backend == "ray" else "")
-        task = p.add_task(f"CKA on {ds.name} {split} ({where})", total=None)
-        return run(lambda d, n: p.update(task, completed=d, total=n))
-
-
 def _say(con, text: str) -> None:
     """A result line, whole: the terminal wraps it, rich never cuts or breaks a name in it."""
     con.print(text, soft_wrap=True, highlight=False)
@@ -142,11 +114,6 @@ def _summary(con, result, plan, top: int = 40) -> None:
 def _plan_line(con, plan) -> None:
     _say(con, f"[dim]{escape(plan.describe())}; standard errors: leave-one-minibatch-out jackknife"
               f"{'' if plan.standard_error != 'none' else ' (n/a: too few minibatches)'}[/]")
-
-
-def _plan_warnings(plan) -> list[str]:
-    w = plan.warning()
-    return [w] if w else []
 
 
 def layers(
@@ -206,6 +173,7 @@ def cross_cka(
     workers: Workers = None,
     label: Labels = None,
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch); with three or more
@@ -214,8 +182,9 @@ def cross_cka(
 
     if names_sides(refs):
         return cross_cka_sides(**locals())  # the options across-seeds shares with this command are passed on
-    from ..similarity.labels import file_slugs, unique_labels
-    from ..similarity.plots import plot_cka, plot_cka_grid
+    from ..comparisons.cka_kinds import batch_plan_from_json, cka_result_from_json, labels_for
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
 
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
@@ -225,34 +194,26 @@ def cross_cka(
                                  "model, in the order of the models (or not at all).", param_hint="'--label'")
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
-    models, ds, dev = _prepare(refs, layers, dataset, split, data_dir, threads, max_params, device, con)
-    names = unique_labels([m.provenance for m in models], refs, label)
-    plan = plan_for(ds, examples, batch_size, passes)
+    req = ComparisonRequest("cross-cka", tuple(refs), dataset, split, tuple(layers) if layers else None, batch_size, passes,
+                            seed, examples, labels=tuple(label) if label else None, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+                         device=device, backend=backend, ray_address=ray_address, workers=workers)
+    warn(outcome.warnings)
     out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
-    with comparer(backend, ray_address, workers, threads, max_params, con) as compare:
-        comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, plan.batch_size, passes, seed, examples,
-                                                                       on_batch=on_batch, device=dev), con, backend)
-    warn(comp.warnings + _plan_warnings(plan))
-    written, results, pair_files = [], {}, {}
-    slugs = file_slugs(names)
-    for i in range(len(refs)):
-        for j in range(i + 1, len(refs)):
-            r = results[i, j] = comp.pair(i, j)
-            _finish(r, plan, names[i], names[j])
-            stem = out / (f"cka-{slugs[i]}-vs-{slugs[j]}" if len(refs) > 2 else "cka")
-            pair_files[i, j] = [*r.save(stem), plot_cka(r, stem.with_suffix(f".{fmt}"))]
-            written += pair_files[i, j]
-    if len(refs) > 2:
-        written.append(plot_cka_grid(results, names, out / f"cka-grid.{fmt}"))
+    written = export(outcome, req, out)
+    stored = outcome.stored
+    names, plan = labels_for(stored, req), batch_plan_from_json(stored.summary["batch_plan"])
+    pair_files = [written[3 * k: 3 * k + 3] for k in range(len(stored.summary["pairs"]))]  # npz, json, figure per pair
+    pairs = [json.loads(files[1].read_text()) for files in pair_files]
     if json_out:
         print_json({"command": "cross-cka", "models": [{"ref": r, "label": n} for r, n in zip(refs, names)],
                     "batch_plan": plan.to_json(),
-                    "pairs": [results[k].to_json() | {"files": [str(f) for f in pair_files[k]]} for k in results],
-                    "files": [str(f) for f in written]})
+                    "pairs": [p | {"files": [str(f) for f in files]} for p, files in zip(pairs, pair_files)],
+                    "files": [str(f) for f in written]} | stored_json(outcome))
     else:
         _plan_line(con, plan)
-        for k, r in results.items():
-            _summary(con, r, plan)
+        for p in pairs:
+            _summary(con, cka_result_from_json(p), plan)
     wrote(written, json_out)
 
 
@@ -275,31 +236,32 @@ def cka(
     workers: Workers = None,
     label: Label = None,
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
-    from ..similarity.labels import unique_labels
-    from ..similarity.plots import plot_cka
+    from ..comparisons.cka_kinds import batch_plan_from_json, cka_result_from_json
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
 
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
-    models, ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device, con)
-    (name,) = unique_labels([models[0].provenance], [ref], [label])
-    plan = plan_for(ds, examples, batch_size, passes)
+    req = ComparisonRequest("cka", (ref,), dataset, split, tuple(layers) if layers else None, batch_size, passes, seed,
+                            examples, labels=(label,) if label else None, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+                         device=device, backend=backend, ray_address=ray_address, workers=workers)
+    warn(outcome.warnings)
     out = out or Path("results") / f"cka-{slug(ref)}"
-    with comparer(backend, ray_address, workers, threads, max_params, con) as compare:
-        comp = _with_progress(ds, split, dev, lambda on_batch: compare(models, ds, plan.batch_size, passes, seed, examples,
-                                                                       on_batch=on_batch, device=dev), con, backend)
-    warn(comp.warnings + _plan_warnings(plan))
-    r = comp.pair(0, 0)
-    _finish(r, plan, name, name)
-    files = [*r.save(out / "cka"), plot_cka(r, out / f"cka.{fmt}")]
+    files = export(outcome, req, out)
+    plan = batch_plan_from_json(outcome.stored.summary["batch_plan"])
+    printed = json.loads(files[1].read_text())  # npz, json, figure
     if json_out:
-        print_json(r.to_json() | {"files": [str(f) for f in files]})
+        print_json(printed | {"files": [str(f) for f in files]} | stored_json(outcome))
     else:
+        r = cka_result_from_json(printed)
         _plan_line(con, plan)
         se = "n/a" if plan.standard_error == "none" else _num(r.max_se)
-        _say(con, f"[bold]{escape(name)}[/] ({escape(ref)}): {plural(r.shape[0], 'layer')}, mean off-diagonal CKA "
+        _say(con, f"[bold]{escape(r.name_a)}[/] ({escape(ref)}): {plural(r.shape[0], 'layer')}, mean off-diagonal CKA "
                   f"{_num(r.mean_off_diagonal_cka)}, largest SE {se}")
     wrote(files, json_out)
 
@@ -329,6 +291,7 @@ def blocks(
     workers: Workers = None,
     label: Label = None,
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
@@ -336,33 +299,29 @@ def blocks(
     The block criteria default to the calibrated ones of hubcompare.similarity.BlockCriteria
     (printed with the result). With --backend ray the CKA is sharded; the PC analysis runs here.
     """
-    from ..provenance import atomic_write_json
-    from ..similarity.blocks import BlockCriteria, analyze_blocks
-    from ..similarity.labels import unique_labels
-    from ..similarity.plots import plot_block_report, plot_cka
+    from ..comparisons.cka_kinds import batch_plan_from_json, block_report_from_json
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
 
-    criteria = BlockCriteria().override(pc1_threshold=pc1_threshold, cka_threshold=cka_threshold, min_size=min_size,
-                                        max_gap=max_gap, min_mean_pc1=min_mean_pc1)
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
-    (m,), ds, dev = _prepare([ref], layers, dataset, split, data_dir, threads, max_params, device, con)
-    (name,) = unique_labels([m.provenance], [ref], [label])
-    plan = plan_for(ds, examples, batch_size, passes)
+    options = {"pc_examples": pc_examples, "pc1_threshold": pc1_threshold, "cka_threshold": cka_threshold,
+               "min_size": min_size, "max_gap": max_gap, "min_mean_pc1": min_mean_pc1}
+    req = ComparisonRequest("blocks", (ref,), dataset, split, tuple(layers) if layers else None, batch_size, passes, seed,
+                            examples, {k: v for k, v in options.items() if v is not None},
+                            labels=(label,) if label else None, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+                         device=device, backend=backend, ray_address=ray_address, workers=workers)
+    warn(outcome.warnings)
     out = out or Path("results") / f"blocks-{slug(ref)}"
-    with comparer(backend, ray_address, workers, threads, max_params, con) as compare:
-        rep = _with_progress(ds, split, dev, lambda on_batch: analyze_blocks(
-            m, ds, plan.batch_size, passes, seed, examples, pc_examples, criteria, on_batch=on_batch, device=dev,
-            compare_fn=compare), con, backend)
-    warn(rep.cka.warnings + _plan_warnings(plan))
-    for r in (rep.cka, rep.cka_pc1_removed):
-        _finish(r, plan, name, name)
-    report = rep.to_json() | {"label": name}
-    files = [atomic_write_json(out / "blocks.json", report), plot_block_report(rep, out / f"blocks.{fmt}"),
-             plot_cka(rep.cka, out / f"cka.{fmt}", rep.blocks)]
+    files = export(outcome, req, out)
+    report = json.loads(files[0].read_text())  # blocks.json, blocks figure, CKA figure
     if json_out:
-        print_json(report | {"files": [str(f) for f in files]})
+        print_json(report | {"files": [str(f) for f in files]} | stored_json(outcome))
         wrote(files, json_out)
         return
+    rep, name = block_report_from_json(report), report["label"]
+    plan = batch_plan_from_json(outcome.stored.summary["batch_plan"])
     _plan_line(con, plan)
     n = len(rep.pcs.layers)
     if rep.blocks:

@@ -14,7 +14,9 @@ from . import hub as _hub
 from . import population as _population
 from . import probes as _probes
 from . import report as _report
+from . import results as _results
 from . import seeds as _seeds
+from . import serve as _serve
 from . import train as _train
 from .options import err_console, error_line
 
@@ -77,6 +79,10 @@ app.command("agreement")(_population.agreement)
 app.command("class-diff")(_population.class_diff)
 app.command("across-seeds")(_seeds.across_seeds)
 app.command("report")(_report.report)
+
+app.add_typer(_results.results_app, name="results")
+app.command("push-result")(_results.push_result)
+app.command("serve")(_serve.serve)
 
 
 def main() -> None:

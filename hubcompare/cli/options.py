@@ -49,6 +49,8 @@ OPTION_FOR_PARAM = {
     "gpus_per_run": "--gpus-per-run",
     "grid": "the GRID file",
     "host": "--host",
+    "token": "--token ($HUBCOMPARE_TOKEN)",
+    "max_examples": "--max-examples",
     "layers": "--layers (`hubcompare layers REF` lists a model's layers)",
     "max_bytes": "--max-memory",
     "l2_grid": "--l2",

@@ -17,7 +17,6 @@ from .options import (
     MaxParams,
     finite,
     one_of,
-    pick_device,
     progress_console,
     slug,
     warn,
@@ -25,6 +24,7 @@ from .options import (
     wrote,
 )
 from .output import Json, plural, print_json, table
+from .stored import Recompute, run_stored, stored_json
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
@@ -40,48 +40,41 @@ Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, hel
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where computed predictions are cached (default: $HUBCOMPARE_HOME/predictions).")]
 
 
-def _sides(a: str, b: str, label_a, label_b, dataset, data_dir, cache_dir, max_params: int, device: str, con):
-    from ..data.datasets import load_dataset
-    from ..populations.sides import load_side
+def _run(kind: str, a: str, b: str, options: dict, seed: int, dataset, label_a, label_b, fmt: str, out, recompute: bool,
+         data_dir, cache_dir, max_params: int, device: str, json_out: bool, con):
+    """The stored result of the comparison, or a fresh one (stored); written to ``--out`` as a fresh run writes it.
+    Returns its JSON (under this request's labels), the files written and the outcome."""
+    from ..comparisons.population_kinds import AGREEMENT, CLASS_DIFF
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
 
-    dev = pick_device(device)  # where models without stored predictions run
-    ds = load_dataset(dataset, "test", data_dir) if dataset else None
-    sides = []
-    for spec, label in ((a, label_a or a), (b, label_b or b)):
-        with con.status(f"loading {escape(label)}") as status:
-            side = load_side(spec, label, dataset=ds, data_dir=data_dir, cache_dir=cache_dir, max_params=max_params, device=dev,
-                             on_member=lambda i, n, ref, label=label, status=status: status.update(
-                                 f"loading {escape(label)}: {i + 1}/{n} {escape(ref)}"))
-        sides.append(side)
-    _default_labels(sides, (label_a, label_b))
-    for side in sides:
+    labels = (label_a or None, label_b or None)
+    req = ComparisonRequest(kind, (a, b), dataset=dataset, seed=seed, options=options,
+                            labels=labels if any(labels) else None, fmt=fmt)
+    # the device is where models without stored predictions run; checked before any loading
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, max_params=max_params, device=device,
+                         cache_dir=cache_dir)
+    stored = outcome.stored
+    doc = (AGREEMENT if kind == "agreement" else CLASS_DIFF).document(stored, req)
+    _sources(con, doc["provenance"])
+    warn(doc["warnings"])
+    out = out or Path("results") / f"{kind}-{slug(doc['side_a'])}-vs-{slug(doc['side_b'])}"
+    files = export(outcome, req, out)
+    if json_out:
+        print_json(doc | {"files": [str(f) for f in files], **stored_json(outcome)})
+        wrote(files, json_out)
+    return doc, files
+
+
+def _sources(con, provenance: dict) -> None:
+    """Per side: how many models, and where their predictions came from (stored in the checkpoint, cache, computed)."""
+    for side in (provenance["side_a"], provenance["side_b"]):
         sources: dict[str, int] = {}
-        for m in side.members:
-            sources[m.predictions] = sources.get(m.predictions, 0) + 1
-        con.print(f"[bold]{escape(side.label)}[/]" + (f" ({escape(side.spec)})" if side.spec != side.label else "")
-                  + f": {plural(side.num_models, 'model')}, predictions " + ", ".join(f"{v} {k}" for k, v in sources.items()),
+        for m in side["models"]:
+            sources[m["predictions"]] = sources.get(m["predictions"], 0) + 1
+        con.print(f"[bold]{escape(side['label'])}[/]" + (f" ({escape(side['spec'])})" if side["spec"] != side["label"] else "")
+                  + f": {plural(side['num_models'], 'model')}, predictions " + ", ".join(f"{v} {k}" for k, v in sources.items()),
                   soft_wrap=True, highlight=False)
-    return sides
-
-
-def _default_labels(sides, given) -> None:
-    """Sides without a --label are called by their models' shared card name (``ResNet-20 (1x)``, with what tells the two
-    sides apart added) when that names them apart; else they keep the side string."""
-    from ..similarity.labels import default_label, unique_labels
-
-    infos, names = [], []
-    for side in sides:
-        per_model = [default_label(m.info, m.ref) for m in side.members]
-        shared = {k: v for k, v in side.members[0].info.items() if all(m.info.get(k) == v for m in side.members)}
-        infos.append(shared)
-        names.append(per_model[0] if len(set(per_model)) == 1 and "depth" in shared else None)
-    if None in names:
-        return
-    labels = unique_labels(infos, [s.spec for s in sides], list(given))
-    if labels[0] != labels[1]:
-        for side, label, g in zip(sides, labels, given):
-            if not g and not label.endswith("]") and " #" not in label:  # else the side string says it better
-                side.label = label
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -110,31 +103,26 @@ def agreement(
     label_a: LabelOpt = None,
     label_b: LabelOpt = None,
     out: Out = None,
+    recompute: Recompute = False,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
     fmt: FigureFormat = "png",
     json_out: Json = False,
 ) -> None:
-    """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement."""
-    from ..populations.agreement import agreement as compute
-    from ..populations.plots import plot_agreement
+    """Per-example accuracy of A vs B against a split-half null; error consistency (kappa) and agreement.
 
+    The result is stored under a key of the members' predictions, the data and the options: asked again, it comes
+    from the store (--recompute computes it again)."""
     con = progress_console(json_out)
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device, con)
-    with con.status("computing"):
-        r = compute(sa, sb, splits=splits, permutations=permutations, seed=seed, null_side=null_side,
-                    settings={"dataset_option": dataset})
-    warn(r.warnings)
-    out = out or Path("results") / f"agreement-{slug(r.label_a)}-vs-{slug(r.label_b)}"
-    files = [*r.save(out), plot_agreement(r, out / f"agreement.{fmt}")]
+    doc, files = _run("agreement", a, b, {"splits": splits, "permutations": permutations, "null_side": null_side}, seed, dataset,
+                      label_a, label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con)
     if json_out:
-        print_json(r.to_json() | {"files": [str(f) for f in files]})
-        wrote(files, json_out)
         return
-    s = r.summary()
-    _sides_line(con, sa.label, sb.label)
-    t = table("", "A", "B", "across", title=f"Agreement on {plural(len(r.ids), 'example')} of {sa.dataset.get('name')}")
+    s = doc["summary"]
+    _sides_line(con, doc["side_a"], doc["side_b"])
+    dataset = doc["provenance"]["dataset"].get("name")
+    t = table("", "A", "B", "across", title=f"Agreement on {plural(s['num_examples'], 'example')} of {dataset}")
     t.add_row("models", str(s["models"]["a"]), str(s["models"]["b"]), "")
     t.add_row("mean accuracy", _fmt(s["mean_accuracy"]["a"]), _fmt(s["mean_accuracy"]["b"]), "")
     k = s["kappa"]
@@ -145,15 +133,16 @@ def agreement(
     say = lambda text: con.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     say(f"per-example accuracy: mean |A - B| {s['mean_abs_per_example_difference']:.4f}, correlation "
         f"{_fmt(s['per_example_accuracy_correlation'])}")
-    if r.pair is not None:
-        mc = r.pair["mcnemar"]
-        say(f"two models: kappa {_fmt(r.pair['kappa'])}, agreement {r.pair['agreement']:.4f}; McNemar exact test: "
+    pair = s.get("pair")
+    if pair is not None:
+        mc = pair["mcnemar"]
+        say(f"two models: kappa {_fmt(pair['kappa'])}, agreement {pair['agreement']:.4f}; McNemar exact test: "
             f"{mc['a_right_b_wrong']} right only by A, {mc['a_wrong_b_right']} only by B, p = {_p(mc['p_value'])}")
-    if r.permutation is not None:
+    if "permutation_test" in s:
         pt = s["permutation_test"]
         say(f"permutation test over model labels ({pt['permutations']}): mean squared per-example difference "
             f"{pt['observed']:.5f} vs null mean {pt['null_mean']:.5f}, [bold]p = {_p(pt['p_value'])}[/]")
-    if r.null is not None:
+    if "null" in s:
         n = s["null"]
         say(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
             f"(expected by chance at these side sizes: {n['expected_outside_under_null']:.1f}, "
@@ -188,32 +177,27 @@ def class_diff(
     label_b: LabelOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the table to print (all are written).")] = 30,
     out: Out = None,
+    recompute: Recompute = False,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
     fmt: FigureFormat = "png",
     json_out: Json = False,
 ) -> None:
-    """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs."""
-    from ..populations.classdiff import class_diff as compute
-    from ..populations.plots import plot_class_diff
+    """Per-class accuracy differences between two populations: Welch's t-test per class, BH q-values, CIs.
 
+    The result is stored under a key of the members' predictions, the data and the options: asked again, it comes
+    from the store (--recompute computes it again)."""
     con = progress_console(json_out)
-    sa, sb = _sides(a, b, label_a, label_b, dataset, data_dir, cache_dir, max_params, device, con)
-    with con.status("computing"):
-        r = compute(sa, sb, alpha=alpha, splits=splits, seed=seed, null_side=null_side, settings={"dataset_option": dataset})
-    warn(r.warnings)
-    out = out or Path("results") / f"class-diff-{slug(r.label_a)}-vs-{slug(r.label_b)}"
-    files = [*r.save(out), plot_class_diff(r, out / f"class_diff.{fmt}")]
+    doc, files = _run("class-diff", a, b, {"alpha": alpha, "splits": splits, "null_side": null_side}, seed, dataset, label_a,
+                      label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con)
     if json_out:
-        print_json(r.to_json() | {"files": [str(f) for f in files]})
-        wrote(files, json_out)
         return
-    s = r.summary()
-    _sides_line(con, r.label_a, r.label_b)
+    s = doc["summary"]
+    _sides_line(con, doc["side_a"], doc["side_b"])
     t = table(title=f"Welch's t-test per class: {s['models']['a']} vs {plural(s['models']['b'], 'model')}, sorted by p",
               box=None, header_style="bold", pad_edge=False, collapse_padding=True)
-    rows = r.rows()
+    rows = doc["classes"]
     t.add_column("class", overflow="fold", min_width=min(16, max(5, *(len(row["class"]) for row in rows[:top]))))
     for h in ("acc A", "acc B", "A - B", f"{100 * (1 - alpha):g}% CI", "t", "df", "p", "q (BH)", ""):
         t.add_column(h, justify="right", no_wrap=True)
@@ -226,7 +210,7 @@ def class_diff(
         con.print(f"({plural(len(rows) - top, 'more class', 'more classes')} in the JSON and CSV; --top shows more)", highlight=False)
     con.print(f"[bold]{s['significant_q']}[/] of {plural(s['classes'], 'class', 'classes')} significant at q < {alpha:g} "
               f"({s['significant_p']} at raw p < {alpha:g})", highlight=False)
-    if r.null is not None:
+    if "null" in s:
         n = s["null"]
         con.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
                   f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", soft_wrap=True, highlight=False)

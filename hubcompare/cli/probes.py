@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .compare import Dataset, Layers
@@ -19,16 +18,14 @@ from .options import (
     FigureFormat,
     MaxParams,
     Threads,
-    device_label,
     finite,
-    pick_device,
     progress_console,
-    set_threads,
     slug,
     writable_folder,
     wrote,
 )
 from .output import Json, plural, print_json, table
+from .stored import Recompute, run_stored, stored_json
 
 Ref = Annotated[str, typer.Argument(help="A model reference (checkpoint folder, hf-hub:, timm:, registry name).")]
 Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder,
@@ -64,55 +61,36 @@ def _blocks_option(value: str) -> str:
 
 
 def _read_blocks(value: str) -> list[dict]:
-    """The blocks listed in a blocks.json (``blocks``) or a probes/deletion JSON (``detected_blocks``)."""
+    """The blocks listed in a blocks JSON file, or the --blocks error saying why it is none."""
+    from ..comparisons.probe_kinds import read_blocks
+    from ..errors import InvalidRequestError
+
     try:
-        data = json.loads(Path(value).read_text(encoding="utf-8"))
-        listed = data["blocks"] if "blocks" in data else data["detected_blocks"]
-        if not all(isinstance(b, dict) and isinstance(b.get("layers"), list) for b in listed):
-            raise ValueError("a block without its list of layers")
-        return listed
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise typer.BadParameter(f"{value} is not a blocks JSON from `hubcompare blocks` ({type(e).__name__}: "
-                                 f"{str(e)[:120]}).", param_hint="'--blocks'") from None
+        return read_blocks(value)
+    except InvalidRequestError as e:
+        raise typer.BadParameter(str(e).removeprefix("options.blocks: "), param_hint="'--blocks'") from None
 
 
-def _progress(con, description: str, run):
-    """Run ``run(on_step)`` under a rich progress bar (on stderr under --json)."""
-    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=con) as p:
-        task = p.add_task(description, total=None)
-        return run(lambda d, n: p.update(task, completed=d, total=n))
+def _run(kind: str, ref: str, *, layers, dataset, data_dir, batch_size, examples, seed: int, options: dict, fmt: str,
+         out, recompute: bool, threads, max_params: int, device: str, json_out: bool, con):
+    """The stored result of ``kind`` on ``ref`` or a fresh one (stored), written to ``--out`` as a fresh run writes it.
+    Returns its JSON and the files written (the JSON, the CSV, the figure)."""
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
 
-
-def _load(ref: str, layers, dataset: Optional[str], data_dir, threads, max_params: int, device: str, con):
-    """Threads, the device, the model (with its provenance) and the test split of its dataset (or ``dataset``)."""
-    from ..hub.references import resolve_reference
-    from ..similarity.engine import CompareModel, comparison_dataset
-
-    set_threads(threads)
-    dev = pick_device(device)
-    with con.status(f"loading {escape(ref)}"):
-        m = CompareModel.from_resolved(resolve_reference(ref, max_params=max_params), layers, ref=ref)
-    return m, comparison_dataset([m], dataset, "test", data_dir), dev
-
-
-def _detect(blocks: str, m, test, examples: Optional[int], dev, con) -> tuple[list[dict], dict]:
-    """The blocks to shade and where they came from."""
-    from dataclasses import asdict
-
-    from ..similarity.blocks import analyze_blocks
-    from ..similarity.engine import CompareModel
-
-    if blocks == "none":
-        return [], {"source": "none"}
-    if blocks != "auto":
-        return _read_blocks(blocks), {"source": str(blocks)}
-    plain = CompareModel(m.ref, m.model, m.provenance)  # the detector's own default layers
-    rep = _progress(con, f"blocks: CKA on {test.name} test ({device_label(dev)})", lambda on_batch: analyze_blocks(
-        plain, test, num_examples=examples, on_batch=on_batch, device=dev))
-    found = [asdict(b) | {"size": b.size} for b in rep.blocks]
-    return found, {"source": "detected here (hubcompare blocks' defaults, test split)", "criteria": rep.params,
-                   "layers": rep.pcs.layers}
+    if options.get("blocks") not in (None, "auto", "none"):
+        _read_blocks(options["blocks"])  # a file that is no blocks JSON is refused before any work
+    req = ComparisonRequest(kind, (ref,), dataset, layers=tuple(layers) if layers else None, batch_size=batch_size, seed=seed,
+                            examples=examples, options=options, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+                         device=device)
+    out = out or Path("results") / f"{kind}-{slug(ref)}"
+    files = export(outcome, req, out)
+    doc = json.loads(files[0].read_text())
+    if json_out:
+        print_json(doc | {"files": [str(f) for f in files]} | stored_json(outcome))
+        wrote(files, json_out)
+    return doc, files
 
 
 def probes(
@@ -141,31 +119,27 @@ def probes(
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Linear probes (softmax regression on frozen features) on every layer: before and after each residual add.
 
     Fit on the training split, the L2 chosen on a held-out part of it, reported on the test split.
     """
-    from ..data.datasets import load_dataset
-    from ..probes.linear import DEFAULT_L2_GRID, probe_layers
-    from ..probes.plots import plot_probes
-    from ..provenance import atomic_write_json, atomic_write_text
+    from ..comparisons.probe_kinds import probe_result_from_json
 
     con = progress_console(json_out)
-    m, test, dev = _load(ref, layers, dataset, data_dir, threads, max_params, device, con)
-    train = load_dataset(test.name, "train", data_dir)
-    out = out or Path("results") / f"probes-{slug(ref)}"
-    result = _progress(con, f"probes on {test.name} ({device_label(dev)})", lambda on_step: probe_layers(
-        m, train, test, pool, l2 or DEFAULT_L2_GRID, validation_fraction, seed, batch_size, train_examples, examples,
-        max_iter, int(memory_gb * 2**30), on_step=on_step, device=dev))
-    result.blocks, result.settings["blocks"] = _detect(blocks, m, test, examples, dev, con)
-    files = [atomic_write_json(out / "probes.json", result.to_json()), atomic_write_text(out / "probes.csv", result.to_csv()),
-             plot_probes(result, out / f"probes.{fmt}")]
+    options = {"pool": pool, "validation_fraction": validation_fraction, "train_examples": train_examples,
+               "max_iter": max_iter, "memory_gb": memory_gb, "blocks": blocks}
+    if l2:
+        options["l2"] = list(l2)
+    doc, files = _run("probes", ref, layers=layers, dataset=dataset, data_dir=data_dir, batch_size=batch_size,
+                      examples=examples, seed=seed, options={k: v for k, v in options.items() if v is not None}, fmt=fmt,
+                      out=out, recompute=recompute, threads=threads, max_params=max_params, device=device,
+                      json_out=json_out, con=con)
     if json_out:
-        print_json(result.to_json() | {"files": [str(f) for f in files]})
-        wrote(files, json_out)
         return
+    result = probe_result_from_json(doc)
     t = table("#", "layer", "kind", "features", "L2", "validation", "test", title=f"{escape(ref)}: linear probes "
               f"(pooling {result.settings['pooling']})")
     for r in result.layers:
@@ -192,28 +166,20 @@ def delete_blocks(
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Delete residual blocks from the end of each stage backwards (identity path kept, no retraining): test accuracy
     after each deletion (the paper's Figure 5)."""
-    from ..probes.deletion import delete_blocks as run_deletion
-    from ..probes.deletion import residual_stages
-    from ..probes.plots import plot_deletion
-    from ..provenance import atomic_write_json, atomic_write_text
+    from ..comparisons.probe_kinds import deletion_result_from_json
 
     con = progress_console(json_out)
-    m, test, dev = _load(ref, None, dataset, data_dir, threads, max_params, device, con)
-    residual_stages(m.model)  # refuse a model without deletable blocks before any evaluation
-    out = out or Path("results") / f"delete-blocks-{slug(ref)}"
-    result = _progress(con, f"deleting blocks, {test.name} test ({device_label(dev)})", lambda on_step: run_deletion(
-        m, test, batch_size, examples, on_step=on_step, device=dev))
-    result.blocks, result.settings["blocks"] = _detect(blocks, m, test, examples, dev, con)
-    files = [atomic_write_json(out / "deletion.json", result.to_json()), atomic_write_text(out / "deletion.csv", result.to_csv()),
-             plot_deletion(result, out / f"deletion.{fmt}")]
+    doc, files = _run("delete-blocks", ref, layers=None, dataset=dataset, data_dir=data_dir, batch_size=batch_size,
+                      examples=examples, seed=0, options={"blocks": blocks}, fmt=fmt, out=out, recompute=recompute,
+                      threads=threads, max_params=max_params, device=device, json_out=json_out, con=con)
     if json_out:
-        print_json(result.to_json() | {"files": [str(f) for f in files]})
-        wrote(files, json_out)
         return
+    result = deletion_result_from_json(doc)
     t = table("stage", "blocks deleted", "first deleted", "test accuracy", "drop",
               title=f"{escape(ref)}: block deletion (full model {result.full_accuracy:.4f})")
     for r in result.rows():

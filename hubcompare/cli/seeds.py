@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
@@ -16,11 +16,8 @@ from .options import (
     MaxParams,
     Threads,
     console,
-    device_label,
     finite,
-    pick_device,
     progress_console,
-    set_threads,
     slug,
     warn,
     wrote,
@@ -38,10 +35,9 @@ from .passes import (
     Split,
     Workers,
     check_backend,
-    comparer,
-    plan_for,
 )
 from .population import LabelOpt, Out, SideArg
+from .stored import Recompute, run_stored, stored_json
 
 SIDE_SCHEMES = ("population", "registry", "hf-tag", "collection")
 MaxMemory = Annotated[float, typer.Option(
@@ -68,36 +64,6 @@ def cross_cka_sides(refs: list[str], label: list[str] | None = None, **options: 
         raise typer.BadParameter("give --label once per side (twice) or not at all.", param_hint="'--label'")
     known = {k: v for k, v in options.items() if k in ACROSS_OPTIONS}
     across_seeds(refs[0], refs[1], label_a=label[0] if label else None, label_b=label[1] if label else None, **known)
-
-
-def _load_side(spec: str, label: str, layers, max_params: int, con):
-    from ..hub.references import resolve_reference
-    from ..populations.sides import expand_side
-    from ..similarity.engine import CompareModel
-
-    with con.status(f"finding the models of {label}"):
-        refs = expand_side(spec)
-    models = []
-    with con.status(f"loading {label}") as status:
-        for i, ref in enumerate(refs):
-            status.update(f"loading {label}: {i + 1}/{len(refs)} {ref}")
-            models.append(CompareModel.from_resolved(resolve_reference(ref, max_params=max_params), layers, ref=ref))
-    return models
-
-
-def _side_labels(models_a, models_b, a: str, b: str, label_a, label_b) -> tuple[str, str]:
-    """Given labels, else each side's architecture as its card names it (``ResNet-56 (2x)``) when its models share one,
-    else the side as written; two equal labels get (A) and (B)."""
-    from ..similarity.labels import default_label
-
-    def name(models, spec: str) -> str:
-        names = {default_label(m.provenance, m.ref) for m in models}
-        return names.pop() if len(names) == 1 and len(models) > 1 else spec
-
-    la, lb = label_a or name(models_a, a), label_b or name(models_b, b)
-    if la == lb and not (label_a and label_b):
-        la, lb = f"{la} (A)", f"{lb} (B)"
-    return la, lb
 
 
 def _stat(mean, sd, n, count: bool = True) -> str:
@@ -130,6 +96,7 @@ def across_seeds(
     ray_address: RayAddress = None,
     workers: Workers = None,
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
     json_out: Json = False,
 ) -> None:
     """Across seeds: CKA between every pair of seeds at matching layers, within each side and across the two, inside
@@ -137,41 +104,29 @@ def across_seeds(
 
     Layers match by name within a side (one architecture a side) and by relative depth across sides. Default layers of a
     hubcompare ResNet: the stem and every block output. Writes across_seeds.png (or --format), .json and .csv."""
-    from ..populations.seed_plots import plot_across_seeds
-    from ..populations.seeds import across_seeds as compute
-    from ..similarity.engine import comparison_dataset
+    from ..comparisons.cka_kinds import batch_plan_from_json
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
+    from ..comparisons.seed_kinds import labels_for, seeds_result_from_json
 
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
-    set_threads(threads)
-    dev = pick_device(device)
-    models_a = _load_side(a, label_a or a, layers, max_params, con)
-    models_b = _load_side(b, label_b or b, layers, max_params, con)
-    label_a, label_b = _side_labels(models_a, models_b, a, b, label_a, label_b)
-    ds = comparison_dataset([*models_a, *models_b], dataset, split, data_dir)
-    plan = plan_for(ds, examples, batch_size, passes)
+    labels = (label_a or None, label_b or None)
+    req = ComparisonRequest("across-seeds", (a, b), dataset, split, tuple(layers) if layers else None, batch_size, passes,
+                            seed, examples, {"pc_examples": pc_examples, "max_memory_gb": max_memory},
+                            labels=labels if any(labels) else None, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+                         device=device, backend=backend, ray_address=ray_address, workers=workers)
+    label_a, label_b = labels_for(outcome.stored, req)
     out = out or Path("results") / f"across-seeds-{slug(label_a)}-vs-{slug(label_b)}"
-    k = len(models_a) + len(models_b)
-    with comparer(backend, ray_address, workers, threads, max_params, con) as compare_fn, \
-            Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     TimeRemainingColumn(), console=con) as p:
-        where = device_label(dev) + (", Ray workers" if backend == "ray" else "")
-        cka_task = p.add_task(f"CKA, {k} models in one pass on {ds.name} {split} ({where})", total=None)
-        pc_task = p.add_task("PC1 shares per model (its block)", total=k)
-        r = compute(models_a, models_b, ds, plan.batch_size, passes, seed, examples, label_a=label_a, label_b=label_b,
-                    spec_a=a, spec_b=b, pc_examples=pc_examples, device=dev, compare_fn=compare_fn,
-                    max_bytes=int(max_memory * 2**30),
-                    on_batch=lambda d, n: p.update(cka_task, completed=d, total=n),
-                    on_model=lambda i, n, ref: p.update(pc_task, completed=i, description=f"PC1 shares: {ref}"))
-        p.update(pc_task, completed=k, description="PC1 shares per model (its block)")
-    r.provenance["batch_plan"] = plan.to_json()
-    files = [*r.save(out), plot_across_seeds(r, out / f"across_seeds.{fmt}")]
-    plan_warning = plan.warning()
-    warn(r.warnings + ([plan_warning] if plan_warning else []))
+    files = export(outcome, req, out)
+    doc = json.loads(files[0].read_text())  # across_seeds.json, .csv, the figure
+    plan_warning = batch_plan_from_json(outcome.stored.summary["batch_plan"]).warning()
+    warn(doc["warnings"] + ([plan_warning] if plan_warning else []))
     if json_out:
-        print_json({"command": "across-seeds", **r.to_json(), "files": [str(f) for f in files]})
+        print_json({"command": "across-seeds", **doc, "files": [str(f) for f in files]} | stored_json(outcome))
     else:
-        _tables(r)
+        _tables(seeds_result_from_json(doc))
     wrote(files, json_out)
 
 

@@ -108,7 +108,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_wait: f
     raise AssertionError("unreachable")
 
 
-def _translate(e: Exception, repo_id: str, revision: str | None, endpoint: str) -> Exception:
+def _translate(e: Exception, repo_id: str, revision: str | None, endpoint: str, repo_type: str = "model") -> Exception:
     """huggingface_hub's errors -> hubcompare's typed errors that name the repo, revision or file and the fix."""
     if isinstance(e, RevisionNotFoundError):
         return HubRevisionNotFoundError(
@@ -117,7 +117,7 @@ def _translate(e: Exception, repo_id: str, revision: str | None, endpoint: str) 
         )
     if isinstance(e, RepositoryNotFoundError):
         return HubRepoNotFoundError(
-            f"no model repo {repo_id} on {endpoint} (or it is private and HF_TOKEN cannot see it): "
+            f"no {repo_type} repo {repo_id} on {endpoint} (or it is private and HF_TOKEN cannot see it): "
             "check the owner and name."
         )
     return e

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..provenance import atomic_write_figure
+from ..similarity.plots import write_figure
 from .seeds import CLASSES, SeedsResult
 
 __all__ = ["plot_across_seeds"]
@@ -81,7 +81,7 @@ def _summary_panel(ax, result: SeedsResult) -> None:
 
 
 def plot_across_seeds(result: SeedsResult, path: str | Path) -> Path:
-    """The per-layer figure (one panel per side) and the inside/outside summary, as a PNG at ``path``."""
+    """The per-layer figure (one panel per side) and the inside/outside summary, at ``path`` (its suffix: png, pdf, svg)."""
     fig = Figure(figsize=(13, 13), layout="constrained")
     axes = fig.subplots(3, 1, height_ratios=[1, 1, 0.8])
     _side_panel(axes[0], result, "a")
@@ -92,4 +92,4 @@ def plot_across_seeds(result: SeedsResult, path: str | Path) -> Path:
     fig.suptitle(f"Across seeds: {result.a.label} vs {result.b.label}\n{d.get('name', '?')} {d.get('split', '')}, "
                  f"{p.get('num_examples', '?')} examples, batch {p.get('batch_size', '?')}, {p.get('passes', '?')} pass(es)",
                  fontsize=12)
-    return atomic_write_figure(fig, path)
+    return write_figure(fig, path)  # PNG, PDF or SVG, as the suffix says

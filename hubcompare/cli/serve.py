@@ -1,0 +1,89 @@
+"""``hubcompare serve``: the web pages and JSON API over the registry and the result store (uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from .options import console, err_console, one_of
+
+DEFAULT_PORT = 8765  # as hubcompare.service.config.DEFAULT_PORT (not imported here: --help stays fast)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = DEFAULT_PORT,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="HUBCOMPARE_TOKEN", show_envvar=True,
+        help="Writes (queueing a job) need 'Authorization: Bearer TOKEN' (or the form's token field). Required off "
+             "loopback; at least 16 characters.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes running comparison jobs.")] = 1,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Where the datasets are (the server's own; a request never names a path).")] = None,
+    max_examples: Annotated[int, typer.Option("--max-examples", min=4, help="Most examples one comparison may use.")] = 2000,
+    max_models: Annotated[int, typer.Option("--max-models", min=2, max=32, help="Most models in one comparison.")] = 8,
+    backend: Annotated[str, typer.Option("--backend", callback=one_of("local", "ray"), help=(
+        "Where jobs run. local: --workers processes on this machine; ray: one Ray task per job "
+        "(pip install 'hubcompare\\[ray]')."))] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, max=256, help="torch threads per job (Ray: the CPUs each job's task asks for; default 1 there).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
+) -> None:
+    """Serve the registry, stored results and comparison jobs as web pages and a JSON API until Ctrl-C."""
+    from ..errors import ServiceDependencyError
+
+    try:
+        import uvicorn
+
+        from ..service.app import create_app
+        from ..service.config import ServiceConfig
+    except ImportError as e:
+        raise ServiceDependencyError(f"the service needs fastapi, uvicorn and python-multipart ({e}): "
+                                     "pip install 'hubcompare[serve]'") from None
+
+    config = ServiceConfig(host=host, port=port, token=token or None, workers=workers, data_dir=data_dir,
+                           max_examples=max_examples, max_models=max_models, backend=backend, ray_address=ray_address,
+                           threads=threads).check()
+    _check_port_free(config.host, config.port)
+    if backend == "ray":
+        from ..service.ray_jobs import check_ray
+
+        check_ray(ray_address)
+    app = create_app(config)
+    jobs = (f"jobs on Ray{' at ' + ray_address if ray_address else ''}, {threads or 1} CPU{'s' if (threads or 1) != 1 else ''} each"
+            if backend == "ray" else f"{workers} job worker{'s' if workers != 1 else ''}")
+    console.print(f"[bold green]hubcompare serve[/] on [bold]{escape(config.url)}[/] "
+                  f"({escape(jobs)}; API: {escape(config.url)}/docs)", soft_wrap=True)
+    console.print("writes need the token (Authorization: Bearer TOKEN)" if config.writes_need_token
+                  else "loopback only, no token: anyone on this machine may queue jobs", highlight=False)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning" if quiet else "info",
+                    access_log=not quiet, timeout_graceful_shutdown=2, server_header=False)
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind once before starting, so a busy port is a typed error rather than uvicorn's exit."""
+    import socket
+
+    from ..errors import ServiceConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ServiceConfigError(f"cannot resolve the host {host!r} ({e}): give an address such as 127.0.0.1",
+                                 params=("host",)) from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ServiceConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another port",
+                                     params=("port",)) from None

@@ -1,0 +1,114 @@
+"""Run a comparison request: return the stored result when the store holds it, else compute it into the store; export.
+
+How a kind plugs in. A kind is an object (a module-level instance) with a ``name`` (one of
+:data:`~.requests.KINDS`) and three methods:
+
+- ``prepare(req, ctx: Context) -> Prepared``: the cheap part. Resolve the models (or sides) and the dataset,
+  and build ``key_inputs``: everything that changes the numbers (each model's commit sha and weights sha256,
+  the dataset's name, split and fingerprint, the tapped layers, every numeric setting, the hubcompare version;
+  never device, threads, backend, labels or format). Put what ``compute`` needs in ``Prepared.state``.
+- ``compute(req, prepared, staging: Path, on_progress, compare) -> (summary, warnings)``: the expensive part.
+  Write the result's files into ``staging`` under the names the CLI writes to ``--out`` (figures as PNG), and
+  return a small JSON ``summary`` (headline numbers for lists and page headers; what ``export`` needs to
+  re-label) and the warnings a user should see. ``on_progress(stage_text, done, total_or_None)``; ``compare``:
+  what computes a CKA pass (``similarity.engine.compare``'s signature; None = that function).
+- ``export(stored, req, out_dir) -> list[Path]``: write into ``out_dir`` exactly the files a fresh run with
+  ``req`` writes (same names, ``req.fmt`` figures, ``req.labels``), re-rendering from the stored JSON where the
+  format or the labels differ from the stored ones; return the paths in the order the CLI lists them.
+
+Register it: the kind's module lists its kinds in a module-level ``KINDS`` tuple; import the module at the top of
+this file and add ``*module.KINDS`` to ``_KINDS`` below. A kind module imports ``Prepared``, ``Context`` and
+``ComparisonRequest`` from :mod:`.requests`, never from this module (which imports the kinds: no cycle).
+Its options (kind-specific settings) are declared, with their types and ranges, in ``requests.OPTION_SPECS``.
+:func:`run_request` then keys, looks up, computes and stores it; :func:`export` writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..errors import InvalidRequestError
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from ..results.keys import result_key
+from ..results.store import ResultStore, StoredResult
+from . import cka_kinds, population_kinds, probe_kinds, seed_kinds
+from .requests import ComparisonRequest, Context, Prepared, Progress
+
+__all__ = ["Context", "Kind", "Outcome", "Prepared", "export", "kind_for", "run_request"]
+
+
+class Kind(Protocol):
+    name: str
+
+    def prepare(self, req: ComparisonRequest, ctx: Context) -> Prepared: ...
+
+    def compute(self, req: ComparisonRequest, prepared: Prepared, staging: Path, on_progress: Progress,
+                compare: Callable | None) -> tuple[dict, list[str]]: ...
+
+    def export(self, stored: StoredResult, req: ComparisonRequest, out_dir: Path) -> list[Path]: ...
+
+
+@dataclass
+class Outcome:
+    """A request's result: ``stored`` (its entry in the store), whether it came from the store, notices from
+    resolving the models and the result's warnings (the stored ones on a hit)."""
+
+    stored: StoredResult
+    from_store: bool
+    notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.stored.key
+
+
+_KINDS: dict[str, Kind] = {k.name: k for k in (*cka_kinds.KINDS, *population_kinds.KINDS, *seed_kinds.KINDS,
+                                                *probe_kinds.KINDS)}
+
+
+def kind_for(name: str) -> Kind:
+    """The registered kind ``name`` (InvalidRequestError for a kind not registered yet)."""
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise InvalidRequestError(f"kind: {name!r} results are not computed through the store yet; use one of "
+                                  f"{', '.join(_KINDS)}", "kind") from None
+
+
+def run_request(req: ComparisonRequest, *, store: ResultStore | None = None, recompute: bool = False,
+                data_dir: str | Path | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: Any = "auto",
+                compare: Callable | None = None, on_progress: Progress | None = None, cache_dir: str | Path | None = None,
+                registry=None, api=None) -> Outcome:
+    """The result of ``req``: the stored one when its key is in ``store`` (unless ``recompute``), else computed
+    into the store (a failure leaves no entry). ``compare``: what computes a CKA pass (e.g. Ray shards' compare);
+    ``on_progress(stage, done, total)``: live progress (stages as text, ``total`` None when unknown)."""
+    kind = kind_for(req.kind)
+    progress = on_progress or (lambda stage, done, total: None)
+    store = store if store is not None else ResultStore()
+    ctx = Context(data_dir, max_params, device, cache_dir, registry, api, progress)
+    prepared = kind.prepare(req, ctx)
+    key = result_key(req.kind, prepared.key_inputs)
+    if not recompute:
+        hit = store.get(key)
+        if hit is not None:
+            return Outcome(hit, True, list(prepared.notices), list(hit.summary.get("warnings", [])))
+    started = time.perf_counter()
+    with store.staging() as staging:
+        summary, warnings = kind.compute(req, prepared, staging, progress, compare)
+        seconds = time.perf_counter() - started
+        if recompute and store.get(key) is not None:
+            store.remove(key)  # the new computation replaces the stored one
+        stored = store.put(key, req.kind, title=prepared.title, request=req.to_json(), key_inputs=prepared.key_inputs,
+                           summary=summary | {"warnings": list(dict.fromkeys(warnings))}, models=prepared.models,
+                           dataset=prepared.dataset, staging=staging, seconds=seconds)
+    return Outcome(stored, False, list(prepared.notices), list(warnings))
+
+
+def export(outcome_or_stored: Outcome | StoredResult, req: ComparisonRequest, out_dir: str | Path) -> list[Path]:
+    """Write the result into ``out_dir`` as a fresh run of ``req`` would (same file names, ``req.fmt``, ``req.labels``)."""
+    stored = outcome_or_stored.stored if isinstance(outcome_or_stored, Outcome) else outcome_or_stored
+    return kind_for(stored.kind).export(stored, req, Path(out_dir))

@@ -1,0 +1,137 @@
+"""The JSON API under /api: the registry, stored results and comparison jobs (the pages' operations, for scripts).
+
+Reads are open; ``POST /api/jobs`` is a write: it needs ``Authorization: Bearer TOKEN`` whenever the server has a
+token (always off loopback), and a JSON body (``Content-Type: application/json``, so another site's page cannot
+post one from a browser without CORS, which this server does not grant). Errors are ``{"error": ...}`` with 4xx.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from ..comparisons.requests import KINDS
+from ..errors import ServiceRequestError
+from .checks import check_request, http_error, parse_request_body
+from .views import (
+    ModelFilters,
+    Service,
+    bearer,
+    card_text,
+    check_same_origin,
+    entry_json,
+    model_results,
+    result_json,
+)
+
+__all__ = ["download", "router"]
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+REQUEST_SCHEMA = {
+    "type": "object", "required": ["kind", "refs"], "additionalProperties": False,
+    "properties": {
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "refs": {"type": "array", "items": {"type": "string"}, "description": "model references (registry names, "
+                 "hf-hub:OWNER/NAME@REV, timm:NAME); agreement/class-diff: two side specs (population:NAME, A+B, ...)"},
+        "dataset": {"type": ["string", "null"]}, "split": {"type": "string", "enum": ["test", "train"]},
+        "layers": {"type": ["array", "null"], "items": {"type": "string"}}, "batch_size": {"type": ["integer", "null"]},
+        "passes": {"type": "integer"}, "seed": {"type": "integer"},
+        "examples": {"type": ["integer", "null"], "description": "required for CKA kinds; at most the server's max_examples"},
+        "options": {"type": "object"}, "labels": {"type": ["array", "null"]}, "fmt": {"type": "string"},
+    },
+    "example": {"kind": "cross-cka", "refs": ["MODEL-A", "MODEL-B"], "examples": 500},
+}
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+@router.get("/health", summary="Is the server up; its job workers and limits")
+def health(request: Request) -> dict:
+    s = service_of(request)
+    c = s.config
+    return {"status": "ok" if not s.jobs.broken else "degraded", "jobs": s.jobs.counts(), "workers": c.workers,
+            "backend": c.backend, "worker_restarts": s.jobs.restarts, "broken": s.jobs.broken, "writes_need_token": c.writes_need_token,
+            "limits": {"max_examples": c.max_examples, "max_models": c.max_models, "max_body_bytes": c.max_body_bytes}}
+
+
+@router.get("/models", summary="Registry entries matching the filters")
+def models(request: Request, population: str | None = None, depth: str | None = None, width: str | None = None,
+           dataset: str | None = None, text: str | None = None) -> dict:
+    filters = ModelFilters.parse({"population": population, "depth": depth, "width": width, "dataset": dataset, "text": text})
+    found = filters.apply(service_of(request).registry())
+    return {"filters": filters.to_json(), "count": len(found), "models": [entry_json(e) for e in found]}
+
+
+@router.get("/models/{name}", summary="One registry entry, its card text (when cached) and its stored comparisons")
+def model(request: Request, name: str) -> dict:
+    s = service_of(request)
+    entry = s.registry().get(name)
+    results = model_results(s, entry)
+    return entry_json(entry) | {"card": card_text(entry), "results": [result_json(r) for r in results]}
+
+
+@router.get("/results", summary="Stored results, newest first")
+def results(request: Request, kind: str | None = None, model: str | None = None,
+            limit: int = Query(100, ge=1, le=1000)) -> dict:
+    if kind is not None and kind not in KINDS:
+        raise ServiceRequestError(f"kind: {kind!r} is not a comparison kind (one of {', '.join(KINDS)})", params=("kind",))
+    found = service_of(request).store.list(kind=kind, model=model or None, limit=limit)
+    return {"count": len(found), "results": [result_json(r) for r in found]}
+
+
+@router.get("/results/{key}", summary="One stored result (its key or a unique prefix of 6+ hex characters)")
+def result(request: Request, key: str) -> dict:
+    return result_json(service_of(request).result(key))
+
+
+@router.get("/results/{key}/files/{name}", summary="One of a result's files (only the names it lists)")
+def result_file(request: Request, key: str, name: str) -> FileResponse:
+    stored = service_of(request).exact_result(key)
+    return download(stored.file(name), name)
+
+
+@router.post("/jobs", status_code=202, summary="Queue a comparison (a ComparisonRequest as JSON)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}},
+             responses={202: {"description": "queued (or the same request's job, already queued or running)"},
+                        400: {"description": "invalid request"}, 401: {"description": "token required"}})
+async def create_job(request: Request) -> JSONResponse:
+    s = service_of(request)
+    check_same_origin(request)
+    s.config.check_write(bearer(request))
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise http_error(415, "send the request as JSON (Content-Type: application/json)")
+    req = check_request(parse_request_body(await request.body()), s.config)
+    job, new = s.jobs.submit(req.to_json())
+    return JSONResponse({"id": job.id, "url": f"/jobs/{job.id}", "api": f"/api/jobs/{job.id}", "state": job.state, "new": new},
+                        status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+@router.get("/jobs", summary="Jobs this server knows, newest first")
+def jobs(request: Request) -> dict:
+    return {"jobs": [job_json(j) for j in service_of(request).jobs.jobs()]}
+
+
+@router.get("/jobs/{job_id}", summary="A job's state and progress")
+def job(request: Request, job_id: str) -> dict:
+    return job_json(service_of(request).jobs.get(job_id))
+
+
+def job_json(job) -> dict:
+    d = job.to_json()
+    d["result_url"] = f"/results/{job.result_key}" if job.result_key else None
+    return d
+
+
+MEDIA = {".json": "application/json", ".csv": "text/csv; charset=utf-8", ".png": "image/png", ".npz": "application/octet-stream",
+         ".svg": "image/svg+xml", ".pdf": "application/pdf", ".md": "text/plain; charset=utf-8", ".npy": "application/octet-stream"}
+
+
+def download(path, name: str) -> FileResponse:
+    """A stored file: images shown inline, everything else as an attachment (an SVG too: it could carry script)."""
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    media = MEDIA.get(suffix, "application/octet-stream")
+    inline = suffix == ".png"
+    return FileResponse(path, media_type=media, filename=name, content_disposition_type="inline" if inline else "attachment")

@@ -1,0 +1,169 @@
+"""Comparison requests as the server takes them: strict JSON, references in the forms it accepts (never a path),
+the kinds' fields from the compare form, and this server's own size caps on top of ``ComparisonRequest.from_json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ..comparisons.requests import CKA_KINDS, KINDS, PROBE_KINDS, SIDE_KINDS, SIDE_SCHEMES, ComparisonRequest
+from ..errors import ServiceRequestError, short_repr
+from ..hub.names import NAME
+from .config import ServiceConfig
+
+__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_request", "form_request", "http_error", "names_a_side",
+           "parse_request_body"]
+
+MAX_SPLITS = 10_000  # agreement/class-diff splits and permutations on this server
+MAX_PASSES = 16
+
+
+# --- comparison requests -------------------------------------------------------------------------
+def http_error(status: int, message: str) -> ServiceRequestError:
+    """A ServiceRequestError answered with ``status`` (e.g. 415, 503) instead of 400."""
+    e = ServiceRequestError(message)
+    e.http_status = status  # type: ignore[attr-defined]
+    return e
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def parse_request_body(body: bytes) -> dict:
+    """Strict JSON (no NaN, no duplicate keys, no deep nesting tricks) of an object."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ServiceRequestError(f"the body is not a JSON object ({str(e)[:200]}): send a ComparisonRequest as JSON, "
+                                  'e.g. {"kind": "cross-cka", "refs": ["A", "B"], "examples": 500}') from None
+    if not isinstance(data, dict):
+        raise ServiceRequestError(f"the body is a JSON {type(data).__name__}, not an object: send a ComparisonRequest object")
+    return data
+
+
+ACCEPTED_REFERENCES = "a registered model's name, hf-hub:OWNER/NAME[@REV] or timm:NAME"
+ACCEPTED_SIDES = ("population:NAME, registry:KEY=VALUE, hf-tag:TAG, collection:SLUG, a registered model's name, "
+                  "hf-hub:OWNER/NAME[@REV], timm:NAME, or models joined by '+'")
+ONE_MODEL_KINDS = ("cka", "blocks", "probes", "delete-blocks")  # refs: one model
+SIZED_KINDS = CKA_KINDS + ("across-seeds",) + PROBE_KINDS  # a pass over examples: the server requires and caps them
+LAYER_KINDS = CKA_KINDS + ("across-seeds", "probes")  # layer globs apply
+
+
+def names_a_side(ref: str) -> bool:
+    """A many-model side (population:NAME, A+B, ...) rather than one model: what turns cross-cka into across-seeds,
+    as the CLI's cross-cka does."""
+    ref = ref.strip()
+    return ref.partition(":")[0] in SIDE_SCHEMES or "+" in ref
+
+
+def check_references(data: dict) -> None:
+    """Every reference is one of the forms this server takes; anything else (a path, a typo) is refused with the
+    accepted forms named, before the request is parsed any further (so no guess about the server's folders is
+    echoed back)."""
+    refs, kind = data.get("refs"), data.get("kind")
+    if not isinstance(refs, list):
+        return  # from_json names the problem
+    sides = kind in SIDE_KINDS
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, str):
+            continue
+        parts = [p.strip() for p in ref.split("+")] if sides and "+" in ref else [ref.strip()]
+        for part in parts:
+            if not _reference_form(part, sides):
+                raise ServiceRequestError(f"refs[{i}]: {short_repr(ref)} is not a reference this server takes: give "
+                                          f"{ACCEPTED_SIDES if sides else ACCEPTED_REFERENCES}", params=(f"refs[{i}]",))
+
+
+def _reference_form(ref: str, sides: bool) -> bool:
+    scheme, sep, rest = ref.partition(":")
+    if not sep:
+        return NAME.fullmatch(ref) is not None and ".." not in ref
+    if scheme == "hf-hub":
+        return re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*(@[\w.\-/]+)?", rest) is not None and ".." not in rest
+    if scheme == "timm":
+        return NAME.fullmatch(rest) is not None
+    return sides and scheme in SIDE_SCHEMES and bool(rest.strip()) and not rest.startswith(("/", "~", "."))
+
+
+def check_request(data: dict, config: ServiceConfig) -> ComparisonRequest:
+    """A comparison request this server will run: valid (no paths), and inside its size caps. A cross-cka of two
+    population sides is an across-seeds comparison, as the CLI's cross-cka makes it."""
+    refs = data.get("refs")
+    if data.get("kind") == "cross-cka" and isinstance(refs, list) and any(isinstance(r, str) and names_a_side(r) for r in refs):
+        data = data | {"kind": "across-seeds"}
+    check_references(data)
+    req = ComparisonRequest.from_json(data, allow_paths=False)
+
+    def refuse(field: str, message: str) -> ServiceRequestError:
+        return ServiceRequestError(f"{field}: {message}", params=(field,))
+
+    if req.kind in SIZED_KINDS:
+        if req.examples is None or req.examples > config.max_examples:
+            raise refuse("examples", f"this server computes at most {config.max_examples:,} examples per comparison: "
+                                     f"give examples from 4 to {config.max_examples:,}")
+        if req.passes > MAX_PASSES:
+            raise refuse("passes", f"at most {MAX_PASSES} passes on this server")
+        if req.batch_size is not None and req.batch_size > config.max_examples:
+            raise refuse("batch_size", f"at most {config.max_examples:,} (the server's examples cap)")
+        if len(req.refs) > config.max_models:
+            raise refuse("refs", f"at most {config.max_models} models in one comparison on this server")
+        for name in ("pc_examples", "train_examples"):
+            if req.options.get(name) is not None and req.options[name] > config.max_examples:
+                raise refuse(f"options.{name}", f"at most {config.max_examples:,} on this server")
+        if req.kind == "probes" and req.options.get("train_examples") is None:
+            raise refuse("options.train_examples", f"give the training examples of the probes (at most "
+                                                   f"{config.max_examples:,} on this server)")
+    if req.kind in SIDE_KINDS:
+        for i, side in enumerate(req.refs):
+            if side.count("+") + 1 > config.max_models:
+                raise refuse(f"refs[{i}]", f"at most {config.max_models} models listed on a side on this server "
+                                           "(name a population instead: population:NAME)")
+        for name in ("splits", "permutations"):
+            if req.options.get(name, 0) > MAX_SPLITS:
+                raise refuse(f"options.{name}", f"at most {MAX_SPLITS:,} on this server")
+    return req
+
+
+def form_request(form: dict, config: ServiceConfig) -> ComparisonRequest:
+    """The compare form's fields (model_a, model_b, kind, dataset, layers, examples) as a checked request. A
+    cross-cka of two population sides is an across-seeds comparison (as the CLI's cross-cka); probes train on as
+    many examples as they are tested on."""
+    kind = (form.get("kind") or "cross-cka").strip()
+    if kind not in KINDS:
+        raise ServiceRequestError(f"kind: {short_repr(kind)} is not a comparison kind (one of {', '.join(KINDS)})")
+    a, b = (form.get("model_a") or "").strip(), (form.get("model_b") or "").strip()
+    if not a:
+        raise ServiceRequestError("model A is empty: name a registered model (or a side, e.g. population:NAME)")
+    one = kind in ONE_MODEL_KINDS
+    if not one and not b:
+        raise ServiceRequestError(f"model B is empty: {kind} compares two {'sides' if kind in SIDE_KINDS else 'models'}")
+    if kind == "cross-cka" and (names_a_side(a) or names_a_side(b)):
+        kind = "across-seeds"  # before the fields below, which differ by kind
+    data: dict = {"kind": kind, "refs": [a] if one else [a, b]}
+    dataset = (form.get("dataset") or "").strip()
+    if dataset:
+        data["dataset"] = dataset
+    if kind in LAYER_KINDS:
+        layers = [g for g in (form.get("layers") or "").replace(",", " ").split() if g]
+        if layers:
+            data["layers"] = layers
+    if kind in SIZED_KINDS:
+        examples = (form.get("examples") or "").strip()
+        try:
+            data["examples"] = int(examples) if examples else None
+        except ValueError:
+            raise ServiceRequestError(f"examples: {short_repr(examples)} is not a whole number", params=("examples",)) from None
+        if kind == "probes" and data["examples"] is not None:
+            data["options"] = {"train_examples": data["examples"]}
+    return check_request(data, config)

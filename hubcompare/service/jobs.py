@@ -1,0 +1,359 @@
+"""The job queue: comparisons requested over HTTP run in a pool of worker processes, never in the server.
+
+Why processes: a comparison holds the CPU (and torch's memory) for seconds to minutes; in the server process it
+would stall every page. Each worker is a ``spawn``ed process that runs one job at a time and talks to the server
+over its own pipe, in JSON only (``send_bytes``; nothing is unpickled from a job). One thread of the server
+(``_loop``) owns the pipes: it hands queued jobs to idle workers, applies progress and outcomes to the job table,
+and notices a worker that died (its sentinel): that worker's job is marked failed with a readable message and a
+fresh worker takes its slot, so one crashing job never stops the server or the other jobs.
+
+An identical request (same canonical JSON) that is already queued or running returns the same job. A request whose
+result is already stored completes at once in its worker (``run_request`` finds it in the store).
+Jobs live in memory: a restarted server forgets them (the results themselves are in the store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import secrets
+import signal
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection, wait
+from typing import Callable
+
+from ..errors import HubcompareError, JobNotFoundError, ServiceRequestError
+
+__all__ = ["Job", "JobQueue", "Runner", "STATES", "run_job"]
+
+STATES = ("queued", "running", "done", "failed")
+KEEP_FINISHED = 1000  # finished jobs remembered (oldest forgotten first)
+MAX_IDLE_DEATHS = 3  # workers that die with no job this many times in a row: the pool gives up (a broken install)
+PROGRESS_INTERVAL_S = 0.1
+STOP_TIMEOUT_S = 0.3  # per step of stopping the workers (ask, terminate, kill)
+
+# A runner: (request JSON, settings, on_progress(stage, done, total)) -> {"result_key": ..., "from_store": ..., ...}.
+# It runs in a worker process, so it must be a module-level function (spawn imports it by name).
+Runner = Callable[[dict, dict, Callable[[str, int, "int | None"], None]], dict]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def request_fingerprint(request: dict) -> str:
+    """What makes two requests the same job: their canonical JSON."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class Job:
+    """One requested comparison and where it stands. ``error``: a readable message (the typed error's) on failure."""
+
+    id: str
+    request: dict
+    fingerprint: str
+    state: str = "queued"
+    stage: str = "queued"
+    done: int = 0
+    total: int | None = None
+    result_key: str | None = None
+    from_store: bool = False
+    error: str | None = None
+    error_type: str | None = None
+    notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    created: str = field(default_factory=_now)
+    started: str | None = None
+    finished: str | None = None
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in ("done", "failed")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("fingerprint")
+        return d
+
+
+def run_job(job_id: str, request: dict, settings: dict, runner: Runner, send: Callable[[dict], None]) -> None:
+    """Run one job with ``runner``, reporting through ``send`` (JSON-able dicts): throttled progress events, then
+    ``done`` or ``failed`` (a typed error's message; any other exception as a one-line bug report). Never raises:
+    one failing job never takes its worker (or Ray task's process) down. Shared by the local pool and Ray."""
+    last = {"stage": None, "at": 0.0}
+
+    def on_progress(stage: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if stage != last["stage"] or now - last["at"] >= PROGRESS_INTERVAL_S or (total is not None and done >= total):
+            last.update(stage=stage, at=now)
+            send({"id": job_id, "event": "progress", "stage": str(stage), "done": int(done),
+                  "total": None if total is None else int(total)})
+
+    try:
+        outcome = runner(request, settings, on_progress)
+        send({"id": job_id, "event": "done", "result_key": outcome["result_key"], "from_store": bool(outcome.get("from_store")),
+              "notices": [str(n) for n in outcome.get("notices", [])], "warnings": [str(w) for w in outcome.get("warnings", [])]})
+    except HubcompareError as e:
+        send({"id": job_id, "event": "failed", "error": str(e), "error_type": type(e).__name__})
+    except Exception as e:  # a bug: the job fails, the worker (and the server) carry on
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        at = f" at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}" if where else ""
+        send({"id": job_id, "event": "failed", "error": f"unexpected {type(e).__name__}{at}: {e} (a bug in hubcompare: please "
+              "report it)", "error_type": type(e).__name__})
+
+
+def _worker_main(conn: Connection, settings: dict, runner: Runner) -> None:
+    """A worker process: run each job it is sent, report progress and the outcome as JSON on ``conn``.
+    Ctrl-C in the server's terminal reaches the workers too: they ignore it and stop when the server tells them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(event: dict) -> None:
+        conn.send_bytes(json.dumps(event, allow_nan=False, default=str).encode())
+
+    while True:
+        try:
+            message = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if message.get("op") != "run":
+            return
+        run_job(message["id"], message["request"], settings, runner, send)
+
+
+class _Worker:
+    def __init__(self, ctx, settings: dict, runner: Runner):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, settings, runner), daemon=True, name="hubcompare-job-worker")
+        self.process.start()
+        child.close()
+        self.job_id: str | None = None
+
+
+class JobQueue:
+    """Queued comparison jobs and the worker processes that run them. ``start()`` before use, ``stop()`` after."""
+
+    def __init__(self, settings: dict, runner: Runner, *, workers: int = 1, max_pending: int = 100):
+        self.settings, self.runner, self.workers, self.max_pending = settings, runner, workers, max_pending
+        self._ctx = mp.get_context("spawn")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._active: dict[str, str] = {}  # fingerprint -> id of the queued or running job
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._pool: list[_Worker] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._idle_deaths = 0
+        self.broken: str | None = None  # why the pool gave up, if it did
+        self.restarts = 0
+
+    # --- the server's side ---------------------------------------------------------------------------------
+    def start(self) -> "JobQueue":
+        self._pool = [_Worker(self._ctx, self.settings, self.runner) for _ in range(self.workers)]
+        self._thread = threading.Thread(target=self._loop, name="hubcompare-jobs", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the loop and the workers, fast (a SIGTERM to an idle server ends it well within a second): each
+        worker is told to stop and its pipe closed (an idle worker returns at once), and whatever has not exited
+        within ``timeout`` (a running job, a worker still importing torch) is terminated, then killed."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stop_workers(timeout)
+        self._fail_unfinished()
+
+    def _stop_workers(self, timeout: float) -> None:
+        for w in self._pool:
+            try:
+                w.conn.send_bytes(b'{"op": "stop"}')
+            except OSError:
+                pass
+            w.conn.close()
+        for how in ("ask", "terminate", "kill"):
+            alive = [w.process for w in self._pool if w.process.is_alive()]
+            if how == "terminate":
+                for process in alive:
+                    process.terminate()
+            elif how == "kill":
+                for process in alive:
+                    process.kill()
+            deadline = time.monotonic() + timeout
+            while alive and time.monotonic() < deadline:
+                wait([p.sentinel for p in alive], timeout=max(0.0, deadline - time.monotonic()))
+                alive = [p for p in alive if p.is_alive()]
+            if not alive:
+                break
+        for w in self._pool:
+            w.process.join(0)
+
+    def _fail_unfinished(self) -> None:
+        with self._lock:
+            for job in self._jobs.values():
+                if not job.finished_state:
+                    self._finish(job, error="the server stopped before this job finished: request it again", error_type="ServerStopped")
+
+    def submit(self, request: dict) -> tuple[Job, bool]:
+        """Queue ``request`` (validated JSON); returns the job and whether it is new (False: the same request was
+        already queued or running, and that job is returned)."""
+        fingerprint = request_fingerprint(request)
+        with self._lock:
+            if self.broken:
+                raise ServiceRequestError(f"the job workers cannot start ({self.broken}): fix the installation and restart the server")
+            same = self._active.get(fingerprint)
+            if same is not None:
+                return self._jobs[same], False
+            if len(self._active) >= self.max_pending:
+                busy = ServiceRequestError(f"{len(self._active)} jobs are queued or running, the most this server takes: "
+                                           "retry when some have finished")
+                busy.http_status = 503  # type: ignore[attr-defined]
+                raise busy
+            job = Job(id=secrets.token_hex(8), request=request, fingerprint=fingerprint)
+            self._jobs[job.id] = job
+            self._active[fingerprint] = job.id
+            self._queue.append(job.id)
+            self._forget_old()
+        self._wake()
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFoundError(f"no job {job_id!r} on this server (jobs are forgotten when it restarts; "
+                                       "stored results are not: see /results)")
+            return Job(**{k: getattr(job, k) for k in job.__dataclass_fields__})  # a copy: the loop keeps writing
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return [self.get_unlocked(j) for j in reversed(self._jobs)]
+
+    def get_unlocked(self, job_id: str) -> Job:
+        job = self._jobs[job_id]
+        return Job(**{k: getattr(job, k) for k in job.__dataclass_fields__})
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            out = dict.fromkeys(STATES, 0)
+            for job in self._jobs.values():
+                out[job.state] += 1
+            return out
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._pool if w.process.pid is not None]
+
+    # --- the loop thread -----------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"1")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._dispatch()
+            waitables = [self._wake_r] + [w.conn for w in self._pool] + [w.process.sentinel for w in self._pool]
+            for ready in wait(waitables, timeout=1.0):
+                if ready is self._wake_r:
+                    while self._wake_r.poll():
+                        self._wake_r.recv_bytes()
+                    continue
+                for w in list(self._pool):
+                    if ready is w.conn:
+                        self._drain(w)
+                    elif ready == w.process.sentinel:
+                        self._drain(w)
+                        self._replace(w)
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for w in self._pool:
+                if w.job_id is not None or not self._queue or not w.process.is_alive():
+                    continue
+                job = self._jobs[self._queue.popleft()]
+                try:
+                    w.conn.send_bytes(json.dumps({"op": "run", "id": job.id, "request": job.request}).encode())
+                except OSError:  # the worker is going away: its sentinel brings it back, the job waits
+                    self._queue.appendleft(job.id)
+                    continue
+                w.job_id, job.state, job.stage, job.started = job.id, "running", "starting", _now()
+
+    def _drain(self, w: _Worker) -> None:
+        while True:
+            try:
+                if not w.conn.poll():
+                    return
+                event = json.loads(w.conn.recv_bytes())
+            except (EOFError, OSError, ValueError):
+                return
+            if self._apply(event):
+                w.job_id = None
+
+    def _apply(self, event: dict) -> bool:
+        """Apply a worker's event (progress, done, failed) to its job; True when the job finished with it."""
+        with self._lock:
+            job = self._jobs.get(event.get("id"))
+            if job is None or job.finished_state:
+                return False
+            kind = event.get("event")
+            if kind == "progress":
+                if job.state != "running":  # a Ray task's first report: it has started
+                    job.state, job.started = "running", job.started or _now()
+                job.stage, job.done, job.total = event["stage"], event["done"], event["total"]
+                return False
+            if kind == "done":
+                job.result_key, job.from_store = event["result_key"], event["from_store"]
+                job.notices, job.warnings = event["notices"], event["warnings"]
+                self._finish(job)
+            elif kind == "failed":
+                self._finish(job, error=event["error"], error_type=event.get("error_type"))
+            else:
+                return False
+            self._idle_deaths = 0
+            return True
+
+    def _finish(self, job: Job, error: str | None = None, error_type: str | None = None) -> None:
+        job.state, job.finished = ("failed" if error else "done"), _now()
+        job.stage = "failed" if error else "done"
+        job.error, job.error_type = error, error_type
+        if self._active.get(job.fingerprint) == job.id:
+            del self._active[job.fingerprint]
+
+    def _replace(self, w: _Worker) -> None:
+        w.process.join(5.0)  # the sentinel fired: reap it, so its exit code is known
+        code = w.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        with self._lock:
+            if w.job_id is not None:
+                job = self._jobs.get(w.job_id)
+                if job is not None and not job.finished_state:
+                    self._finish(job, error=f"the worker process running this job stopped ({how}), e.g. out of memory; "
+                                            "a new worker took its place and the server carries on", error_type="WorkerCrashed")
+                self._idle_deaths = 0
+            else:
+                self._idle_deaths += 1
+            w.conn.close()
+            self._pool.remove(w)
+            self.restarts += 1
+            if self._idle_deaths >= MAX_IDLE_DEATHS:
+                self.broken = f"{self._idle_deaths} workers in a row stopped at start ({how})"
+                for job_id in self._queue:
+                    self._finish(self._jobs[job_id], error=f"no worker could start ({self.broken})", error_type="WorkerCrashed")
+                self._queue.clear()
+                return
+        if not self._stopping:
+            self._pool.append(_Worker(self._ctx, self.settings, self.runner))
+
+    def _forget_old(self) -> None:
+        finished = [j for j, job in self._jobs.items() if job.finished_state]
+        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._jobs[job_id]

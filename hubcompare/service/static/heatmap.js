@@ -1,0 +1,19 @@
+// Hover a heatmap cell: the two layer names and CKA ± SE (from the cell's data attributes) in #hover.
+(function () {
+  "use strict";
+  function text(cell) {
+    var a = cell.getAttribute("data-a"), b = cell.getAttribute("data-b");
+    var cka = parseFloat(cell.getAttribute("data-cka")), se = parseFloat(cell.getAttribute("data-se"));
+    var value = isNaN(cka) ? "undefined" : cka.toFixed(4);
+    return a + " \u00d7 " + b + ": CKA " + value + (isNaN(se) ? "" : " \u00b1 " + se.toFixed(4));
+  }
+  function ready() {
+    var svg = document.getElementById("heatmap"), hover = document.getElementById("hover");
+    if (!svg || !hover) return;
+    svg.addEventListener("mouseover", function (event) {
+      var cell = event.target;
+      if (cell && cell.classList && cell.classList.contains("cell")) hover.textContent = text(cell);
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready); else ready();
+})();

@@ -1,0 +1,336 @@
+"""What the pages and the JSON API both show, computed once: registry entries, stored results, request checks.
+
+The pages (:mod:`.pages`) and the API (:mod:`.api`) are two renderings of these dicts. Nothing here trusts a
+request: filters are parsed into typed values, a result is found by its hex key through the store, a file by a
+name the result lists, and comparison requests are checked in :mod:`.checks`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Lock
+from urllib.parse import urlsplit
+
+from huggingface_hub import try_to_load_from_cache
+
+from ..errors import AmbiguousResultKeyError, ResultNotFoundError, ServiceRequestError, WriteNotAllowedError, short_repr
+from ..hub.names import parse_reference
+from ..hub.registry import Entry, Registry
+from ..results.store import ResultStore, StoredResult, check_key
+from .config import ServiceConfig
+from .heatmap import Heatmap, build_heatmap
+from .jobs import JobQueue
+
+__all__ = ["ModelFilters", "Service", "entry_json", "result_json"]
+
+MAX_CARD_BYTES = 200_000
+MAX_JSON_FILE_BYTES = 50_000_000
+CACHE_SIZE = 64  # parsed result files kept (results are immutable: a key names its content)
+
+
+@dataclass
+class Service:
+    """The server's state: its settings, the registry, the store and the job queue (one of each per app)."""
+
+    config: ServiceConfig
+    store: ResultStore
+    jobs: JobQueue
+
+    def __post_init__(self) -> None:
+        self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._cache_lock = Lock()
+
+    def registry(self) -> Registry:
+        return Registry(self.config.registry_path)  # cheap; re-read per request so edits elsewhere show at once
+
+    def result(self, key: str) -> StoredResult:
+        """A stored result by its key or a unique prefix (hex only)."""
+        try:
+            return self.store.resolve(key)
+        except ResultNotFoundError:
+            raise ResultNotFoundError(f"no stored result has a key starting {short_repr(key)}: the stored results are at "
+                                      "/results, the models at /models") from None
+
+    def exact_result(self, key: str) -> StoredResult:
+        stored = self.store.get(check_key(key))
+        if stored is None:
+            raise ResultNotFoundError(f"no stored result {key[:16]}…: the stored results are at /results")
+        return stored
+
+    def read_json(self, stored: StoredResult, name: str):
+        """A result's JSON file, parsed (cached: a key's files never change)."""
+        with self._cache_lock:
+            hit = self._cache.get((stored.key, name))
+            if hit is not None:
+                self._cache.move_to_end((stored.key, name))
+                return hit
+        path = stored.file(name)
+        if path.stat().st_size > MAX_JSON_FILE_BYTES:
+            raise ServiceRequestError(f"{name} of result {stored.key[:12]} is too large to show here: download it")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        with self._cache_lock:
+            self._cache[(stored.key, name)] = data
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return data
+
+
+# --- the registry ------------------------------------------------------------------------------
+@dataclass
+class ModelFilters:
+    population: str | None = None
+    depth: int | None = None
+    width: float | None = None
+    dataset: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def parse(cls, params) -> "ModelFilters":
+        """From query parameters (strings); a bad number is a typed error naming the field."""
+        def value(name: str) -> str | None:
+            v = params.get(name)
+            return v.strip() or None if isinstance(v, str) else None
+
+        out = cls(population=value("population"), dataset=value("dataset"), text=value("text"))
+        depth, width = value("depth"), value("width")
+        try:
+            out.depth = int(depth) if depth is not None else None
+        except ValueError:
+            raise ServiceRequestError(f"depth: {short_repr(depth)} is not a whole number", params=("depth",)) from None
+        try:
+            out.width = float(width) if width is not None else None
+        except ValueError:
+            raise ServiceRequestError(f"width: {short_repr(width)} is not a number", params=("width",)) from None
+        if out.width is not None and not math.isfinite(out.width):
+            raise ServiceRequestError(f"width: {short_repr(width)} is not a finite number", params=("width",))
+        return out
+
+    def apply(self, registry: Registry) -> list[Entry]:
+        found = registry.query(population=self.population, depth=self.depth, width=self.width, dataset=self.dataset)
+        if self.text:
+            needle = self.text.lower()
+            found = [e for e in found if needle in e.name.lower() or needle in e.reference.lower()
+                     or needle in (e.architecture or "").lower()]
+        return found
+
+    def to_json(self) -> dict:
+        return {"population": self.population, "depth": self.depth, "width": self.width, "dataset": self.dataset, "text": self.text}
+
+
+def entry_json(e: Entry) -> dict:
+    """An entry as shown: its fields, where it is defined (a curated file's name, not the server's path)."""
+    source = "user" if e.source == "user" else "curated: " + Path(e.source.rsplit(":", 1)[0]).name
+    return {"name": e.name, "reference": e.reference, "commit": e.commit_sha, "architecture": e.architecture, "depth": e.depth,
+            "width": e.width, "dataset": e.dataset, "data_fraction": e.data_fraction, "seed": e.seed, "accuracy": e.accuracy,
+            "populations": list(e.populations), "source": source, "added_at": e.added_at}
+
+
+def card_text(e: Entry) -> str | None:
+    """The model card's text when it is already on this machine (a pulled Hub model); None otherwise (never downloaded
+    for a page)."""
+    try:
+        ref = parse_reference(e.reference)
+    except Exception:  # noqa: BLE001 - a curated entry that does not parse shows no card
+        return None
+    path = None
+    if ref.kind == "hf-hub":
+        found = try_to_load_from_cache(ref.target, "README.md", revision=e.commit_sha or ref.revision)
+        path = Path(found) if isinstance(found, str) else None
+    elif ref.kind == "local-dir":
+        path = Path(ref.target) / "README.md"  # the registry's own entry (server-side), never a request's
+    if path is None or not path.is_file():
+        return None
+    return path.read_bytes()[:MAX_CARD_BYTES].decode("utf-8", errors="replace")
+
+
+def model_results(service: Service, e: Entry) -> list[StoredResult]:
+    """Stored comparisons the model appears in (by registry name or by its reference)."""
+    seen: dict[str, StoredResult] = {}
+    for name in (e.name, e.reference):
+        for s in service.store.list(model=name, limit=200):
+            seen.setdefault(s.key, s)
+    return sorted(seen.values(), key=lambda s: s.created, reverse=True)
+
+
+def model_layers(service: Service, results: list[StoredResult], e: Entry) -> list[dict]:
+    """The model's tapped layers as its stored CKA comparisons recorded them (building the model is not cheap): one
+    group per distinct layer list, ``{"layers": [...], "results": [StoredResult, ...]}``, longest first. Different
+    comparisons may tap different layers (a layer glob, a kind's default), so each list names where it came from."""
+    groups: dict[tuple[str, ...], list[StoredResult]] = {}
+    for s in results:
+        layers = _layers_in(service, s, e)
+        if layers:
+            groups.setdefault(tuple(layers), []).append(s)
+    return [{"layers": list(k), "results": v} for k, v in sorted(groups.items(), key=lambda kv: -len(kv[0]))]
+
+
+def _layers_in(service: Service, s: StoredResult, e: Entry) -> list[str]:
+    for name in cka_pairs(s):
+        data = service.read_json(s, name)
+        cka = data.get("cka") if s.kind == "blocks" else data
+        if not isinstance(cka, dict):
+            continue
+        for side in ("a", "b"):
+            ref = str(cka.get(f"ref_{side}") or "")
+            if e.name in (ref, cka.get(f"label_{side}")) or (ref and ref.split("@")[0] == e.reference.split("@")[0]):
+                return list(cka.get(f"layers_{side}") or [])
+    return []
+
+
+# --- stored results --------------------------------------------------------------------------
+def result_json(s: StoredResult) -> dict:
+    """A stored result for the API: everything but the server's folder, with its files' URLs."""
+    d = s.to_json()
+    d.pop("path", None)
+    d["urls"] = {"page": f"/results/{s.key}", "files": {n: f"/results/{s.key}/files/{n}" for n in s.files}}
+    return d
+
+
+def cka_pairs(s: StoredResult) -> list[str]:
+    """The CKA JSON files of a result whose heatmaps the page can show, in order."""
+    if s.kind == "blocks":
+        return ["blocks.json"] if "blocks.json" in s.files else []
+    if "cka.json" in s.files:
+        return ["cka.json"]
+    return sorted(n for n in s.files if n.startswith("cka-") and n.endswith(".json"))
+
+
+def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap:
+    data = service.read_json(s, name)
+    if s.kind == "blocks":
+        return build_heatmap(data["cka"], title=f"within-model CKA of {data['cka'].get('label_a') or data.get('ref')}",
+                             blocks=data.get("blocks") or [])
+    return build_heatmap(data, title=f"{data.get('label_a')} vs {data.get('label_b')}")
+
+
+SETTINGS_KEYS = ("batch_plan", "dataset", "criteria", "models", "labels", "pairs", "warnings", "sides")
+
+
+def result_title(s: StoredResult) -> str:
+    return s.title or f"{s.kind}: {' vs '.join(s.request.get('refs', [])) or s.key[:12]}"
+
+
+def pair_rows(summary: dict) -> list[dict]:
+    """A CKA result's pairs (cross-cka): the two models' labels and the pair's headline numbers."""
+    labels = [m.get("label") or m.get("ref") for m in summary.get("models", []) if isinstance(m, dict)]
+    rows = []
+    for p in summary.get("pairs") or []:
+        if not isinstance(p, dict):
+            continue
+        name = lambda i: labels[i] if isinstance(i, int) and 0 <= i < len(labels) else str(i)  # noqa: E731
+        rows.append({"a": name(p.get("a")), "b": name(p.get("b")), "stem": p.get("stem"), "mean_diagonal_cka": p.get("mean_diagonal_cka"),
+                     "mean_cka": p.get("mean_cka"), "max_se": p.get("max_se"), "layers": p.get("layers")})
+    return rows
+
+
+# what a summary's null means, by key (the default: "n/a")
+NONE_MEANS = {
+    "mcnemar_p": "n/a (McNemar's test needs one model a side)",
+    "null_from": "none (no split-half null: see the warnings)",
+    "permutation_p": "n/a (no permutation test)",
+    "outside_band": "n/a (no split-half null)",
+    "outside_band_p": "n/a (no split-half null)",
+}
+EMPTY_MEANS = {"blocks": "none detected", "significant_classes": "none"}
+MAX_LIST_ITEMS = 30
+
+
+def _text(key: str, v) -> str | None:
+    """A summary value as words (None: not shown, e.g. a list of objects with a table of its own)."""
+    if v is None:
+        return NONE_MEANS.get(key, "n/a")
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (int, str)):
+        return str(v)
+    if isinstance(v, list):
+        if not v:
+            return EMPTY_MEANS.get(key, "none")
+        if all(isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in v):
+            shown = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:MAX_LIST_ITEMS])
+            return shown + (f", … ({len(v)} in all)" if len(v) > MAX_LIST_ITEMS else "")
+        return f"{len(v)} (in the table below)" if key in EMPTY_MEANS else None
+    return None
+
+
+def headline_rows(summary: dict, prefix: str = "", depth: int = 0, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """A summary's numbers as (name, text) rows, nested objects flattened with dots; a null or empty value says what
+    it means ("n/a (...)", "none"); lists of objects are left to their own tables and the JSON."""
+    rows: list[tuple[str, str]] = []
+    for k, v in summary.items():
+        name = f"{prefix}{k}"
+        if k == "warnings" or k in skip:
+            continue
+        if isinstance(v, dict) and depth < 2:
+            rows += headline_rows(v, name + ".", depth + 1)
+            continue
+        text = _text(k, v)
+        if text is not None:
+            rows.append((name, text))
+    return rows
+
+
+def list_tables(summary: dict, skip: tuple[str, ...] = ()) -> list[dict]:
+    """A summary's lists of flat objects (e.g. delete-blocks' stages) as tables: ``{"name", "columns", "rows"}`` with
+    each cell in words (as :func:`headline_rows`)."""
+    tables = []
+    for k, v in summary.items():
+        if k in skip or k in ("pairs", "warnings") or not isinstance(v, list) or not v or not all(isinstance(x, dict) for x in v):
+            continue
+        columns = list(dict.fromkeys(c for x in v for c in x))
+        rows = [[_text(c, x.get(c)) or "" for c in columns] for x in v]
+        tables.append({"name": k, "columns": columns, "rows": rows})
+    return tables
+
+
+def seed_rows(summary: dict) -> list[dict]:
+    """An across-seeds summary's pair sets (within each side, across them): mean, sd, count and range of CKA over
+    their model pairs (all classes of layer pair together)."""
+    sets = summary.get("across_seeds")
+    if not isinstance(sets, dict):
+        return []
+    rows = []
+    for name, v in sets.items():
+        stat = v.get("all") if isinstance(v, dict) else None
+        if isinstance(stat, dict):
+            rows.append({"set": name.replace("_", " "), **{k: _text(k, stat.get(k)) for k in ("mean", "sd", "n", "min", "max")}})
+    return rows
+
+
+def status_for(e: Exception) -> int:
+    """The HTTP status of a typed error: 401 without the token, 404 for what is not there, 400 for the rest."""
+    explicit = getattr(e, "http_status", None)
+    if isinstance(explicit, int):
+        return explicit
+    if isinstance(e, WriteNotAllowedError):
+        return 401
+    if isinstance(e, LookupError) and not isinstance(e, AmbiguousResultKeyError):
+        return 404
+    return 400
+
+
+# --- writes ------------------------------------------------------------------------------------
+def bearer(request) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, if any."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def check_same_origin(request) -> None:
+    """Refuse a write a browser sent from another site's page (its Origin names another host): without this, any
+    page a user of a loopback server opens could queue work on it."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return  # not a browser's cross-site request (curl, scripts)
+    host = (request.headers.get("host") or "").lower()
+    if origin == "null" or urlsplit(origin).netloc.lower() != host:
+        refused = WriteNotAllowedError(f"a write sent from another site's page ({short_repr(origin)}) is refused: use "
+                                       "this server's own compare form")
+        refused.http_status = 403  # type: ignore[attr-defined]
+        raise refused

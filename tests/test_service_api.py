@@ -1,0 +1,452 @@
+"""The comparison service through HTTP (FastAPI's TestClient; the browser tests drive the real server elsewhere).
+
+Two small digits models are registered (as local folders: the registry is the server's own configuration, so it
+may name paths; a request may not) in a fresh home, and the app runs its real worker pool. What a user relies on:
+the pages list and filter the registry, a requested comparison completes and its page shows the stored numbers,
+a bad request is refused with a readable 4xx, a failing or crashing job reports its error and the server keeps
+serving, writes need the token off loopback, and a download is only ever one of the result's own files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import one_epoch_recipe
+
+fastapi = pytest.importorskip("fastapi", reason="the service needs fastapi: pip install -e '.[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from hubcompare.errors import ServiceConfigError, ServiceRequestError  # noqa: E402
+from hubcompare.hub.registry import Entry, Registry  # noqa: E402
+from hubcompare.results.keys import result_key  # noqa: E402
+from hubcompare.results.store import ResultStore  # noqa: E402
+from hubcompare.service.app import create_app  # noqa: E402
+from hubcompare.service.checks import check_request, form_request  # noqa: E402
+from hubcompare.service.config import ServiceConfig  # noqa: E402
+from hubcompare.service.heatmap import build_heatmap, magma  # noqa: E402
+from hubcompare.service.jobs import JobQueue  # noqa: E402
+from hubcompare.service.runner import run_comparison  # noqa: E402
+from hubcompare.service.views import headline_rows  # noqa: E402
+
+LOOPBACK = "http://127.0.0.1:8765"
+TOKEN = "t0ken-for-the-service-tests-0123456789"
+CELL = re.compile(r'<rect class="cell"[^>]*data-a="([^"]*)" data-b="([^"]*)" data-cka="([^"]*)" data-se="([^"]*)"')
+
+
+# --- the runner of the test app's workers (module level: a spawned worker imports it by name) -------
+CRASH = "crash-the-worker"
+
+
+def crashing_runner(request: dict, settings: dict, on_progress) -> dict:
+    """The real runner, except that a request for the model CRASH kills its worker process (as running out of
+    memory would)."""
+    if request["refs"][0] == CRASH:
+        on_progress("about to crash", 1, 2)
+        os._exit(3)
+    return run_comparison(request, settings, on_progress)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, trained_run) -> Path:
+    """A service home: registry with two digits models (and a third whose card holds markup), an empty store."""
+    from hubcompare.training.loop import train
+
+    root = tmp_path_factory.mktemp("service")
+    second = root / "r8-s1"
+    train(one_epoch_recipe(1), second)
+    scripted = shutil.copytree(trained_run, root / "scripted")
+    (scripted / "README.md").write_text("---\nlicense: mit\n---\n# Card\n<script>alert('card')</script> & <b>bold</b>\n")
+    registry = Registry(root / "registry.sqlite", curated_dirs=[])
+    registry.add(Entry("digits-a", f"local-dir:{trained_run}", architecture="resnet", depth=8, width=1.0, dataset="digits",
+                       seed=0, accuracy=0.95, populations=["pop-a"]))
+    registry.add(Entry("digits-b", f"local-dir:{second}", architecture="resnet", depth=8, width=1.0, dataset="digits",
+                       seed=1, accuracy=0.5, populations=["pop-b"]))
+    registry.add(Entry("scripted-card", f"local-dir:{scripted}", architecture="resnet", depth=14, width=2.0,
+                       dataset="digits", seed=7, populations=["pop-b"]))
+    return root
+
+
+def config_for(home: Path, **changes) -> ServiceConfig:
+    return ServiceConfig(**{"registry_path": home / "registry.sqlite", "results_dir": home / "results", "max_examples": 256} | changes)
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    """The app on a loopback config, its worker pool running (the real comparison runner)."""
+    with TestClient(create_app(config_for(home), runner=crashing_runner), base_url=LOOPBACK) as c:
+        yield c
+
+
+REQUEST = {"kind": "cross-cka", "refs": ["digits-a", "digits-b"], "examples": 128, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def done_job(client) -> dict:
+    """A cross-cka of the two models requested over the API, finished; plus the answer to asking twice at once."""
+    r = client.post("/api/jobs", json=REQUEST)
+    assert r.status_code == 202, r.text
+    again = client.post("/api/jobs", json=REQUEST).json()
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    return job | {"again": again}
+
+
+def wait_job(client, job_id: str, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"job still {job['state']} after {timeout} s: {job}"
+        time.sleep(0.2)
+
+
+# --- the registry pages ---------------------------------------------------------------------------
+def test_registry_pages_list_and_filter_models(client):
+    page = client.get("/models")
+    assert page.status_code == 200
+    rows = re.findall(r'<tr class="model" data-name="([^"]+)"', page.text)
+    assert {"digits-a", "digits-b", "scripted-card"} <= set(rows)
+    assert client.get("/", follow_redirects=False).headers["location"] == "/models"
+
+    def names(query: str) -> set[str]:
+        r = client.get(f"/models?{query}")
+        assert r.status_code == 200, r.text
+        return set(re.findall(r'<tr class="model" data-name="([^"]+)"', r.text))
+
+    assert names("population=pop-b") == {"digits-b", "scripted-card"}
+    assert names("depth=14") == {"scripted-card"}
+    assert names("width=1&dataset=digits") >= {"digits-a", "digits-b"} and "scripted-card" not in names("width=1")
+    assert names("text=DIGITS-A") == {"digits-a"}
+    api = client.get("/api/models", params={"population": "pop-a"}).json()
+    assert [m["name"] for m in api["models"]] == ["digits-a"] and api["models"][0]["accuracy"] == 0.95
+
+    bad = client.get("/models?depth=deep")
+    assert bad.status_code == 400 and "depth: &#39;deep&#39; is not a whole number" in bad.text
+    assert client.get("/api/models?width=nan").json()["error"].startswith("width:")
+
+
+def test_model_page_shows_metadata_and_escapes_the_card(client):
+    page = client.get("/models/scripted-card")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "&lt;script&gt;alert(&#39;card&#39;)&lt;/script&gt; &amp; &lt;b&gt;" in page.text
+    assert "<th>license</th><td>mit</td>" in page.text and "<h3>Card</h3>" in page.text  # front matter as rows, body rendered
+    assert "---" not in page.text.split('id="card"')[1]  # the raw front matter is not shown
+    assert re.search(r"<th>depth</th><td>14</td>", page.text) and re.search(r"<th>width</th><td>2</td>", page.text)
+    missing = client.get("/models/no-such-model")
+    assert missing.status_code == 404 and "no registry entry &#39;no-such-model&#39;" in missing.text
+    assert client.get("/api/models/no-such-model").json()["type"] == "RegistryEntryNotFoundError"
+
+
+# --- a real job -------------------------------------------------------------------------------------
+def test_posted_job_completes_and_its_page_shows_the_stored_numbers(client, done_job):
+    job = done_job
+    assert job["again"]["id"] == job["id"] and job["again"]["new"] is False  # asked twice at once: one job
+    assert job["total"] and job["done"] == job["total"] and not job["from_store"]
+
+    key = job["result_key"]
+    page = client.get(f"/results/{key}")
+    assert page.status_code == 200
+    stored = client.get(f"/results/{key}/files/cka.json")
+    assert stored.status_code == 200
+    cka = stored.json()
+    cells = CELL.findall(page.text)
+    assert len(cells) == len(cka["layers_a"]) * len(cka["layers_b"])
+    by_pair = {(html.unescape(a), html.unescape(b)): (v, se) for a, b, v, se in cells}
+    for i, la in enumerate(cka["layers_a"]):
+        for j, lb in enumerate(cka["layers_b"]):
+            v, se = by_pair[(la, lb)]
+            assert float(v) == cka["cka"][i][j] and float(se) == cka["se"][i][j]
+    assert 'id="hover"' in page.text and 'svg id="heatmap"' in page.text and "/static/heatmap.js" in page.text
+    assert page.text.count('class="stage"') == len(cka["stage_boundaries_a"]) + len(cka["stage_boundaries_b"])
+    assert f'/results/{key}/files/cka.png' in page.text and "key-inputs" in page.text
+
+    listed = client.get("/api/results", params={"model": "digits-a"}).json()
+    assert key in [x["key"] for x in listed["results"]] and "path" not in listed["results"][0]
+    assert key in client.get("/results?kind=cross-cka").text
+    assert key in client.get("/models/digits-a").text  # "the comparisons it appears in"
+
+    # asked again: the stored result, at once (no recomputation)
+    hit = wait_job(client, client.post("/api/jobs", json=REQUEST).json()["id"])
+    assert hit["state"] == "done" and hit["from_store"] and hit["result_key"] == key
+    assert hit["id"] != job["id"]  # a finished job is not reused: the store answers
+
+
+def test_form_post_queues_a_job_and_a_bad_reference_fails_readably(client):
+    r = client.post("/compare", data={"kind": "cross-cka", "model_a": "digits-a", "model_b": "no-such-model",
+                                      "examples": "128"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    job = wait_job(client, job_id)
+    assert job["state"] == "failed" and "no-such-model" in job["error"] and "Traceback" not in job["error"]
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200 and 'id="job-state"' in page.text and ">failed<" in page.text
+    assert re.search(r'<p id="progress" hidden>', page.text) and re.search(r'<progress id="progress-bar"[^>]* hidden>', page.text)
+    error = re.search(r'<p id="error" class="error">([^<]*)</p>', page.text)
+    assert error and "no-such-model" in html.unescape(error.group(1))
+    assert client.get("/api/health").json()["status"] == "ok"  # the server carries on
+
+    form = client.post("/compare", data={"kind": "cross-cka", "model_a": "digits-a", "model_b": "", "examples": "128"})
+    assert form.status_code == 400 and "model B is empty" in form.text and 'form id="compare"' in form.text
+    assert 'value="digits-a"' in form.text  # what was typed is kept
+
+
+def test_population_result_page_shows_its_figure_and_table(client):
+    job = wait_job(client, client.post("/api/jobs", json={"kind": "agreement", "refs": ["digits-a", "digits-b"]}).json()["id"])
+    assert job["state"] == "done", job
+    page = client.get(f"/results/{job['result_key']}")
+    assert page.status_code == 200 and 'id="summary"' in page.text and 'svg id="heatmap"' not in page.text
+    assert f"/results/{job['result_key']}/files/agreement.png" in page.text
+    summary = client.get(f"/results/{job['result_key']}/files/agreement.json").json()["summary"]
+    assert page.text.count(f"<th>num_examples</th><td>{summary['num_examples']}</td>") == 1  # the numbers once
+    # one model a side: a McNemar test, no split-half null (said in words, not a blank cell)
+    assert "<th>null_from</th><td>none (no split-half null: see the warnings)</td>" in page.text
+    assert "<td></td>" not in page.text.split('id="summary"')[1].split("</table>")[0]
+    assert client.get(f"/results/{job['result_key']}/files/agreement.csv").headers["content-disposition"].startswith("attachment")
+
+
+# --- refused requests -------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, status, expect", [
+    ({"kind": "cross-cka", "refs": ["/etc", "digits-a"], "examples": 128}, 400, "refs\\[0\\]: '/etc' is not a reference this server"),
+    ({"kind": "cross-cka", "refs": ["local-dir:/tmp", "digits-a"], "examples": 128}, 400, "not a reference this server takes"),
+    ({"kind": "agreement", "refs": ["@/etc/passwd", "digits-a"]}, 400, "not a reference this server takes: give population:NAME"),
+    ({"kind": "probes", "refs": ["digits-a"], "examples": 128, "options": {"train_examples": 128, "blocks": "/etc/passwd"}}, 400,
+     "options.blocks"),
+    ({"kind": "probes", "refs": ["digits-a"], "examples": 128}, 400, "options.train_examples"),
+    ({"kind": "cross-cka", "refs": ["/tmp/model.pkl", "digits-a"], "examples": 128}, 400, "refs\\[0\\]"),
+    ({"kind": "cross-cka", "refs": ["digits-a", "digits-b"], "examples": 128, "data_dir": "/"}, 400, "data_dir.*not a request field"),
+    ({"kind": "cross-cka", "refs": ["digits-a", "digits-b"], "examples": 100000}, 400, "examples: this server computes at most 256"),
+    ({"kind": "cross-cka", "refs": ["digits-a", "digits-b"]}, 400, "examples"),
+    ({"kind": "cross-cka", "refs": ["digits-a", "digits-b"], "examples": 128, "layers": ["../x"]}, 400, "layers\\[0\\]"),
+    ({"kind": "cross-cka", "refs": ["a"] * 9, "examples": 128}, 400, "at most 8 models"),
+    ({"kind": "nope", "refs": ["a"]}, 400, "kind"),
+    (["not", "an", "object"], 400, "not an object"),
+])
+def test_invalid_requests_are_refused_with_4xx(client, body, status, expect):
+    r = client.post("/api/jobs", json=body)
+    assert r.status_code == status, r.text
+    assert re.search(expect, r.json()["error"]), r.json()
+
+
+def test_malformed_and_oversized_bodies_are_refused(client):
+    post = lambda content, ctype="application/json": client.post("/api/jobs", content=content, headers={"content-type": ctype})  # noqa: E731
+    assert post(b'{"kind": "cross-cka", "refs": ["a", "b"], "examples": NaN}').status_code == 400
+    assert "twice" in post(b'{"kind": "cka", "kind": "cross-cka", "refs": ["a", "b"]}').json()["error"]
+    assert post(b"[" * 30000 + b"]" * 30000).status_code == 400
+    assert post(b"\x80\x04K\x01.", "application/octet-stream").status_code == 415  # a pickle is not even read
+    big = json.dumps({"kind": "cross-cka", "refs": ["a", "b"], "labels": ["x" * 70000, "y"]}).encode()
+    r = post(big)
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert client.get("/api/health").status_code == 200
+
+
+def test_cross_site_writes_and_foreign_host_names_are_refused(client):
+    body = {"kind": "cross-cka", "refs": ["digits-a", "digits-b"], "examples": 128}
+    r = client.post("/api/jobs", json=body, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "another site" in r.json()["error"]
+    form = client.post("/compare", data={"kind": "cka", "model_a": "digits-a", "examples": "128"},
+                       headers={"origin": "http://evil.example"}, follow_redirects=False)
+    assert form.status_code == 403
+    assert client.get("/models", headers={"host": "evil.example"}).status_code == 421  # DNS rebinding
+
+
+def test_file_downloads_are_only_the_results_own_files(client, done_job):
+    key = done_job["result_key"]
+    assert client.get(f"/results/{key}/files/cka.png").headers["content-type"] == "image/png"
+    for name in ("index.sqlite", "..%2Findex.sqlite", "%2E%2E", "cka.json%00"):
+        r = client.get(f"/results/{key}/files/{name}")
+        assert r.status_code == 404, (name, r.status_code)
+    assert client.get(f"/results/{key}/files/..%2F..%2Fregistry.sqlite").status_code == 404
+    assert client.get("/results/not-hex/files/cka.json").status_code == 400
+    assert client.get(f"/api/results/{key[:-1]}Z/files/cka.json").status_code == 400
+    assert client.get("/results/" + "0" * 64).status_code == 404
+
+
+# --- security of the configuration -------------------------------------------------------------------
+def test_writes_need_the_token_off_loopback(home):
+    with pytest.raises(ServiceConfigError, match="not a loopback address, without a token"):
+        create_app(config_for(home, host="0.0.0.0"))
+    with pytest.raises(ServiceConfigError, match="at least 16"):
+        create_app(config_for(home, host="0.0.0.0", token="short"))
+    queue = JobQueue({}, crashing_runner)  # never started: the writes below are refused or invalid before any job
+    app = create_app(config_for(home, host="0.0.0.0", token=TOKEN), jobs=queue)
+    client = TestClient(app, base_url="http://192.0.2.1:8765")
+    bad = {"kind": "cross-cka", "refs": ["digits-a"], "examples": 128}  # one ref: invalid once the token is accepted
+    assert client.get("/models").status_code == 200  # reads are open
+    r = client.post("/api/jobs", json=bad)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.post("/api/jobs", json=bad, headers={"authorization": "Bearer " + TOKEN[:-1] + "x"}).status_code == 401
+    ok = client.post("/api/jobs", json=bad, headers={"authorization": "Bearer " + TOKEN})
+    assert ok.status_code == 400 and "refs" in ok.json()["error"]
+    form = client.post("/compare", data={"kind": "cka", "model_a": "digits-a", "examples": "128"})
+    assert form.status_code == 401 and "token" in form.text and 'name="token"' in form.text
+    assert client.get("/api/health").json()["writes_need_token"] is True
+
+
+def test_serve_refuses_a_public_address_without_a_token(monkeypatch):
+    from typer.testing import CliRunner
+
+    from hubcompare.cli.main import app
+
+    monkeypatch.delenv("HUBCOMPARE_TOKEN", raising=False)
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert r.exit_code == 2 and "ServiceConfigError" in r.output and "without a token" in " ".join(r.output.split())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = CliRunner().invoke(app, ["serve", "--port", str(busy.getsockname()[1])])
+    assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in " ".join(r.output.split())
+
+
+# --- the worker pool ---------------------------------------------------------------------------------
+def test_a_crashing_worker_fails_its_job_and_the_server_carries_on(client, done_job):
+    r = client.post("/api/jobs", json={"kind": "cross-cka", "refs": [CRASH, "digits-a"], "examples": 128})
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "failed" and job["error_type"] == "WorkerCrashed", job
+    assert "worker process running this job stopped (exit code 3)" in job["error"]
+    page = client.get(f"/jobs/{job['id']}")
+    assert "exit code 3" in page.text and ">failed<" in page.text
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["worker_restarts"] == 1
+    after = wait_job(client, client.post("/api/jobs", json=REQUEST).json()["id"])  # the new worker takes the next job
+    assert after["state"] == "done" and after["result_key"] == done_job["result_key"]
+
+
+# --- the heatmap's drawing -----------------------------------------------------------------------------
+def test_heatmap_geometry_matches_the_figures():
+    assert magma(0.0) == "#000004" and magma(1.0) == "#fcfdbf" and magma(2.0) == "#fcfdbf" and magma(None) == "#bbbbbb"
+    cka = {"layers_a": ["s", "l1", "l2", "l3"], "layers_b": ["s", "l1"], "cka": [[1, 0.5], [0.5, None], [0.2, 0.1], [0.3, 0.4]],
+           "se": [[0, 0.01], [0.01, None], [0.02, 0.03], [0.0, 0.1]], "stage_boundaries_a": [2], "stage_boundaries_b": [1],
+           "label_a": "A", "label_b": "B"}
+    h = build_heatmap(cka, blocks=[{"start": 1, "stop": 2, "mean_cka": 0.8}])
+    first = next(c for c in h.cells if (c.a, c.b) == ("s", "s"))
+    top = next(c for c in h.cells if (c.a, c.b) == ("l3", "s"))
+    assert first.y > top.y and first.x == top.x == h.left  # origin lower: A's first layer at the bottom
+    assert next(c for c in h.cells if (c.a, c.b) == ("l1", "l1")).fill == "#bbbbbb"
+    assert h.plot_w == h.plot_h and h.size == 2 * h.size_h  # a square plot: 2 columns twice as wide as 4 rows are high
+    assert h.lines_a == [h.top + 2 * h.size_h] and h.lines_b == [h.left + h.size]  # between layers 1|2 of A, 0|1 of B
+    (block,) = h.blocks
+    assert (block["w"], block["h"]) == (2 * h.size, 2 * h.size_h) and block["y"] == next(c for c in h.cells if c.a == "l2").y
+
+
+# --- what the pages say -------------------------------------------------------------------------------
+def test_missing_pages_link_to_the_lists_and_empty_values_are_said_in_words(client):
+    page = client.get("/results/0123456789abcdef")
+    assert page.status_code == 404 and "hubcompare results list" not in page.text
+    assert 'href="/results"' in page.text.split('id="error-links"')[1] and 'href="/models"' in page.text
+    rows = dict(headline_rows({"mcnemar_p": None, "null_from": None, "num_blocks": 0, "blocks": [], "significant_classes": [],
+                               "classes": [3, 7], "ok": True, "nested": {"p": 0.012345}, "other": None}))
+    assert rows == {"mcnemar_p": "n/a (McNemar's test needs one model a side)", "null_from": "none (no split-half null: see the "
+                    "warnings)", "num_blocks": "0", "blocks": "none detected", "significant_classes": "none", "classes": "3, 7",
+                    "ok": "yes", "nested.p": "0.01235", "other": "n/a"}
+
+
+def test_the_form_makes_a_cross_cka_of_two_population_sides_an_across_seeds(home):
+    config = config_for(home)
+    sides = form_request({"kind": "cross-cka", "model_a": "population:pop-a", "model_b": "population:pop-b", "examples": "128"},
+                         config)
+    assert sides.kind == "across-seeds" and sides.refs == ("population:pop-a", "population:pop-b") and sides.examples == 128
+    api = check_request({"kind": "cross-cka", "refs": ["digits-a+digits-b", "scripted-card"], "examples": 64}, config)
+    assert api.kind == "across-seeds"
+    assert form_request({"kind": "cross-cka", "model_a": "digits-a", "model_b": "digits-b", "examples": "64"}, config).kind == "cross-cka"
+    probes = form_request({"kind": "probes", "model_a": "digits-a", "model_b": "ignored", "examples": "64"}, config)
+    assert probes.refs == ("digits-a",) and probes.options["train_examples"] == 64
+    with pytest.raises(ServiceRequestError, match=r"refs\[1\]: '\.\./secrets' is not a reference this server takes: give a "
+                                                  r"registered model's name, hf-hub:OWNER/NAME\[@REV\] or timm:NAME$"):
+        form_request({"kind": "cross-cka", "model_a": "digits-a", "model_b": "../secrets", "examples": "64"}, config)
+
+
+def _store_blocks_result(home: Path) -> tuple[str, dict]:
+    """A synthetic blocks result of digits-a (6 layers, two stages, two blocks) put in the service's store."""
+    layers = ["stem", "s1.b1", "s1.b2", "s2.b1", "s2.b2", "head"]
+    n = len(layers)
+    cka = {"layers_a": layers, "layers_b": layers, "cka": [[1.0 - abs(i - j) / n for j in range(n)] for i in range(n)],
+           "se": [[0.01] * n for _ in range(n)], "stage_boundaries_a": [3], "stage_boundaries_b": [3], "ref_a": "digits-a",
+           "ref_b": "digits-a", "label_a": "digits-a", "label_b": "digits-a"}
+    blocks = [{"start": 1, "stop": 2, "layers": layers[1:3], "size": 2, "mean_cka": 0.9, "outside_cka": 0.5, "mean_pc1": 0.7},
+              {"start": 3, "stop": 5, "layers": layers[3:6], "size": 3, "mean_cka": 0.8, "outside_cka": 0.4, "mean_pc1": 0.6}]
+    store = ResultStore(home / "results")
+    key = result_key("blocks", {"synthetic": True})
+    with store.staging() as staging:
+        (staging / "blocks.json").write_text(json.dumps({"ref": "digits-a", "blocks": blocks, "layers": layers, "cka": cka}))
+        store.put(key, "blocks", title="blocks: digits-a (synthetic)", request={"kind": "blocks", "refs": ["digits-a"]},
+                  key_inputs={"synthetic": True}, summary={"num_blocks": 2, "blocks": [{"first": b["layers"][0]} for b in blocks]},
+                  models=["digits-a"], dataset="digits", staging=staging, seconds=0.1)
+    return key, cka | {"blocks": blocks}
+
+
+def test_a_blocks_heatmap_outlines_each_block_and_draws_the_stage_lines(client, home, done_job):
+    key, data = _store_blocks_result(home)
+    page = client.get(f"/results/{key}").text
+    cells = {(html.unescape(m.group("a")), html.unescape(m.group("b"))): (float(m.group("x")), float(m.group("y")))
+             for m in re.finditer(r'<rect class="cell" x="(?P<x>[^"]+)" y="(?P<y>[^"]+)" width="(?P<w>[^"]+)" height="[^"]+" '
+                                  r'fill="[^"]+" data-a="(?P<a>[^"]*)" data-b="(?P<b>[^"]*)"', page)}
+    size = float(re.search(r'<rect class="cell"[^>]* width="([^"]+)"', page).group(1))
+    outlines = [tuple(float(v) for v in m) for m in re.findall(
+        r'<rect class="block" x="([^"]+)" y="([^"]+)" width="([^"]+)" height="([^"]+)"', page)]
+    layers = data["layers_a"]
+    expected = []
+    for b in data["blocks"]:  # from the first layer's column to the last's, from the last layer's row (top) down to the first's
+        first, last = layers[b["start"]], layers[b["stop"]]
+        x, y = cells[(last, first)][0], cells[(last, first)][1]
+        expected.append((x, y, round(b["size"] * size, 3), round(b["size"] * size, 3)))
+    assert outlines == expected
+    lines_h = [float(y) for y in re.findall(r'<line class="stage" x1="[^"]+" x2="[^"]+" y1="([^"]+)" y2="\1"/>', page)]
+    lines_v = [float(x) for x in re.findall(r'<line class="stage" y1="[^"]+" y2="[^"]+" x1="([^"]+)" x2="\1"/>', page)]
+    boundary = data["stage_boundaries_a"][0]  # between layers 2 and 3: the bottom edge of row 3 and the left edge of column 3
+    row_3, row_2 = cells[(layers[boundary], "stem")][1], cells[(layers[boundary - 1], "stem")][1]
+    assert lines_h == [row_2] and row_2 - row_3 == pytest.approx(size)
+    assert lines_v == [cells[("stem", layers[boundary])][0]]
+    assert re.findall(r'<tr class="block-row"><td>([^<]*)</td>', page) == ["s1.b1 … s1.b2", "s2.b1 … head"]
+
+    model = client.get("/models/digits-a").text  # two stored comparisons tapped different layers: both lists, each named
+    sources = re.findall(r'<p class="muted layers-source">(\d+) layers, as tapped in\s*(.*?):</p>', model, re.S)
+    assert [int(n) for n, _ in sources] == sorted([len(json.loads(client.get(
+        f"/results/{done_job['result_key']}/files/cka.json").content)["layers_a"]), len(layers)], reverse=True)
+    assert any(f'/results/{key}"' in where for _, where in sources)
+    assert any(f'/results/{done_job["result_key"]}"' in where for _, where in sources)
+
+
+# --- stopping ------------------------------------------------------------------------------------------
+def test_an_idle_server_stops_within_two_seconds_of_sigterm(tmp_path):
+    from service_harness import running_service
+
+    with running_service(tmp_path / "home") as service:
+        time.sleep(0.5)
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)  # the server alone, as `kill PID` or a service manager sends it
+        service.proc.wait(timeout=30)
+        took = time.monotonic() - started
+        assert took < 2.0, f"took {took:.2f} s to stop:\n{service.log_tail()}"
+        assert service.proc.returncode in (0, -signal.SIGTERM)
+
+
+# --- the Ray backend ---------------------------------------------------------------------------------
+@pytest.mark.slow  # ~17 s: Ray's start and a torch import in its worker
+def test_jobs_run_on_ray_and_store_the_same_result_as_local_ones(home, done_job, local_ray, tmp_path):
+    config = config_for(home, backend="ray", results_dir=tmp_path / "ray-results")
+    with TestClient(create_app(config), base_url=LOOPBACK) as ray_client:
+        assert ray_client.get("/api/health").json()["backend"] == "ray"
+        good = ray_client.post("/api/jobs", json=REQUEST).json()["id"]
+        bad = ray_client.post("/api/jobs", json={**REQUEST, "refs": ["digits-a", "no-such-model"]}).json()["id"]
+        job, failed = wait_job(ray_client, good), wait_job(ray_client, bad)
+        assert failed["state"] == "failed" and "no-such-model" in failed["error"]  # only its own job
+        assert job["state"] == "done" and not job["from_store"] and job["total"] and job["done"] == job["total"], job
+        assert job["result_key"] == done_job["result_key"]  # the same content key: Ray is not in it
+        on_ray = ray_client.get(f"/results/{job['result_key']}/files/cka.json").json()
+    local = json.loads((home / "results" / done_job["result_key"] / "cka.json").read_text())
+    assert on_ray["layers_a"] == local["layers_a"] and on_ray["layers_b"] == local["layers_b"]
+    # the same numbers up to float rounding (a Ray task runs torch on its one CPU, the local worker on the machine's)
+    np.testing.assert_allclose(np.array(on_ray["cka"], dtype=float), np.array(local["cka"], dtype=float), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.array(on_ray["se"], dtype=float), np.array(local["se"], dtype=float), rtol=1e-6, atol=1e-12)

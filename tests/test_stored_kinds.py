@@ -1,0 +1,149 @@
+"""across-seeds (and cross-cka of population sides), probes and delete-blocks through the result store: the same
+request twice is answered from the store (the computation patched to fail proves it) with the same numbers and the
+same files; a changed setting is a new key; --recompute computes again; labels and --format are re-rendered.
+
+Each test has a store of its own (the session's HUBCOMPARE_HOME is shared by every test). The models are the
+session's small digits checkpoint and copies of it (sides of several members without training any)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hubcompare.cli import app
+from hubcompare.comparisons import probe_kinds, seed_kinds
+from hubcompare.comparisons.requests import ComparisonRequest
+from hubcompare.errors import InvalidRequestError
+
+runner = CliRunner()
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("computed although the store holds the result")
+
+
+@pytest.fixture
+def home(tmp_path):
+    return {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}
+
+
+def _json(home, *args):
+    r = runner.invoke(app, [*args, "--device", "cpu", "--json"], env=home)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout), r.stderr
+
+
+def _same_files(a, b, names):
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, trained_run):
+    """Three copies of one trained model in folders of their own: three members, as far as sides go."""
+    root = tmp_path_factory.mktemp("seed-members")
+    return [shutil.copytree(trained_run, root / f"m{i}") for i in range(3)]
+
+
+@pytest.fixture
+def one_thread():
+    """--threads 1 sets torch's threads for the process: put them back after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_across_seeds_twice_comes_from_the_store_and_cross_cka_sides_find_it(members, home, tmp_path, monkeypatch, one_thread):
+    a, b = f"{members[0]}+{members[1]}", str(members[2])
+    args = ["--examples", "100", "--batch-size", "25", "--threads", "1"]
+    first, err = _json(home, "across-seeds", a, b, *args, "--out", str(tmp_path / "one"))
+    assert first["from_store"] is False and "stored result" not in err
+    # copies of one model: every pair's CKA at the same layer is 1 (an independent check of what was stored)
+    assert first["summary"]["within_a"]["all"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert first["summary"]["models"] == {"a": 2, "b": 1}
+    monkeypatch.setattr(seed_kinds, "across_seeds", _boom)
+    second, err = _json(home, "across-seeds", a, b, *args, "--max-memory", "4", "--out", str(tmp_path / "two"))
+    assert second["from_store"] is True and second["result_key"] == first["result_key"]
+    assert f"stored result {first['result_key'][:12]}" in err and "--recompute to compute again" in err
+    assert second["pair_sets"] == first["pair_sets"] and second["summary"] == first["summary"]
+    _same_files(tmp_path / "one", tmp_path / "two", ("across_seeds.json", "across_seeds.csv", "across_seeds.png"))
+    # cross-cka of the same two sides runs across-seeds: the same request, so the same stored result
+    r = runner.invoke(app, ["cross-cka", a, b, *args, "--device", "cpu", "--label", "deep", "--label", "wide",
+                            "--format", "svg", "--out", str(tmp_path / "three")], env=home)
+    assert r.exit_code == 0, r.output
+    assert "stored result" in r.stderr and "deep: 2 models" in " ".join(r.stdout.split())
+    relabelled = json.loads((tmp_path / "three" / "across_seeds.json").read_text())
+    assert relabelled["sides"]["a"]["label"] == "deep" and relabelled["provenance"]["sides"]["b"]["label"] == "wide"
+    assert relabelled["pair_sets"] == first["pair_sets"]
+    assert any(w.startswith("side wide has one model") for w in relabelled["warnings"])
+    assert (tmp_path / "three" / "across_seeds.svg").read_text().lstrip().startswith("<?xml")
+    # a changed setting is another result: it is computed (and fails here, proving the store was not used)
+    r = runner.invoke(app, ["across-seeds", a, b, *args, "--seed", "1", "--device", "cpu", "--out", str(tmp_path / "x")],
+                      env=home)
+    assert r.exit_code != 0 and "computed although" in str(r.exception)
+    monkeypatch.undo()
+    third, err = _json(home, "across-seeds", a, b, *args, "--recompute", "--out", str(tmp_path / "four"))
+    assert third["from_store"] is False and third["result_key"] == first["result_key"] and "stored result" not in err
+    assert third["pair_sets"] == first["pair_sets"]
+
+
+def test_probes_twice_comes_from_the_store(trained_run, home, tmp_path, monkeypatch):
+    args = [str(trained_run), "--layers", "pool", "--train-examples", "200", "--examples", "100", "--l2", "0.01", "--blocks",
+            "none"]
+    first, err = _json(home, "probes", *args, "--out", str(tmp_path / "one"))
+    assert first["from_store"] is False and "stored result" not in err
+    monkeypatch.setattr(probe_kinds, "probe_layers", _boom)
+    second, err = _json(home, "probes", *args, "--memory-gb", "1", "--out", str(tmp_path / "two"))
+    assert second["from_store"] is True and second["result_key"] == first["result_key"]
+    assert f"stored result {first['result_key'][:12]}" in err
+    assert second["layers"] == first["layers"] and second["model_test_accuracy"] == first["model_test_accuracy"]
+    _same_files(tmp_path / "one", tmp_path / "two", ("probes.json", "probes.csv", "probes.png"))
+    # the figure in another format is drawn again from the stored JSON, nothing recomputed
+    again, _ = _json(home, "probes", *args, "--format", "svg", "--out", str(tmp_path / "svg"))
+    assert again["from_store"] is True and (tmp_path / "svg" / "probes.svg").read_text().lstrip().startswith("<?xml")
+    for changed in (["--l2", "0.1"], ["--pool"], ["--validation-fraction", "0.2"], ["--seed", "1"]):
+        r = runner.invoke(app, ["probes", *args, *changed, "--device", "cpu", "--out", str(tmp_path / "x")], env=home)
+        assert r.exit_code != 0 and "computed although" in str(r.exception), changed
+    monkeypatch.undo()
+    third, err = _json(home, "probes", *args, "--recompute", "--out", str(tmp_path / "three"))
+    assert third["from_store"] is False and third["result_key"] == first["result_key"]
+    assert [r["test_accuracy"] for r in third["layers"]] == [r["test_accuracy"] for r in first["layers"]]
+
+
+def test_delete_blocks_twice_comes_from_the_store(trained_run, home, tmp_path, monkeypatch):
+    args = [str(trained_run), "--examples", "200", "--blocks", "none"]
+    first, _ = _json(home, "delete-blocks", *args, "--out", str(tmp_path / "one"))
+    assert first["from_store"] is False
+    monkeypatch.setattr(probe_kinds, "run_deletion", _boom)
+    second, err = _json(home, "delete-blocks", *args, "--out", str(tmp_path / "two"))
+    assert second["from_store"] is True and second["result_key"] == first["result_key"] and "stored result" in err
+    assert second["stages"] == first["stages"] and second["full_accuracy"] == first["full_accuracy"]
+    _same_files(tmp_path / "one", tmp_path / "two", ("deletion.json", "deletion.csv", "deletion.png"))
+    for changed in (["--examples", "150"], ["--batch-size", "100"]):
+        r = runner.invoke(app, ["delete-blocks", *args, *changed, "--device", "cpu", "--out", str(tmp_path / "x")], env=home)
+        assert r.exit_code != 0 and "computed although" in str(r.exception), changed
+    monkeypatch.undo()
+    third, _ = _json(home, "delete-blocks", *args, "--recompute", "--out", str(tmp_path / "three"))
+    assert third["from_store"] is False and third["result_key"] == first["result_key"]
+    assert third["stages"] == first["stages"]
+
+
+def test_service_requests_of_these_kinds_are_strict():
+    ok = ComparisonRequest.from_json({"kind": "probes", "refs": ["hf-hub:o/m"], "options": {"pool": True, "l2": [0.01]}},
+                                     allow_paths=False)
+    assert ok.options == {"pool": True, "l2": [0.01]}
+    bad = [({"kind": "probes", "refs": ["hf-hub:o/m"], "options": {"blocks": "/etc/passwd"}}, "options.blocks"),
+           ({"kind": "probes", "refs": ["hf-hub:o/m"], "options": {"pool": "yes"}}, "options.pool"),
+           ({"kind": "probes", "refs": ["hf-hub:o/m"], "options": {"validation_fraction": 1.0}}, "options.validation_fraction"),
+           ({"kind": "probes", "refs": ["hf-hub:o/m"], "passes": 3}, "passes"),
+           ({"kind": "delete-blocks", "refs": ["hf-hub:o/m"], "layers": ["*.out"]}, "layers"),
+           ({"kind": "across-seeds", "refs": ["population:p"]}, "refs"),
+           ({"kind": "across-seeds", "refs": ["population:p", "/tmp"]}, "refs[1]")]
+    for body, field in bad:
+        with pytest.raises(InvalidRequestError) as e:
+            ComparisonRequest.from_json(body, allow_paths=False)
+        assert e.value.field == field, (body, str(e.value))
