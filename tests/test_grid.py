@@ -171,16 +171,19 @@ def local_grid(tmp_path_factory):
     return spec, result, faults, time.perf_counter() - started
 
 
+@pytest.mark.slow  # ~10 s each on 2 cores: the fault-tolerance runs (CI runs them; the fast lane keeps the grid's unit tests)
 def test_local_grid_survives_a_killed_worker_and_a_failing_run(local_grid):
     spec, result, faults, _ = local_grid
     _check_faulty_grid(result, faults, spec.out, NAMES[3])
 
 
+@pytest.mark.slow  # ~10 s each on 2 cores: the fault-tolerance runs (CI runs them; the fast lane keeps the grid's unit tests)
 def test_local_grid_rerun_skips_what_finished(local_grid):
     spec, *_ = local_grid
     _rerun_skips(spec, NAMES[3], backend="local", workers=2, threads=1)
 
 
+@pytest.mark.slow  # ~10 s each on 2 cores: the fault-tolerance runs (CI runs them; the fast lane keeps the grid's unit tests)
 def test_ray_grid_survives_a_killed_worker_and_a_failing_run_and_matches_local(local_ray, local_grid, tmp_path):
     spec = _spec(tmp_path)
     (tmp_path / NAMES[3]).write_text("a file where the run's folder should be\n")

@@ -450,3 +450,144 @@ def test_jobs_run_on_ray_and_store_the_same_result_as_local_ones(home, done_job,
     # the same numbers up to float rounding (a Ray task runs torch on its one CPU, the local worker on the machine's)
     np.testing.assert_allclose(np.array(on_ray["cka"], dtype=float), np.array(local["cka"], dtype=float), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.array(on_ray["se"], dtype=float), np.array(local["se"], dtype=float), rtol=1e-6, atol=1e-12)
+
+
+# --- the other writes: the registry and sharing a result ------------------------------------------
+def user_entries(home: Path) -> dict:
+    return {n: e.reference for n, e in Registry(home / "registry.sqlite", curated_dirs=[]).user().items()}
+
+
+@pytest.fixture(scope="module")
+def hub_model(hub, trained_run, tmp_path_factory):
+    """The digits model pushed to the test Hub (a copy: a push records itself in the folder)."""
+    from hubcompare.hub.client import push
+
+    return push(shutil.copytree(trained_run, tmp_path_factory.mktemp("svc-push") / "r8"), "svc/digits-r8")
+
+
+def test_registry_add_and_remove_through_the_api(client, home, hub_model):
+    r = client.post("/api/registry", json={"name": "svc-r8", "reference": "hf-hub:svc/digits-r8"})
+    assert r.status_code == 201, r.text
+    pinned = f"hf-hub:svc/digits-r8@{hub_model.commit_sha}"
+    entry = r.json()
+    assert entry["reference"] == pinned and entry["commit"] == hub_model.commit_sha and entry["source"] == "user"
+    assert (entry["depth"], entry["dataset"]) == (8, "digits") and r.headers["location"] == "/api/models/svc-r8"
+    assert user_entries(home)["svc-r8"] == pinned
+    assert "svc-r8" in [m["name"] for m in client.get("/api/models", params={"dataset": "digits"}).json()["models"]]
+    assert 'data-name="svc-r8"' in client.get("/models").text
+    assert client.get("/api/models/svc-r8").json()["reference"] == pinned
+
+    # the same name for another model: refused before anything is pulled, unless replace
+    taken = client.post("/api/registry", json={"name": "svc-r8", "reference": "timm:resnet18.a1_in1k"})
+    assert taken.status_code == 409 and "already names" in taken.json()["error"]
+    assert user_entries(home)["svc-r8"] == pinned
+
+    gone = client.delete("/api/registry/svc-r8")
+    assert gone.status_code == 200 and gone.json()["removed"]["reference"] == pinned
+    assert "svc-r8" not in user_entries(home) and client.get("/api/models/svc-r8").status_code == 404
+    again = client.delete("/api/registry/svc-r8")
+    assert again.status_code == 404 and "no registry entry 'svc-r8'" in again.json()["error"]
+
+
+def test_curated_entries_cannot_be_removed_or_replaced_through_the_api(client, home):
+    before = user_entries(home)
+    r = client.delete("/api/registry/timm-resnet18-a1")  # a bundled, curated entry
+    assert r.status_code == 409 and "curated entry (from timm-imagenet.txt)" in r.json()["error"]
+    r = client.post("/api/registry", json={"name": "timm-resnet18-a1", "reference": "timm:resnet18.a1_in1k", "replace": True})
+    assert r.status_code == 409 and "cannot replace it" in r.json()["error"]
+    assert client.get("/api/models/timm-resnet18-a1").json()["source"] == "curated: timm-imagenet.txt"
+    assert user_entries(home) == before
+
+
+@pytest.mark.parametrize("body, status, expect", [
+    ({"name": "../up", "reference": "hf-hub:svc/digits-r8"}, 400, r"^name: registry name '\.\./up'"),
+    ({"name": "a b", "reference": "hf-hub:svc/digits-r8"}, 400, r"^name: registry name"),
+    ({"name": "p1", "reference": "/etc"}, 400, r"never a path on the server"),
+    ({"name": "p2", "reference": "local-dir:/tmp"}, 400, r"never a path on the server"),
+    ({"name": "p3", "reference": "results"}, 400, r"reference: 'results' is not a reference this server records"),
+    ({"name": "p4", "reference": "hf-hub:svc/../x"}, 400, r"never a path"),
+    ({"name": "p5", "reference": "hf-hub:svc/digits-r8", "path": "/tmp"}, 400, r"'path' is not a field here"),
+    ({"name": "p6", "reference": "hf-hub:svc/digits-r8", "replace": "yes"}, 400, r"^replace: 'yes' is not a true/false"),
+    ({"name": "p7"}, 400, r"^reference is missing"),
+    ({"name": "p8", "reference": "hf-hub:svc/digits-r8", "populations": ["a/b"]}, 400, r"^populations\[0\]: population"),
+    ({"name": "p9", "reference": "hf-hub:svc/no-such-model"}, 404, r"svc/no-such-model"),
+])
+def test_bad_registry_writes_are_refused_and_record_nothing(client, home, hub_model, body, status, expect):
+    before = user_entries(home)
+    r = client.post("/api/registry", json=body)
+    assert r.status_code == status, r.text
+    assert re.search(expect, r.json()["error"]), r.json()
+    assert "Traceback" not in r.text and user_entries(home) == before
+    assert client.post("/api/registry", content=b'{"name": "x"}', headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_a_result_pushed_through_the_api_pulls_into_another_store(client, done_job, hub, tmp_path):
+    from hubcompare.results.share import pull_result
+
+    key = done_job["result_key"]
+    r = client.post(f"/api/results/{key}/push", json={"repo": "svc/cka-digits"})
+    assert r.status_code == 200, r.text
+    shared = r.json()
+    assert shared["reference"] == f"hf-hub-result:svc/cka-digits@{shared['commit_sha']}" and shared["key"] == key
+    assert shared["repo_id"] == "svc/cka-digits" and shared["url"].endswith("/datasets/svc/cka-digits")
+    theirs = ResultStore(tmp_path / "theirs")
+    pulled = pull_result(shared["reference"], theirs)
+    mine = ResultStore(Path(client.app.state.service.config.results_dir)).get(key)
+    assert pulled.key == key and pulled.files == mine.files
+    for name in mine.files:
+        assert pulled.file(name).read_bytes() == mine.file(name).read_bytes()
+
+    assert client.post(f"/api/results/{key[:10]}/push", json={"repo": "svc/cka-digits"}).json()["commit_sha"] == \
+        shared["commit_sha"]  # a prefix names it too; unchanged files: no new commit
+    for url, body, status, expect in [
+        (f"/api/results/{key}/push", {"repo": "not a repo"}, 400, "^repo: "),
+        (f"/api/results/{key}/push", {"repo": "svc/x", "branch": "main"}, 400, "'branch' is not a field here"),
+        ("/api/results/not-hex/push", {"repo": "svc/x"}, 400, "is not a result key"),
+        ("/api/results/" + "0" * 64 + "/push", {"repo": "svc/x"}, 404, "no stored result"),
+    ]:
+        bad = client.post(url, json=body)
+        assert bad.status_code == status and re.search(expect, bad.json()["error"]), (url, bad.text)
+
+
+def test_every_write_needs_the_token_off_loopback(home, hub_model, done_job):
+    queue = JobQueue({}, crashing_runner)  # never started
+    app = create_app(config_for(home, host="0.0.0.0", token=TOKEN), jobs=queue)
+    client = TestClient(app, base_url="http://192.0.2.1:8765")
+    key = done_job["result_key"]
+    writes = [("post", "/api/registry", {"name": "svc-token", "reference": "hf-hub:svc/digits-r8"}, 201),
+              ("delete", "/api/registry/svc-token", None, 200),
+              ("post", f"/api/results/{key}/push", {"repo": "svc/cka-token"}, 200)]
+    for method, url, body, ok in writes:
+        send = lambda **headers: client.request(method, url, json=body, headers=headers)  # noqa: E731
+        r = send()
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (url, r.text)
+        assert send(authorization="Bearer " + TOKEN[:-1] + "x").status_code == 401
+        assert send(authorization="Bearer " + TOKEN, origin="http://evil.example").status_code == 403
+        if method == "post":
+            assert user_entries(home).get("svc-token") is None  # nothing written by a refused request
+        good = send(authorization="Bearer " + TOKEN)
+        assert good.status_code == ok, (url, good.text)
+    assert "svc-token" not in user_entries(home)
+    assert "svc/cka-token" in [d.id for d in __import__("huggingface_hub").HfApi().list_datasets(author="svc")]
+
+
+def test_the_result_page_shares_on_the_hub_through_its_form(client, home, done_job, hub):
+    key = done_job["result_key"]
+    page = client.get(f"/results/{key}")
+    assert 'form id="share"' in page.text and 'id="share-token"' not in page.text  # loopback, no token: none asked
+    r = client.post(f"/results/{key}/push", data={"repo": "svc/cka-form"})
+    assert r.status_code == 200 and 'id="share-reference"' in r.text, r.text[-2000:]
+    sha = re.search(r"hf-hub-result:svc/cka-form@([0-9a-f]{40})", r.text)[1]
+    assert 'svg id="heatmap"' in r.text  # the result page itself, with the reference on it
+    assert __import__("huggingface_hub").HfApi().dataset_info("svc/cka-form").sha == sha
+    bad = client.post(f"/results/{key}/push", data={"repo": "no repo"})
+    assert bad.status_code == 400 and 'id="share-error"' in bad.text and "repo: " in html.unescape(bad.text)
+    foreign = client.post(f"/results/{key}/push", data={"repo": "svc/x"}, headers={"origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "another site" in foreign.text
+
+    guarded = TestClient(create_app(config_for(home, host="0.0.0.0", token=TOKEN), jobs=JobQueue({}, crashing_runner)),
+                         base_url="http://192.0.2.1:8765")
+    refused = guarded.post(f"/results/{key}/push", data={"repo": "svc/cka-form-2"})
+    assert refused.status_code == 401 and 'id="share-token"' in refused.text and "needs its token" in refused.text
+    ok = guarded.post(f"/results/{key}/push", data={"repo": "svc/cka-form-2", "token": TOKEN})
+    assert ok.status_code == 200 and "hf-hub-result:svc/cka-form-2@" in ok.text

@@ -230,24 +230,13 @@ def registry_add(
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
 ) -> None:
     """Resolve (pull and load) a reference, then record it under NAME, pinned to the commit it resolved to."""
-    from ..hub.names import parse_reference
-    from ..hub.references import resolve_reference
-    from ..hub.registry import Registry, entry_from_meta
+    from ..hub.references import register_reference
+    from ..hub.registry import Registry
 
-    registry = Registry()
-    ref = parse_reference(reference)
-    if ref.kind == "registry":
-        from ..errors import RegistryError
-
-        raise RegistryError(f"{reference!r} is a registry name; register the reference it points at instead")
-    if ref.kind == "local-dir":
-        ref = parse_reference(f"local-dir:{Path(ref.target).expanduser().resolve()}")
-    with console.status(f"resolving {ref}"):
-        resolved = resolve_reference(ref, registry, max_params=max_params)
-        resolved.model  # noqa: B018  (load it: only a model that loads is recorded)
+    with console.status(f"resolving {escape(reference)}"):
+        entry, resolved = register_reference(Registry(), name, reference, populations=population or (), replace=replace,
+                                             max_params=max_params)
     warn(resolved.notices)
-    entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, population or ()),
-                         replace=replace)
     console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
 
 

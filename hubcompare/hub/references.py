@@ -17,7 +17,14 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
-from ..errors import CheckpointFileMissingError, InvalidReferenceError, PickleWeightsRefusedError, ReferenceNotFoundError
+from ..errors import (
+    CheckpointFileMissingError,
+    InvalidReferenceError,
+    PickleWeightsRefusedError,
+    ReferenceNotFoundError,
+    RegistryConflictError,
+    RegistryError,
+)
 from ..models.checkpoint import (
     CARD_FILE,
     CONFIG_FILE,
@@ -31,10 +38,10 @@ from ..models.guard import check_size, estimate_size
 from ..models.metadata import ModelMeta
 from ..models.weights import load_model
 from .client import Pulled, pull
-from .names import ACCEPTED_FORMS, Reference, parse_reference
-from .registry import Registry
+from .names import ACCEPTED_FORMS, Reference, check_name, check_registry_name, parse_reference
+from .registry import Entry, Registry, entry_from_meta
 
-__all__ = ["Reference", "ResolvedModel", "parse_reference", "resolve_reference", "ACCEPTED_FORMS"]
+__all__ = ["Reference", "ResolvedModel", "parse_reference", "register_reference", "resolve_reference", "ACCEPTED_FORMS"]
 
 
 @dataclass(eq=False)
@@ -114,6 +121,32 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
         return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt, max_params=max_params,
                              notices=[pulled.notice] if pulled.notice else [], api=api)
     return _resolve_timm(ref, api, max_params)
+
+
+def register_reference(registry: Registry, name: str, reference: str | Reference, *, populations=(), replace: bool = False,
+                       max_params: int = DEFAULT_MAX_PARAMS, api=None) -> tuple[Entry, ResolvedModel]:
+    """What ``registry add`` does (the CLI and the service's ``POST /api/registry`` both call this): check the name,
+    resolve (pull pinned and load, within ``max_params``) the reference, then record it pinned to the commit it
+    resolved to. Only a model that loads is recorded; a name already taken by another model is refused before
+    anything is pulled (unless ``replace``)."""
+    check_registry_name(name)
+    populations = [check_name(p, "population") for p in populations]
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
+    if ref.kind == "registry":
+        raise RegistryError(f"{str(ref)!r} is a registry name; register the reference it points at instead")
+    if ref.kind == "local-dir":
+        ref = parse_reference(f"local-dir:{Path(ref.target).expanduser().resolve()}")
+    existing = registry.entries().get(name)
+    if existing is not None and not replace:
+        before = parse_reference(existing.reference)
+        if (before.kind, before.target) != (ref.kind, ref.target):
+            raise RegistryConflictError(f"{name} already names {existing.reference} ({existing.source}); replace it "
+                                        "explicitly or use another name")
+    resolved = resolve_reference(ref, registry, api, max_params=max_params)
+    resolved.model  # noqa: B018  (load it: only a model that loads is recorded)
+    entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, populations),
+                         replace=replace)
+    return entry, resolved
 
 
 def _pull_without_weights(ref: Reference, api) -> Pulled | None:

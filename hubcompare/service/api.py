@@ -1,14 +1,17 @@
 """The JSON API under /api: the registry, stored results and comparison jobs (the pages' operations, for scripts).
 
-Reads are open; ``POST /api/jobs`` is a write: it needs ``Authorization: Bearer TOKEN`` whenever the server has a
-token (always off loopback), and a JSON body (``Content-Type: application/json``, so another site's page cannot
-post one from a browser without CORS, which this server does not grant). Errors are ``{"error": ...}`` with 4xx.
+Reads are open. The writes (``POST /api/jobs``, ``POST /api/registry``, ``DELETE /api/registry/{name}``,
+``POST /api/results/{key}/push``) share one rule, the :func:`write_access` dependency: ``Authorization: Bearer TOKEN``
+whenever the server has a token (always off loopback), no Origin of another site, and a body only as JSON
+(``Content-Type: application/json``, so another site's page cannot post one from a browser without CORS, which this
+server does not grant). Errors are ``{"error": ...}`` with 4xx.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..comparisons.requests import KINDS
 from ..errors import ServiceRequestError
@@ -23,6 +26,7 @@ from .views import (
     model_results,
     result_json,
 )
+from .writes import add_entry, push_stored_result, remove_entry
 
 __all__ = ["download", "router"]
 
@@ -44,8 +48,48 @@ REQUEST_SCHEMA = {
 }
 
 
+REGISTRY_SCHEMA = {
+    "type": "object", "required": ["name", "reference"], "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "description": "the registry name (letters, digits, '-', '_', '.')"},
+        "reference": {"type": "string", "description": "hf-hub:OWNER/NAME[@REV] or timm:NAME (never a path); pulled, "
+                      "loaded and recorded pinned to its commit"},
+        "replace": {"type": "boolean", "default": False, "description": "overwrite a user entry of that name"},
+        "populations": {"type": "array", "items": {"type": "string"}},
+    },
+    "example": {"name": "r20-a", "reference": "hf-hub:alice/r20-1x", "replace": False},
+}
+PUSH_SCHEMA = {
+    "type": "object", "required": ["repo"], "additionalProperties": False,
+    "properties": {"repo": {"type": "string", "description": "OWNER/NAME of the Hub dataset repo (created if missing)"},
+                   "private": {"type": "boolean", "default": False}},
+    "example": {"repo": "alice/r20-widths", "private": False},
+}
+WRITE_ERRORS = {400: {"description": "invalid request"}, 401: {"description": "token required (or wrong)"},
+                403: {"description": "sent from another site's page"}, 413: {"description": "body over the limit"},
+                415: {"description": "not sent as application/json"}}
+
+
 def service_of(request: Request) -> Service:
     return request.app.state.service
+
+
+async def write_access(request: Request) -> None:
+    """The rule of every write: not from another site's page, and the token whenever the server has one (compared
+    in constant time; always needed off loopback)."""
+    check_same_origin(request)
+    service_of(request).config.check_write(bearer(request))
+
+
+async def write_body(request: Request, _: None = Depends(write_access)) -> dict:
+    """A write's body: allowed (:func:`write_access`) first, then JSON only, a strict JSON object."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise http_error(415, "send the request as JSON (Content-Type: application/json)")
+    return parse_request_body(await request.body())
+
+
+def json_body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @router.get("/health", summary="Is the server up; its job workers and limits")
@@ -94,19 +138,48 @@ def result_file(request: Request, key: str, name: str) -> FileResponse:
 
 
 @router.post("/jobs", status_code=202, summary="Queue a comparison (a ComparisonRequest as JSON)",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}},
-             responses={202: {"description": "queued (or the same request's job, already queued or running)"},
-                        400: {"description": "invalid request"}, 401: {"description": "token required"}})
-async def create_job(request: Request) -> JSONResponse:
+             openapi_extra=json_body(REQUEST_SCHEMA),
+             responses={202: {"description": "queued (or the same request's job, already queued or running)"}, **WRITE_ERRORS})
+async def create_job(request: Request, data: dict = Depends(write_body)) -> JSONResponse:
     s = service_of(request)
-    check_same_origin(request)
-    s.config.check_write(bearer(request))
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise http_error(415, "send the request as JSON (Content-Type: application/json)")
-    req = check_request(parse_request_body(await request.body()), s.config)
+    req = check_request(data, s.config)
     job, new = s.jobs.submit(req.to_json())
     return JSONResponse({"id": job.id, "url": f"/jobs/{job.id}", "api": f"/api/jobs/{job.id}", "state": job.state, "new": new},
                         status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+@router.post("/registry", status_code=201, summary="Record a Hub or timm model under a name (pulled, loaded, pinned)",
+             description="What `hubcompare registry add` does: the reference (hf-hub:OWNER/NAME[@REV] or timm:NAME, never "
+                         "a path) is pulled and loaded within the size cap, then recorded pinned to the commit it resolved "
+                         "to. A write: needs the token when the server has one. Curated entries cannot be replaced (409).",
+             openapi_extra=json_body(REGISTRY_SCHEMA),
+             responses={201: {"description": "the entry, as GET /api/models/{name} shows it"},
+                        404: {"description": "no such repo, revision or timm model"},
+                        409: {"description": "the name is taken (use replace) or is a curated entry"}, **WRITE_ERRORS})
+async def create_entry(request: Request, data: dict = Depends(write_body)) -> JSONResponse:
+    entry = await run_in_threadpool(add_entry, service_of(request), data)
+    return JSONResponse(entry, status_code=201, headers={"Location": f"/api/models/{entry['name']}"})
+
+
+@router.delete("/registry/{name}", summary="Remove a user entry of the registry",
+               description="What `hubcompare registry remove` does. A write: needs the token when the server has one. "
+                           "Curated entries (the registry's text files) are refused with 409.",
+               dependencies=[Depends(write_access)],
+               responses={404: {"description": "no such entry"}, 409: {"description": "a curated entry"},
+                          **{k: v for k, v in WRITE_ERRORS.items() if k not in (413, 415)}})
+def delete_entry(request: Request, name: str) -> dict:
+    return {"removed": remove_entry(service_of(request), name)}
+
+
+@router.post("/results/{key}/push", summary="Share a stored result on the Hub as a dataset repo",
+             description="What `hubcompare push-result` does, with the server's HF_ENDPOINT and HF_TOKEN. The answer's "
+                         "`reference` (hf-hub-result:OWNER/NAME@SHA) pulls it into another store (`hubcompare results "
+                         "pull`). A write: needs the token when the server has one.",
+             openapi_extra=json_body(PUSH_SCHEMA),
+             responses={200: {"description": '{"key", "repo_id", "url", "commit_sha", "reference"}'},
+                        404: {"description": "no stored result with that key"}, **WRITE_ERRORS})
+async def push_result(request: Request, key: str, data: dict = Depends(write_body)) -> dict:
+    return await run_in_threadpool(push_stored_result, service_of(request), key, data)
 
 
 @router.get("/jobs", summary="Jobs this server knows, newest first")

@@ -12,8 +12,8 @@ from ..errors import ServiceRequestError, short_repr
 from ..hub.names import NAME
 from .config import ServiceConfig
 
-__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_request", "form_request", "http_error", "names_a_side",
-           "parse_request_body"]
+__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_hub_reference", "check_request", "form_request", "http_error",
+           "names_a_side", "parse_request_body"]
 
 MAX_SPLITS = 10_000  # agreement/class-diff splits and permutations on this server
 MAX_PASSES = 16
@@ -83,6 +83,20 @@ def check_references(data: dict) -> None:
             if not _reference_form(part, sides):
                 raise ServiceRequestError(f"refs[{i}]: {short_repr(ref)} is not a reference this server takes: give "
                                           f"{ACCEPTED_SIDES if sides else ACCEPTED_REFERENCES}", params=(f"refs[{i}]",))
+
+
+HUB_REFERENCES = "hf-hub:OWNER/NAME[@REV] or timm:NAME"
+
+
+def check_hub_reference(ref, field: str = "reference") -> str:
+    """A Hub or timm model reference, as a registry entry written from a request must be: never a path, and never a
+    bare word either (the resolver would take one that is a folder on the server for a checkpoint folder)."""
+    text = ref.strip() if isinstance(ref, str) else ""
+    if text.partition(":")[0] not in ("hf-hub", "timm") or not _reference_form(text, sides=False):
+        raise ServiceRequestError(f"{field}: {short_repr(ref)} is not a reference this server records: give {HUB_REFERENCES} "
+                                  "(a registry entry written here names a model on the Hub, never a path on the server)",
+                                  params=(field,))
+    return text
 
 
 def _reference_form(ref: str, sides: bool) -> bool:

@@ -4,13 +4,15 @@ figures, provenance, downloads), the compare form and a job's live progress.
 Element ids the browser tests rely on (keep them): ``#filters``, ``#models`` (``tr.model`` rows),
 ``svg#heatmap`` (``rect.cell`` with ``data-a``, ``data-b``, ``data-cka``, ``data-se``), ``#hover``,
 ``form#compare`` (``model_a``, ``model_b``, ``kind``, ``dataset``, ``layers``, ``examples``, ``button#submit``),
-``#job-state``, ``#progress``, ``#error``.
+``#job-state``, ``#progress``, ``#error``, ``form#share`` (``repo``, ``private``, ``token``; ``#share-reference``,
+``#share-error``).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..comparisons.requests import KINDS
 from ..data.datasets import DATASETS
@@ -37,6 +39,7 @@ from .views import (
     seed_rows,
     status_for,
 )
+from .writes import push_stored_result
 
 __all__ = ["render", "router"]
 
@@ -96,6 +99,27 @@ def results_page(request: Request) -> HTMLResponse:
 
 @router.get("/results/{key}")
 def result_page(request: Request, key: str) -> HTMLResponse:
+    return _result_response(request, key)
+
+
+@router.post("/results/{key}/push")
+async def result_push_submit(request: Request, key: str) -> HTMLResponse:
+    """The result page's "share on the Hub" form: the same push (and the same write rule) as the API's."""
+    service = service_of(request)
+    form = await request.form(max_files=0, max_fields=5)
+    repo = str(form.get("repo") or "").strip()
+    share: dict = {"repo": repo}
+    status = 200
+    try:
+        check_same_origin(request)
+        service.config.check_write(bearer(request) or str(form.get("token") or "") or None)
+        share |= await run_in_threadpool(push_stored_result, service, key, {"repo": repo, "private": form.get("private") == "on"})
+    except HubcompareError as e:
+        status, share["error"] = status_for(e), str(e)
+    return _result_response(request, key, status=status, share=share)
+
+
+def _result_response(request: Request, key: str, *, status: int = 200, share: dict | None = None) -> HTMLResponse:
     service = service_of(request)
     stored = service.result(key)
     pairs = cka_pairs(stored)
@@ -112,7 +136,7 @@ def result_page(request: Request, key: str) -> HTMLResponse:
     summary = stored.summary
     settings = [(k, rows) for k, v in summary.items() if k in SETTINGS_KEYS and isinstance(v, dict) for rows in [headline_rows(v)] if rows]
     skip = SETTINGS_KEYS + (("blocks",) if blocks else ())
-    return render(request, "result.html", result=stored, title=result_title(stored), headline=headline_rows(summary, skip=skip),
+    return render(request, "result.html", status=status, share=share or {}, result=stored, title=result_title(stored), headline=headline_rows(summary, skip=skip),
                   settings=settings, pair_table=pair_rows(summary), pairs=pairs, pair=pair, heatmap=heatmap, blocks=blocks,
                   classes=classes, list_tables=list_tables(summary, skip=skip), seed_table=seed_rows(summary),
                   figures=figures, warnings=list(summary.get("warnings") or []))
