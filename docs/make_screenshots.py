@@ -31,9 +31,8 @@ os.environ.update({"HF_ENDPOINT": f"http://127.0.0.1:{HUB_PORT}", "HF_HOME": str
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from service_harness import new_browser, push_and_register, running_service  # noqa: E402
+from service_harness import new_browser, push_and_register, running_service, submit_compare  # noqa: E402
 
 MODELS = [("digits-r8-s0", 8, 0), ("digits-r8-s1", 8, 1), ("digits-r14-s0", 14, 0), ("digits-r14-s1", 14, 1)]
 OWNER = "alice"
@@ -147,32 +146,18 @@ def take_all(driver, service, keys: dict, out: Path, a: str, b: str) -> None:
     shot(driver, out / "result-cross-cka-hover.png", full=False)
 
     # the compare form with a refused reference, then a job running and a job that failed
-    submit(driver, service, {"kind": "cross-cka", "model_a": a, "model_b": "../secrets", "examples": "200"})
+    submit_compare(driver, service, **{"kind": "cross-cka", "model_a": a, "model_b": "../secrets", "examples": "200"})
     shot(driver, out / "compare-refused.png")
-    submit(driver, service, {"kind": "cross-cka", "model_a": f"{OWNER}--digits-r8-s1", "model_b": f"{OWNER}--digits-r14-s1",
+    submit_compare(driver, service, **{"kind": "cross-cka", "model_a": f"{OWNER}--digits-r8-s1", "model_b": f"{OWNER}--digits-r14-s1",
                              "layers": "*", "examples": "360"})
     WebDriverWait(driver, 60, poll_frequency=0.05).until(lambda d: d.find_element(By.ID, "job-state").text == "running")
     WebDriverWait(driver, 60, poll_frequency=0.05).until(lambda d: "/" in d.find_element(By.ID, "progress").text
                                                          or "/jobs/" not in d.current_url)
     shot(driver, out / "job-running.png", full=False)
     WebDriverWait(driver, 600).until(lambda d: "/results/" in d.current_url)
-    submit(driver, service, {"kind": "cross-cka", "model_a": a, "model_b": "hf-hub:alice/no-such-model", "examples": "200"})
+    submit_compare(driver, service, **{"kind": "cross-cka", "model_a": a, "model_b": "hf-hub:alice/no-such-model", "examples": "200"})
     WebDriverWait(driver, 600).until(lambda d: d.find_element(By.ID, "job-state").text == "failed")
     shot(driver, out / "job-failed.png", full=False)
-
-
-def submit(driver, service, fields: dict) -> None:
-    driver.get(service.url("/compare"))
-    form = driver.find_element(By.CSS_SELECTOR, "form#compare")
-    for name, value in fields.items():
-        element = form.find_element(By.NAME, name)
-        if element.tag_name == "select":
-            Select(element).select_by_value(value)
-        else:
-            element.clear()
-            element.send_keys(value)
-    form.find_element(By.CSS_SELECTOR, "button#submit").click()
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,26 @@ def new_browser(width: int = 1280, height: int = 900):
     return driver
 
 
+def submit_compare(driver, service: "RunningService", **fields: str) -> None:
+    """Fill the compare form as a user does (a select picks its option, an input is typed into), submit it and wait
+    for the next page to load."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(service.url("/compare"))
+    form = driver.find_element(By.CSS_SELECTOR, "form#compare")
+    for name, value in fields.items():
+        element = form.find_element(By.NAME, name)
+        if element.tag_name == "select":
+            Select(element).select_by_value(value)
+        else:
+            element.clear()
+            element.send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button#submit").click()
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 # --- fixtures ------------------------------------------------------------------------------------
 OWNER = "svc"
 

@@ -22,8 +22,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
+from service_harness import submit_compare
 
 pytestmark = pytest.mark.slow
+
 pytest_plugins = ["service_harness"]  # its fixtures: service_models, service, browser
 
 JOB_TIMEOUT_S = 300  # a small digits comparison takes seconds; a loaded 2-core machine and a cold worker take longer
@@ -32,20 +34,6 @@ KEY = re.compile(r"/results/([0-9a-f]{64})$")
 
 def names_listed(driver) -> list[str]:
     return [row.find_element(By.CSS_SELECTOR, "td a").text for row in driver.find_elements(By.CSS_SELECTOR, "#models tr.model")]
-
-
-def submit_compare(driver, running, **fields) -> None:
-    """Fill the compare form as a user does (a select picks its option, an input is typed into) and submit it."""
-    driver.get(running.url("/compare"))
-    form = driver.find_element(By.CSS_SELECTOR, "form#compare")
-    for name, value in fields.items():
-        element = form.find_element(By.NAME, name)
-        if element.tag_name == "select":
-            Select(element).select_by_value(value)
-        else:
-            element.clear()
-            element.send_keys(value)
-    form.find_element(By.CSS_SELECTOR, "button#submit").click()
 
 
 def test_registry_page_lists_the_pushed_models_and_the_filters_narrow_it(browser, service, service_models):
