@@ -326,5 +326,9 @@ def test_cli_latest_names_the_newest_result_and_says_so_when_the_store_is_empty(
     newest = put(store, inputs(6))
     r = _cli(monkeypatch, tmp_path, "results", "show", "latest", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["key"] == newest.key
+    r = _cli(monkeypatch, tmp_path, "results", "show", "latest")
+    assert f"key {newest.key}" in r.output.splitlines()  # whole on one line at 80 columns, to copy
+    r = _cli(monkeypatch, tmp_path, "results", "list", "--kind", "blocks")
+    assert r.exit_code == 0 and "No stored result of kind blocks yet" in r.output
     r = _cli(monkeypatch, tmp_path, "results", "rm", "latest", "--yes")
     assert r.exit_code == 0 and store.get(newest.key) is None and len(store.list()) == 1

@@ -87,6 +87,11 @@ def results_list(
     if as_json:
         print_json([s.to_json() for s in found])
         return
+    if not found:
+        what = " ".join(x for x in (f"of kind {kind}" if kind else "", f"comparing {model}" if model else "") if x)
+        console.print(f"No stored result{' ' + escape(what) if what else ''} yet: the store fills as you compare "
+                      "(cross-cka, cka, blocks, agreement, ...).", soft_wrap=True, highlight=False)
+        return
     # the key (what a user copies) and the date never fold; the title and source fold onto more lines, never cut
     t = table(show_lines=True, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     add_column(t, "key", no_wrap=True, min_width=12)
@@ -123,8 +128,10 @@ def results_show(
     if as_json:
         print_json({**stored.to_json(), "file_paths": {name: str(stored.file(name)) for name in stored.files}})
         return
-    t = table("field", "value", title=escape(stored.title), show_header=False)
-    for label, value in (("key", stored.key), ("kind", stored.kind), ("created (UTC)", _when(stored.created)),
+    # the key on a line of its own, whole (a table cell would fold it at 80 columns, and a folded key does not paste)
+    console.print(f"[bold]{escape(stored.title)}[/]\nkey {stored.key}", soft_wrap=True, highlight=False)
+    t = table("field", "value", show_header=False)
+    for label, value in (("kind", stored.kind), ("created (UTC)", _when(stored.created)),
                          ("seconds", f"{stored.seconds:.1f}"), ("source", stored.source), ("dataset", stored.dataset),
                          ("models", "\n".join(stored.models))):
         t.add_row(label, escape(value))
