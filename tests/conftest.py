@@ -35,6 +35,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+pytest.register_assert_rewrite("service_harness")  # test modules import its helpers as well as using it as a plugin
 
 CIFAR10_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 SEED = 0
