@@ -175,6 +175,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # Ray tasks for every pair (~7 s); test_cka_sharding keeps sharding in the fast lane
 def test_ray_shards_equal_one_process(seed_runs, result, local_ray, one_thread):
     from hubcompare.similarity.distributed import RayShards
 

@@ -125,6 +125,7 @@ def test_a_workers_typed_error_comes_back_as_itself(local_ray, trained_run):
         compare_sharded([gone], comparison_dataset([m]), batch_size=128, workers=2, threads=1)
 
 
+@pytest.mark.slow  # a second Ray comparison (~2 s); the sharded CKA test above stays fast
 def test_blocks_with_the_ray_backend_give_the_same_blocks(local_ray, trained_run, tmp_path, one_thread):
     common = ["blocks", str(trained_run), "--batch-size", "100", "--pc-examples", "200", "--threads", "1", "--device", "cpu"]
     r = runner.invoke(app, [*common, "--out", str(tmp_path / "local")])

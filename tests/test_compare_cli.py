@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from hubcompare.cli import app
@@ -111,6 +112,7 @@ def _long_named_copies(trained_run, tmp_path, n: int):
     return out
 
 
+@pytest.mark.slow  # a `hubcompare` process piped at 80 columns (~6 s)
 def test_piped_output_keeps_every_name_and_path_whole_and_json_matches_the_file(trained_run, tmp_path):
     """At 80 columns nothing a user copies is cut or broken: layer names, references, written paths; --json prints
     the written result on stdout and nothing else (progress and the file list go to stderr)."""

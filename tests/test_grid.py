@@ -199,6 +199,7 @@ def test_ray_grid_survives_a_killed_worker_and_a_failing_run_and_matches_local(l
         assert _weights(tmp_path / NAMES[3]) == _weights(local_out / NAMES[3])
 
 
+@pytest.mark.slow  # it needs the fault-tolerance grid above (~15 s)
 def test_cli_grid_skips_finished_runs_and_pushes_the_population(local_grid, hub, tmp_path, monkeypatch):
     """`hubcompare grid GRID --push`: the finished runs are skipped, then pushed and registered as a population."""
     from huggingface_hub import HfApi

@@ -16,6 +16,7 @@ def _wait_for(predicate, timeout=60.0):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # fault injection: a server killed mid-download (~4 s)
 def test_server_killed_mid_download_then_restarted_pull_resumes(trained_run, tmp_path, monkeypatch):
     from huggingface_hub import HfApi, constants
 
@@ -59,6 +60,7 @@ def _run(fn, result, errors):
         errors.append(e)
 
 
+@pytest.mark.slow  # real retry back-off sleeps (~4 s)
 def test_5xx_answers_are_retried_with_backoff(trained_run, tmp_path):
     from huggingface_hub import HfApi
     from huggingface_hub.utils import close_session

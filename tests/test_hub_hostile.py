@@ -176,6 +176,7 @@ EVIL_REVS = ["..", "a/../b", "/main", "main/", "ma in", "a\x00", "a\r\nInjected:
 NON_STRINGS = [1, 1.5, True, [], {}, ["x"]]
 
 
+@pytest.mark.slow  # fuzzing every field (~3 s)
 def test_every_identifier_field_of_every_body(env):
     sb, server, _, slug, item_id = env
     port, victim, base = server.port, str(sb.outside / "victim"), "/api/models/own/base"
@@ -234,6 +235,7 @@ def test_every_identifier_field_of_every_body(env):
     assert len(cases) > 300
 
 
+@pytest.mark.slow  # fuzzing URLs (~3 s)
 def test_every_identifier_in_a_url(env):
     sb, server, _, slug, item_id = env
     port = server.port
@@ -279,6 +281,7 @@ def test_nothing_reaches_a_header_unescaped(env):
     sb.check(port)
 
 
+@pytest.mark.slow  # fuzzing bodies (~3 s)
 def test_bodies_short_long_and_garbage(env):
     sb, server, _, slug, _ = env
     port, base = server.port, "/api/models/own/base"
@@ -334,6 +337,7 @@ def test_bodies_short_long_and_garbage(env):
     assert head(sb) == before
 
 
+@pytest.mark.slow  # slow clients held open (~2 s)
 def test_slow_clients_neither_pin_threads_nor_block_writers(env):
     sb, server, _, slug, _ = env
     port = server.port
@@ -536,6 +540,7 @@ def _start(data: Path, port: int, token_file: Path) -> subprocess.Popen:
             time.sleep(0.05)
 
 
+@pytest.mark.slow  # fault injection: kill -9 under load (~5 s)
 def test_kill_9_under_load_then_restart(tmp_path):
     sb = Sandbox(tmp_path)
     (tmp_path / "outside" / "tokens").write_text(TOKEN + "\n")
@@ -586,6 +591,7 @@ def test_kill_9_under_load_then_restart(tmp_path):
             proc.wait(10)
 
 
+@pytest.mark.slow  # the tally of the whole module, most of which is slow-marked fuzzing
 def test_zz_counts():
     """The tally (shown with -s): requests tried, invariants checked."""
     if len(BY_TEST) < 10:

@@ -114,6 +114,7 @@ def test_offline_pull_from_cache(pushed, monkeypatch, tmp_path):
         pull("alice/never-pulled", cache_dir=cache)
 
 
+@pytest.mark.slow  # two `hubcompare` processes (~8 s)
 def test_offline_cli_pull_with_hf_hub_offline_env_and_no_server(pushed, tmp_path):
     """HF_HUB_OFFLINE=1 as a user sets it, with the Hub unreachable: served from the cache."""
     from hubcompare.hub.client import pull
@@ -254,6 +255,14 @@ def test_offline_unpinned_pull_after_a_pinned_pull_uses_the_newest_cached_commit
     assert pushed.commit_sha in offline.notice and "newest cached commit" in offline.notice
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
+
+@pytest.mark.slow  # a `hubcompare` process (~4 s); the library test above keeps the behaviour in the fast lane
+def test_offline_unpinned_cli_pull_names_the_newest_cached_commit(pushed, tmp_path):
+    """The same through the command, with HF_HUB_OFFLINE=1 as a user sets it and the Hub unreachable."""
+    from hubcompare.hub.client import pull
+
+    cache = tmp_path / "cache"
+    pull("alice/digits-r8", pushed.commit_sha, cache_dir=cache)
     env = _cli_env(tmp_path, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
     out = _cli("pull", "hf-hub:alice/digits-r8", env=env)
     assert out.returncode == 0, out.stderr
@@ -308,6 +317,7 @@ def load_checkpoint_of(path):
     return load_checkpoint(path)
 
 
+@pytest.mark.slow  # two `hubcompare` processes (~5 s)
 def test_cli_pull_and_push_print_no_huggingface_hub_progress_bars(pushed, trained_run, tmp_path):
     """One progress display, hubcompare's: no 'Fetching 4 files' or 'Upload 2 LFS files' from huggingface_hub."""
     env = _cli_env(tmp_path, HF_HUB_CACHE=str(tmp_path / "cache"))

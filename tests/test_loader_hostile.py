@@ -275,6 +275,7 @@ def _fuzz(run: Path, cases: int, seed: int, make) -> dict:
 CONFIG_CASES = 2000
 
 
+@pytest.mark.slow  # fuzzing (~6 s)
 def test_fuzz_config_json(run):
     base = _config(run)
     # a second base reaches timm's other architectures (built on the meta device to estimate their size)
@@ -399,6 +400,7 @@ def test_pull_downloads_only_what_loading_reads(hub, good_run, tmp_path):
 
 
 # --- temporary files of killed writes -----------------------------------------------------------
+@pytest.mark.slow  # a killed process (~3 s)
 def test_temporary_files_of_a_killed_write_are_removed_by_the_next(tmp_path):
     from hubcompare.provenance import atomic_write_json
 

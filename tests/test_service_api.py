@@ -310,6 +310,7 @@ def test_serve_refuses_a_public_address_without_a_token(monkeypatch):
 
 
 # --- the worker pool ---------------------------------------------------------------------------------
+@pytest.mark.slow  # fault injection: a worker process killed (~5 s)
 def test_a_crashing_worker_fails_its_job_and_the_server_carries_on(client, done_job):
     r = client.post("/api/jobs", json={"kind": "cross-cka", "refs": [CRASH, "digits-a"], "examples": 128})
     job = wait_job(client, r.json()["id"])
@@ -419,6 +420,7 @@ def test_a_blocks_heatmap_outlines_each_block_and_draws_the_stage_lines(client, 
 
 
 # --- stopping ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a server process started and stopped (~6 s)
 def test_an_idle_server_stops_within_two_seconds_of_sigterm(tmp_path):
     from service_harness import running_service
 
