@@ -15,7 +15,8 @@ On one CUDA GPU, in well under 8 minutes, it prints:
 4. **training throughput** (images/s of the second epoch, so cuDNN's algorithm search is left out): the
    hubcompare trainer on the GPU (data and augmentation on the GPU, ``train.precision: auto``) vs a plain
    PyTorch GPU loop on the same model fed by a DataLoader with torchvision transforms (worker processes,
-   pinned memory), in fp32 and with the trainer's autocast + channels-last;
+   pinned memory), in fp32 and with the trainer's autocast + channels-last (the trainer's images/s, passed
+   to ``benchmarks/paper_grid_cost.py --gpu-img-per-s``, prices the paper's grid on GPUs);
 5. the **peak GPU memory** of every part.
 
 Without a GPU it says so, runs its CPU parts at the ``--quick`` sizes (the accelerator pipeline forced on
