@@ -366,6 +366,8 @@ def _cases() -> list[Case]:
     add("serve", "--backend", "gpu", "--port", "0", expect="'--backend'")
     add("serve", "--ray-address", "127.0.0.1:1", "--port", "0", expect="only used with the ray backend.*--backend ray")
     add("serve", "--threads", "0", "--port", "0", expect="'--threads'")
+    add("serve", "--port", "0", env={"HUBCOMPARE_HOME": "{corrupt_jobs_home}"},
+        expect="job journal .*jobs.sqlite cannot be opened.*remove it")
     add("serve", "--backend", "ray", "--ray-address", "127.0.0.1:1", "--port", "0", expect="cannot start or reach Ray at 127.0.0.1:1")
     return out
 
@@ -426,6 +428,7 @@ def lab(tmp_path_factory) -> dict[str, str]:
 
     write("corrupt_home", "registry.sqlite", b"this is not an SQLite database" * 10)
     write("corrupt_results_home", "results/index.sqlite", b"this is not an SQLite database" * 10)
+    write("corrupt_jobs_home", "results/jobs.sqlite", b"this is not an SQLite database" * 10)
     write("curated_name_only", "a.txt", b"# a name without a reference\nonlyname\n")
     write("curated_not_utf8", "a.txt", b"x hf-hub:a/b depth=\xff\xfe\n")
     write("curated_bad_ref", "a.txt", b"x hf-hub:not-a-repo\n")

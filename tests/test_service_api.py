@@ -150,6 +150,15 @@ def test_model_page_shows_metadata_and_escapes_the_card(client):
 
 
 # --- a real job -------------------------------------------------------------------------------------
+def test_a_restarted_server_still_shows_its_finished_jobs(home, done_job):
+    """The job table is journalled beside the store: another server on the same store knows the job, as it ended."""
+    with TestClient(create_app(config_for(home), runner=crashing_runner), base_url=LOOPBACK) as again:
+        job = again.get(f"/api/jobs/{done_job['id']}").json()
+        assert job["state"] == "done" and job["result_key"] == done_job["result_key"]
+        page = again.get(f"/jobs/{done_job['id']}", follow_redirects=False)
+        assert page.status_code in (200, 303) and done_job["result_key"][:12] in page.text + page.headers.get("location", "")
+
+
 def test_posted_job_completes_and_its_page_shows_the_stored_numbers(client, done_job):
     job = done_job
     assert job["again"]["id"] == job["id"] and job["again"]["new"] is False  # asked twice at once: one job

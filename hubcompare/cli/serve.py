@@ -32,6 +32,9 @@ def serve(
         "--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray.")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, max=256, help="torch threads per job (Ray: the CPUs each job's task asks for; default 1 there).")] = None,
+    memory_jobs: Annotated[bool, typer.Option(
+        "--memory-jobs", help="Keep the job table in memory only (default: journalled beside the result store, so a "
+                              "restarted server keeps its finished jobs and runs the unfinished ones again).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
 ) -> None:
     """Serve the registry, stored results and comparison jobs as web pages and a JSON API until Ctrl-C."""
@@ -48,7 +51,7 @@ def serve(
 
     config = ServiceConfig(host=host, port=port, token=token or None, workers=workers, data_dir=data_dir,
                            max_examples=max_examples, max_models=max_models, backend=backend, ray_address=ray_address,
-                           threads=threads).check()
+                           threads=threads, keep_jobs=not memory_jobs).check()
     _check_port_free(config.host, config.port)
     if backend == "ray":
         from ..service.ray_jobs import check_ray

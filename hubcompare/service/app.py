@@ -30,6 +30,7 @@ from ..results.store import ResultStore
 from . import api, pages
 from .config import ServiceConfig
 from .jobs import JobQueue, Runner
+from .journal import JOURNAL_FILE, JobJournal
 from .ray_jobs import RayJobQueue
 from .runner import run_comparison, worker_settings
 from .views import Service, status_for
@@ -132,14 +133,15 @@ def create_app(config: ServiceConfig | None = None, *, runner: Runner | None = N
     start with the app (its lifespan) and stop with it. ``runner``: what a worker runs (tests substitute one)."""
     config = (config or ServiceConfig()).check()
     store = ResultStore(config.results_dir)
+    journal = JobJournal(store.root / JOURNAL_FILE) if config.keep_jobs and jobs is None else None
     if jobs is not None:
         queue = jobs
     elif config.backend == "ray":
         queue = RayJobQueue(worker_settings(config), runner or run_comparison, address=config.ray_address,
-                            cpus_per_job=config.threads or 1, max_pending=config.max_pending_jobs)
+                            cpus_per_job=config.threads or 1, max_pending=config.max_pending_jobs, journal=journal)
     else:
         queue = JobQueue(worker_settings(config), runner or run_comparison, workers=config.workers,
-                         max_pending=config.max_pending_jobs)
+                         max_pending=config.max_pending_jobs, journal=journal)
     service = Service(config, store, queue)
 
     @asynccontextmanager

@@ -46,6 +46,7 @@ class ServiceConfig:
     backend: str = "local"  # where jobs run: "local" (worker processes) or "ray" (one Ray task each)
     ray_address: str | None = None  # the Ray cluster (backend "ray"; none: a local Ray started by the server)
     threads: int | None = None  # torch threads per job (and Ray CPUs per job; None: torch's default, 1 CPU on Ray)
+    keep_jobs: bool = True  # the job table in RESULTS/jobs.sqlite: a restarted server keeps its jobs (False: memory only)
 
     def __post_init__(self) -> None:
         if isinstance(self.data_dir, str):
@@ -80,6 +81,8 @@ class ServiceConfig:
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or not 1 <= self.threads <= 256):
             raise ServiceConfigError(f"threads must be an integer from 1 to 256 (got {self.threads!r})", params=("threads",))
+        if not isinstance(self.keep_jobs, bool):
+            raise ServiceConfigError(f"keep_jobs must be true or false (got {self.keep_jobs!r})", params=("keep_jobs",))
         if self.workers > 64:
             raise ServiceConfigError(f"workers must be at most 64 (got {self.workers})", params=("workers",))
         if self.token is not None:

@@ -9,7 +9,8 @@ fresh worker takes its slot, so one crashing job never stops the server or the o
 
 An identical request (same canonical JSON) that is already queued or running returns the same job. A request whose
 result is already stored completes at once in its worker (``run_request`` finds it in the store).
-Jobs live in memory: a restarted server forgets them (the results themselves are in the store).
+With a :class:`.journal.JobJournal` (what ``hubcompare serve`` uses) the job table outlives the server: a restarted
+one shows its finished jobs as they ended and queues the unfinished ones again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 from ..errors import HubcompareError, JobNotFoundError, ServiceRequestError
+from .journal import JobJournal
 
 __all__ = ["Job", "JobQueue", "Runner", "STATES", "run_job"]
 
@@ -139,8 +141,11 @@ class _Worker:
 class JobQueue:
     """Queued comparison jobs and the worker processes that run them. ``start()`` before use, ``stop()`` after."""
 
-    def __init__(self, settings: dict, runner: Runner, *, workers: int = 1, max_pending: int = 100):
+    def __init__(self, settings: dict, runner: Runner, *, workers: int = 1, max_pending: int = 100,
+                 journal: JobJournal | None = None):
         self.settings, self.runner, self.workers, self.max_pending = settings, runner, workers, max_pending
+        self.journal = journal
+        self._journal_open = journal is not None
         self._ctx = mp.get_context("spawn")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._active: dict[str, str] = {}  # fingerprint -> id of the queued or running job
@@ -156,6 +161,7 @@ class JobQueue:
 
     # --- the server's side ---------------------------------------------------------------------------------
     def start(self) -> "JobQueue":
+        self._restore()
         self._pool = [_Worker(self._ctx, self.settings, self.runner) for _ in range(self.workers)]
         self._thread = threading.Thread(target=self._loop, name="hubcompare-jobs", daemon=True)
         self._thread.start()
@@ -197,7 +203,10 @@ class JobQueue:
             w.process.join(0)
 
     def _fail_unfinished(self) -> None:
+        """Jobs still queued or running when the server stops: failed here; with a journal they stay unfinished
+        there, and the next start queues them again."""
         with self._lock:
+            self._journal_open = False
             for job in self._jobs.values():
                 if not job.finished_state:
                     self._finish(job, error="the server stopped before this job finished: request it again", error_type="ServerStopped")
@@ -221,6 +230,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._active[fingerprint] = job.id
             self._queue.append(job.id)
+            self._save(job)
             self._forget_old()
         self._wake()
         return job, True
@@ -229,8 +239,8 @@ class JobQueue:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
-                raise JobNotFoundError(f"no job {job_id!r} on this server (jobs are forgotten when it restarts; "
-                                       "stored results are not: see /results)")
+                raise JobNotFoundError(f"no job {job_id!r} on this server (it keeps the last {KEEP_FINISHED} finished "
+                                       "jobs; stored results are kept apart: see /results)")
             return Job(**{k: getattr(job, k) for k in job.__dataclass_fields__})  # a copy: the loop keeps writing
 
     def jobs(self) -> list[Job]:
@@ -286,6 +296,7 @@ class JobQueue:
                     self._queue.appendleft(job.id)
                     continue
                 w.job_id, job.state, job.stage, job.started = job.id, "running", "starting", _now()
+                self._save(job)
 
     def _drain(self, w: _Worker) -> None:
         while True:
@@ -312,7 +323,7 @@ class JobQueue:
                 return False
             if kind == "done":
                 job.result_key, job.from_store = event["result_key"], event["from_store"]
-                job.notices, job.warnings = event["notices"], event["warnings"]
+                job.notices, job.warnings = [*job.notices, *event["notices"]], event["warnings"]  # kept: "queued again"
                 self._finish(job)
             elif kind == "failed":
                 self._finish(job, error=event["error"], error_type=event.get("error_type"))
@@ -327,6 +338,7 @@ class JobQueue:
         job.error, job.error_type = error, error_type
         if self._active.get(job.fingerprint) == job.id:
             del self._active[job.fingerprint]
+        self._save(job)
 
     def _replace(self, w: _Worker) -> None:
         w.process.join(5.0)  # the sentinel fired: reap it, so its exit code is known
@@ -355,5 +367,50 @@ class JobQueue:
 
     def _forget_old(self) -> None:
         finished = [j for j, job in self._jobs.items() if job.finished_state]
-        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+        old = finished[: max(0, len(finished) - KEEP_FINISHED)]
+        for job_id in old:
             del self._jobs[job_id]
+        if self._journal_open:
+            self.journal.forget(old)
+
+    # --- the journal (the caller holds the lock) --------------------------------------------------------------
+    def _save(self, job: Job) -> None:
+        if self._journal_open:
+            self.journal.save(asdict(job))
+
+    def _restore(self) -> None:
+        """Take the journal's jobs back: finished ones as they ended, the others queued again in their order."""
+        if self.journal is None:
+            return
+        with self._lock:
+            self._journal_open = True
+            for record in self.journal.load():
+                job = _job_from_record(record)
+                if job is None or job.id in self._jobs:
+                    continue
+                self._jobs[job.id] = job
+                if not job.finished_state:
+                    if job.fingerprint in self._active:  # the same request twice (never written so; be safe)
+                        self._finish(job, error="the same request is queued as another job", error_type="Duplicate")
+                        continue
+                    job.state, job.stage, job.done, job.total, job.started = "queued", "queued", 0, None, None
+                    job.notices = [*job.notices, "queued again: the server restarted before this job finished"]
+                    self._active[job.fingerprint] = job.id
+                    self._queue.append(job.id)
+                    self._save(job)
+            self._forget_old()
+
+
+def _job_from_record(record: dict) -> Job | None:
+    """A job from its journal record, or None when the record is not one (a row is read back, never trusted)."""
+    fields = Job.__dataclass_fields__
+    try:
+        job = Job(**{k: v for k, v in record.items() if k in fields})
+    except TypeError:
+        return None
+    texts = (job.id, job.fingerprint, job.state, job.stage, job.created)
+    if not all(isinstance(t, str) for t in texts) or job.state not in STATES or not isinstance(job.request, dict):
+        return None
+    if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (job.notices, job.warnings)):
+        return None
+    return job

@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 from ..errors import ServiceBackendError
 from ..training.backends import check_ray_address, connect_ray, ray_node_cpus
 from .jobs import JobQueue, Runner, run_job
+from .journal import JobJournal
 
 __all__ = ["RayJobQueue", "check_ray"]
 
@@ -69,8 +70,8 @@ class RayJobQueue(JobQueue):
     handed to Ray at once (Ray schedules them by their CPUs); it shows as running from its task's first report."""
 
     def __init__(self, settings: dict, runner: Runner, *, address: str | None = None, cpus_per_job: int = 1,
-                 max_pending: int = 100):
-        super().__init__(settings, runner, workers=0, max_pending=max_pending)
+                 max_pending: int = 100, journal: JobJournal | None = None):
+        super().__init__(settings, runner, workers=0, max_pending=max_pending, journal=journal)
         self.address, self.cpus_per_job = address, cpus_per_job
         self._ray = None
         self._owns = False
@@ -86,6 +87,7 @@ class RayJobQueue(JobQueue):
                                       f"{largest:g}: lower --threads", params=("threads",))
         self._board = ray.remote(_Board).options(num_cpus=0).remote()
         self._remote = ray.remote(_ray_task).options(num_cpus=self.cpus_per_job, max_retries=0, retry_exceptions=False)
+        self._restore()
         self._thread = threading.Thread(target=self._loop, name="hubcompare-ray-jobs", daemon=True)
         self._thread.start()
         return self
