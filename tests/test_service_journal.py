@@ -122,3 +122,22 @@ def test_a_corrupt_journal_names_the_file_and_the_fix(tmp_path):
         create_app(ServiceConfig(results_dir=results, registry_path=tmp_path / "registry.sqlite"))
     # and without the journal, the same server starts (memory only)
     create_app(ServiceConfig(results_dir=results, registry_path=tmp_path / "registry.sqlite", keep_jobs=False))
+
+
+def test_the_job_page_says_a_job_was_queued_again(tmp_path):
+    """What the user holding the /jobs/ID link sees after a restart: the job, and why it started over."""
+    from fastapi.testclient import TestClient
+
+    from hubcompare.service.app import create_app
+    from hubcompare.service.config import ServiceConfig
+
+    results = tmp_path / "results"
+    request = {"kind": "cka", "refs": ["no-such-model"], "examples": 64}
+    JobJournal(results / JOURNAL_FILE).save({
+        "id": "fedcba9876543210", "request": request, "fingerprint": request_fingerprint(request), "state": "queued",
+        "stage": "queued", "notices": [], "warnings": [], "created": "2026-11-30T10:00:00+00:00"})
+    config = ServiceConfig(results_dir=results, registry_path=tmp_path / "registry.sqlite", workers=1)
+    with TestClient(create_app(config, runner=blocking_runner), base_url="http://127.0.0.1") as client:
+        page = client.get("/jobs/fedcba9876543210")
+        assert page.status_code == 200
+        assert "queued again: the server restarted before this job finished" in page.text and "no-such-model" in page.text
