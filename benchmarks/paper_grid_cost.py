@@ -131,14 +131,28 @@ def human(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
+def images_per_second(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of images per second (got {text})")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per grid point")
-    ap.add_argument("--epochs", type=int, default=300, help="epochs per run (the authors' default)")
-    ap.add_argument("--images", type=int, default=1024, help="synthetic images in the measured CPU epoch")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for the CPU measurement")
+    ap.add_argument("--seeds", type=positive, default=3, help="seeds per grid point")
+    ap.add_argument("--epochs", type=positive, default=300, help="epochs per run (the authors' default)")
+    ap.add_argument("--images", type=positive, default=1024, help="synthetic images in the measured CPU epoch")
+    ap.add_argument("--threads", type=positive, default=torch.get_num_threads(), help="torch threads for the CPU measurement")
     ap.add_argument("--runs", nargs="*", default=[], help="finished checkpoint folders to cross-check the CPU rate")
-    ap.add_argument("--gpu-img-per-s", type=float, default=None,
+    ap.add_argument("--gpu-img-per-s", type=images_per_second, default=None,
                     help="the trainer's images/s for ResNet-20 1x on a GPU, as benchmarks/gpu_check.py prints it")
     ap.add_argument("--overhead-s", type=float, default=1.0, help="per-run overhead (benchmarks/grid_scaling.py: ~1 s)")
     args = ap.parse_args()
