@@ -307,6 +307,10 @@ class ServiceBackendError(ServiceError, BackendError):
     """`hubcompare serve --backend ray` cannot run jobs: Ray is not installed, or nothing answers at --ray-address."""
 
 
+class JournalWriteError(ServiceError, OSError):
+    """The service's job journal stopped taking writes (disk full, file removed or locked): jobs go on in memory."""
+
+
 class WriteNotAllowedError(ServiceError, PermissionError):
     """A write (queueing a job) without the server's token, with a wrong one, or from another site's page."""
 

@@ -141,3 +141,18 @@ def test_the_job_page_says_a_job_was_queued_again(tmp_path):
         page = client.get("/jobs/fedcba9876543210")
         assert page.status_code == 200
         assert "queued again: the server restarted before this job finished" in page.text and "no-such-model" in page.text
+        journal = client.get("/api/health").json()["journal"]
+        assert journal == {"path": str(results / JOURNAL_FILE), "problem": None}
+
+
+def test_a_journal_that_stops_taking_writes_leaves_the_jobs_running_in_memory(tmp_path):
+    """A full disk or a removed file must not stop the queue's loop: it goes on in memory and says why."""
+    path = tmp_path / JOURNAL_FILE
+    journal = JobJournal(path)
+    queue = JobQueue({}, echo_runner, workers=0, journal=journal)
+    queue._restore()
+    journal._db.execute("DROP TABLE jobs")  # every later write fails, as on a broken file
+    job, new = queue.submit({"n": 1})
+    assert new and queue.get(job.id).state == "queued"
+    assert "cannot be written" in queue.journal_problem and "memory only" in queue.journal_problem
+    queue.submit({"n": 2})  # and no further attempt raises

@@ -98,6 +98,7 @@ def health(request: Request) -> dict:
     c = s.config
     return {"status": "ok" if not s.jobs.broken else "degraded", "jobs": s.jobs.counts(), "workers": c.workers,
             "backend": c.backend, "worker_restarts": s.jobs.restarts, "broken": s.jobs.broken, "writes_need_token": c.writes_need_token,
+            "journal": {"path": str(s.jobs.journal.path) if s.jobs.journal else None, "problem": s.jobs.journal_problem},
             "limits": {"max_examples": c.max_examples, "max_models": c.max_models, "max_body_bytes": c.max_body_bytes}}
 
 

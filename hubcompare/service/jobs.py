@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from ..errors import HubcompareError, JobNotFoundError, ServiceRequestError
+from ..errors import HubcompareError, JobNotFoundError, JournalWriteError, ServiceRequestError
 from .journal import JobJournal
 
 __all__ = ["Job", "JobQueue", "Runner", "STATES", "run_job"]
@@ -146,6 +146,7 @@ class JobQueue:
         self.settings, self.runner, self.workers, self.max_pending = settings, runner, workers, max_pending
         self.journal = journal
         self._journal_open = journal is not None
+        self.journal_problem: str | None = None  # why the journal stopped taking writes, if it did
         self._ctx = mp.get_context("spawn")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._active: dict[str, str] = {}  # fingerprint -> id of the queued or running job
@@ -371,12 +372,18 @@ class JobQueue:
         for job_id in old:
             del self._jobs[job_id]
         if self._journal_open:
-            self.journal.forget(old)
+            try:
+                self.journal.forget(old)
+            except JournalWriteError as e:
+                self._journal_open, self.journal_problem = False, f"{e}; jobs are kept in memory only until a restart"
 
     # --- the journal (the caller holds the lock) --------------------------------------------------------------
     def _save(self, job: Job) -> None:
         if self._journal_open:
-            self.journal.save(asdict(job))
+            try:
+                self.journal.save(asdict(job))
+            except JournalWriteError as e:  # the jobs go on, in memory only: a full disk must not stop the loop
+                self._journal_open, self.journal_problem = False, f"{e}; jobs are kept in memory only until a restart"
 
     def _restore(self) -> None:
         """Take the journal's jobs back: finished ones as they ended, the others queued again in their order."""

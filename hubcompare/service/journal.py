@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from ..errors import ServiceConfigError
+from ..errors import JournalWriteError, ServiceConfigError
 
 __all__ = ["JOURNAL_FILE", "JobJournal"]
 
@@ -43,7 +45,7 @@ class JobJournal:
     def save(self, record: dict) -> None:
         """Insert or replace one job's record (``record["id"]`` is its key; the first save fixes its order)."""
         text = json.dumps(record, allow_nan=False, sort_keys=True, default=str)
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("INSERT INTO jobs (id, seq, record) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?) "
                              "ON CONFLICT(id) DO UPDATE SET record = excluded.record", (record["id"], text))
 
@@ -67,8 +69,16 @@ class JobJournal:
 
     def forget(self, ids: list[str]) -> None:
         if ids:
-            with self._lock:
+            with self._lock, self._writing():
                 self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that fails (disk full, the file removed or locked) is a typed error naming the journal."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise JournalWriteError(f"the job journal {self.path} cannot be written ({e})") from e
 
     def close(self) -> None:
         with self._lock:
