@@ -35,6 +35,7 @@ from hubcompare.service.checks import check_request, form_request  # noqa: E402
 from hubcompare.service.config import ServiceConfig  # noqa: E402
 from hubcompare.service.heatmap import build_heatmap, magma  # noqa: E402
 from hubcompare.service.jobs import JobQueue  # noqa: E402
+from hubcompare.service.journal import JOURNAL_FILE, JobJournal  # noqa: E402
 from hubcompare.service.runner import run_comparison  # noqa: E402
 from hubcompare.service.views import headline_rows  # noqa: E402
 
@@ -461,6 +462,15 @@ def test_jobs_run_on_ray_and_store_the_same_result_as_local_ones(home, done_job,
     # the same numbers up to float rounding (a Ray task runs torch on its one CPU, the local worker on the machine's)
     np.testing.assert_allclose(np.array(on_ray["cka"], dtype=float), np.array(local["cka"], dtype=float), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.array(on_ray["se"], dtype=float), np.array(local["se"], dtype=float), rtol=1e-6, atol=1e-12)
+
+    # a job the Ray server had not finished when it stopped: the next one runs it as a Ray task (from the store now)
+    journal = JobJournal(tmp_path / "ray-results" / JOURNAL_FILE)
+    journal.save({"id": "0123456789abcdef", "request": REQUEST, "fingerprint": "", "state": "running", "stage": "running",
+                  "notices": [], "warnings": [], "created": "2026-11-30T10:00:00+00:00"})
+    with TestClient(create_app(config), base_url=LOOPBACK) as ray_client:
+        again = wait_job(ray_client, "0123456789abcdef")
+    assert again["state"] == "done" and again["from_store"] and again["result_key"] == done_job["result_key"]
+    assert any("queued again" in n for n in again["notices"])
 
 
 # --- the other writes: the registry and sharing a result ------------------------------------------

@@ -156,3 +156,70 @@ def test_a_journal_that_stops_taking_writes_leaves_the_jobs_running_in_memory(tm
     assert new and queue.get(job.id).state == "queued"
     assert "cannot be written" in queue.journal_problem and "memory only" in queue.journal_problem
     queue.submit({"n": 2})  # and no further attempt raises
+
+
+def _record(job_id: str, request: dict, state: str = "queued", **more) -> dict:
+    return {"id": job_id, "request": request, "fingerprint": request_fingerprint(request), "state": state, "stage": state,
+            "notices": [], "warnings": [], "created": "2026-11-30T10:00:00+00:00", **more}
+
+
+def _restored(path, **queue_options) -> JobQueue:
+    queue = JobQueue({}, echo_runner, workers=0, journal=JobJournal(path), **queue_options)
+    queue._restore()
+    return queue
+
+
+def test_a_clean_stop_leaves_unfinished_jobs_unfinished_in_the_journal(tmp_path):
+    path = tmp_path / JOURNAL_FILE
+    queue = _restored(path)
+    job, _ = queue.submit({"n": 1})
+    queue.stop()
+    assert queue.get(job.id).state == "failed"  # in the stopped server's memory
+    again = _restored(path)
+    assert again.get(job.id).state == "queued" and again._queue[0] == job.id
+    with pytest.raises(RuntimeError, match="does not start again"):
+        queue._restore()
+
+
+def test_a_rows_fingerprint_is_derived_from_its_request_never_read(tmp_path):
+    """A stale or edited row must not make another request join its job (and get its result)."""
+    path = tmp_path / JOURNAL_FILE
+    JobJournal(path).save(_record("aaaa", {"n": 2}) | {"fingerprint": request_fingerprint({"n": 1})})
+    queue = _restored(path)
+    job, new = queue.submit({"n": 1})
+    assert new and job.id != "aaaa"
+    joined, new = queue.submit({"n": 2})
+    assert not new and joined.id == "aaaa"
+
+
+def test_restored_jobs_pass_the_servers_check_again_and_duplicates_fail(tmp_path):
+    from hubcompare.errors import ServiceRequestError
+
+    def check(request):
+        if request["n"] > 5:
+            raise ServiceRequestError(f"n {request['n']} is over this server's limit of 5")
+
+    path = tmp_path / JOURNAL_FILE
+    journal = JobJournal(path)
+    for job_id, n in (("aaaa", 1), ("bbbb", 9), ("cccc", 1)):
+        journal.save(_record(job_id, {"n": n}))
+    queue = _restored(path, check=check)
+    assert queue.get("aaaa").state == "queued"
+    refused = queue.get("bbbb")
+    assert refused.state == "failed" and "not run again after the server restarted: n 9 is over" in refused.error
+    assert queue.get("cccc").state == "failed" and queue.get("cccc").error_type == "Duplicate"
+    assert list(queue._queue) == ["aaaa"]
+
+
+def test_the_journal_keeps_the_newest_finished_jobs(tmp_path, monkeypatch):
+    import hubcompare.service.jobs as jobs
+
+    monkeypatch.setattr(jobs, "KEEP_FINISHED", 2)
+    path = tmp_path / JOURNAL_FILE
+    journal = JobJournal(path)
+    for i in range(4):
+        journal.save(_record(f"job{i}", {"n": i}, state="done", result_key=KEY))
+    journal.save(_record("open", {"n": 9}))
+    queue = _restored(path)
+    assert [j.id for j in reversed(queue.jobs())] == ["job2", "job3", "open"]
+    assert [r["id"] for r in JobJournal(path).load()] == ["job2", "job3", "open"]

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HubcompareError
 from ..results.store import ResultStore
 from . import api, pages
+from .checks import check_request
 from .config import ServiceConfig
 from .jobs import JobQueue, Runner
 from .journal import JOURNAL_FILE, JobJournal
@@ -138,10 +139,11 @@ def create_app(config: ServiceConfig | None = None, *, runner: Runner | None = N
         queue = jobs
     elif config.backend == "ray":
         queue = RayJobQueue(worker_settings(config), runner or run_comparison, address=config.ray_address,
-                            cpus_per_job=config.threads or 1, max_pending=config.max_pending_jobs, journal=journal)
+                            cpus_per_job=config.threads or 1, max_pending=config.max_pending_jobs, journal=journal,
+                            check=lambda request: check_request(request, config))
     else:
         queue = JobQueue(worker_settings(config), runner or run_comparison, workers=config.workers,
-                         max_pending=config.max_pending_jobs, journal=journal)
+                         max_pending=config.max_pending_jobs, journal=journal, check=lambda request: check_request(request, config))
     service = Service(config, store, queue)
 
     @asynccontextmanager

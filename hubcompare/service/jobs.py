@@ -142,9 +142,10 @@ class JobQueue:
     """Queued comparison jobs and the worker processes that run them. ``start()`` before use, ``stop()`` after."""
 
     def __init__(self, settings: dict, runner: Runner, *, workers: int = 1, max_pending: int = 100,
-                 journal: JobJournal | None = None):
+                 journal: JobJournal | None = None, check: Callable[[dict], object] | None = None):
         self.settings, self.runner, self.workers, self.max_pending = settings, runner, workers, max_pending
         self.journal = journal
+        self.check = check  # the server's request check, run again on a restored unfinished job (its limits may be lower now)
         self._journal_open = journal is not None
         self.journal_problem: str | None = None  # why the journal stopped taking writes, if it did
         self._ctx = mp.get_context("spawn")
@@ -172,6 +173,7 @@ class JobQueue:
         """Stop the loop and the workers, fast (a SIGTERM to an idle server ends it well within a second): each
         worker is told to stop and its pipe closed (an idle worker returns at once), and whatever has not exited
         within ``timeout`` (a running job, a worker still importing torch) is terminated, then killed."""
+        self._close_journal()
         self._stopping = True
         self._wake()
         if self._thread is not None:
@@ -207,10 +209,11 @@ class JobQueue:
         """Jobs still queued or running when the server stops: failed here; with a journal they stay unfinished
         there, and the next start queues them again."""
         with self._lock:
-            self._journal_open = False
             for job in self._jobs.values():
                 if not job.finished_state:
                     self._finish(job, error="the server stopped before this job finished: request it again", error_type="ServerStopped")
+        if self.journal is not None:
+            self.journal.close()
 
     def submit(self, request: dict) -> tuple[Job, bool]:
         """Queue ``request`` (validated JSON); returns the job and whether it is new (False: the same request was
@@ -385,8 +388,17 @@ class JobQueue:
             except JournalWriteError as e:  # the jobs go on, in memory only: a full disk must not stop the loop
                 self._journal_open, self.journal_problem = False, f"{e}; jobs are kept in memory only until a restart"
 
+    def _close_journal(self) -> None:
+        """First thing when stopping: what the stop does to running jobs (killed workers, cancelled tasks) is not
+        their outcome, so nothing more is written and the next start finds them unfinished."""
+        with self._lock:
+            self._journal_open = False
+
     def _restore(self) -> None:
-        """Take the journal's jobs back: finished ones as they ended, the others queued again in their order."""
+        """Take the journal's jobs back: finished ones as they ended, the others queued again in their order
+        (unless the server's check refuses them now)."""
+        if self._stopping:
+            raise RuntimeError("a stopped JobQueue does not start again: make a new one")
         if self.journal is None:
             return
         with self._lock:
@@ -400,6 +412,12 @@ class JobQueue:
                     if job.fingerprint in self._active:  # the same request twice (never written so; be safe)
                         self._finish(job, error="the same request is queued as another job", error_type="Duplicate")
                         continue
+                    try:
+                        if self.check is not None:
+                            self.check(job.request)
+                    except HubcompareError as e:
+                        self._finish(job, error=f"not run again after the server restarted: {e}", error_type=type(e).__name__)
+                        continue
                     job.state, job.stage, job.done, job.total, job.started = "queued", "queued", 0, None, None
                     job.notices = [*job.notices, "queued again: the server restarted before this job finished"]
                     self._active[job.fingerprint] = job.id
@@ -412,12 +430,13 @@ def _job_from_record(record: dict) -> Job | None:
     """A job from its journal record, or None when the record is not one (a row is read back, never trusted)."""
     fields = Job.__dataclass_fields__
     try:
-        job = Job(**{k: v for k, v in record.items() if k in fields})
+        job = Job(**{k: v for k, v in record.items() if k in fields and k != "fingerprint"}, fingerprint="")
     except TypeError:
         return None
-    texts = (job.id, job.fingerprint, job.state, job.stage, job.created)
+    texts = (job.id, job.state, job.stage, job.created)
     if not all(isinstance(t, str) for t in texts) or job.state not in STATES or not isinstance(job.request, dict):
         return None
+    job.fingerprint = request_fingerprint(job.request)  # derived, never read: a stale row must not join other requests
     if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (job.notices, job.warnings)):
         return None
     return job

@@ -24,7 +24,7 @@ from ..errors import JournalWriteError, ServiceConfigError
 __all__ = ["JOURNAL_FILE", "JobJournal"]
 
 JOURNAL_FILE = "jobs.sqlite"
-BUSY_TIMEOUT_S = 30
+BUSY_TIMEOUT_S = 2  # another process holding the file: a write gives up soon (the jobs go on in memory)
 
 
 class JobJournal:

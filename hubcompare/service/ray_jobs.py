@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from multiprocessing.connection import wait
+from typing import Callable
 
 from ..errors import ServiceBackendError
 from ..training.backends import check_ray_address, connect_ray, ray_node_cpus
@@ -70,14 +71,15 @@ class RayJobQueue(JobQueue):
     handed to Ray at once (Ray schedules them by their CPUs); it shows as running from its task's first report."""
 
     def __init__(self, settings: dict, runner: Runner, *, address: str | None = None, cpus_per_job: int = 1,
-                 max_pending: int = 100, journal: JobJournal | None = None):
-        super().__init__(settings, runner, workers=0, max_pending=max_pending, journal=journal)
+                 max_pending: int = 100, journal: JobJournal | None = None, check: Callable[[dict], object] | None = None):
+        super().__init__(settings, runner, workers=0, max_pending=max_pending, journal=journal, check=check)
         self.address, self.cpus_per_job = address, cpus_per_job
         self._ray = None
         self._owns = False
         self._refs: dict = {}  # ObjectRef -> job id
 
     def start(self) -> "RayJobQueue":
+        self._restore()  # before Ray: a journal that cannot be read leaves no Ray behind
         ray, self._owns = connect_ray(self.address, ServiceBackendError)
         self._ray = ray
         largest = max(ray_node_cpus(ray))
@@ -87,12 +89,12 @@ class RayJobQueue(JobQueue):
                                       f"{largest:g}: lower --threads", params=("threads",))
         self._board = ray.remote(_Board).options(num_cpus=0).remote()
         self._remote = ray.remote(_ray_task).options(num_cpus=self.cpus_per_job, max_retries=0, retry_exceptions=False)
-        self._restore()
         self._thread = threading.Thread(target=self._loop, name="hubcompare-ray-jobs", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 1.0) -> None:
+        self._close_journal()
         self._stopping = True
         self._wake()
         if self._thread is not None:
