@@ -64,6 +64,9 @@ def serve(
                   f"({escape(jobs)}; API: {escape(config.url)}/docs)", soft_wrap=True)
     console.print("writes need the token (Authorization: Bearer TOKEN)" if config.writes_need_token
                   else "loopback only, no token: anyone on this machine may queue jobs", highlight=False)
+    journal = app.state.service.jobs.journal
+    console.print(f"jobs journalled in {escape(str(journal.path))} (a restart keeps them)" if journal is not None
+                  else "jobs kept in memory only (--memory-jobs)", soft_wrap=True, highlight=False)
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning" if quiet else "info",
                     access_log=not quiet, timeout_graceful_shutdown=2, server_header=False)
