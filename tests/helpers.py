@@ -39,3 +39,13 @@ def toy_dataset(n: int, classes: int = 10, size: int = 8, channels: int = 1, see
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
     return ImageDataset("toy", "test", images, torch.arange(n) % classes, [str(c) for c in range(classes)], [f"x{i}" for i in range(n)])
+
+
+def computed_anyway(*args, **kwargs):
+    """Patched in for a compute function where the result store must answer: calling it fails the test."""
+    raise AssertionError("computed although the store holds the result")
+
+
+def own_home_env(tmp_path) -> dict:
+    """CLI environment with a HUBCOMPARE_HOME (so a result store and registry) of the test's own, no curated entries."""
+    return {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}

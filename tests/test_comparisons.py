@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import computed_anyway, own_home_env
 from typer.testing import CliRunner
 
 from hubcompare.cli import app
@@ -25,14 +26,9 @@ from hubcompare.similarity.results import CKAResult
 runner = CliRunner()
 
 
-def _boom(*args, **kwargs):
-    raise AssertionError("computed although the store holds the result")
-
-
 @pytest.fixture
 def home(tmp_path):
-    """A HUBCOMPARE_HOME (so a result store) of this test's own, for CLI runs."""
-    return {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}
+    return own_home_env(tmp_path)
 
 
 def _cli(home, *args):
@@ -65,7 +61,7 @@ def test_a_stored_result_is_returned_without_computing_and_much_faster(trained_r
     fresh = run_request(req, store=store, device="cpu")
     computing = time.perf_counter() - started
     started = time.perf_counter()
-    hit = run_request(req, store=store, device="cpu", compare=_boom)  # would raise if it computed
+    hit = run_request(req, store=store, device="cpu", compare=computed_anyway)  # would raise if it computed
     answering = time.perf_counter() - started
     assert not fresh.from_store and hit.from_store and hit.key == fresh.key and hit.warnings == fresh.warnings
     assert answering < computing / 2, (answering, computing)

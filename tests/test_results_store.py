@@ -191,17 +191,23 @@ def _writer(root: str, first: int, count: int, start, kind: str = "cka") -> None
     os._exit(0)
 
 
-def test_two_processes_writing_different_keys_at_once_lose_nothing(tmp_path):
-    ResultStore(tmp_path)
+def _write_at_once(root, firsts: tuple[int, ...], count: int) -> tuple[ResultStore, list[int]]:
+    """One writer process per entry of ``firsts`` (keys first .. first+count-1), released together; the store after
+    and the writers' pids."""
+    ResultStore(root)
     start = FORK.Event()
-    procs = [FORK.Process(target=_writer, args=(str(tmp_path), first, 20, start)) for first in (0, 100)]
+    procs = [FORK.Process(target=_writer, args=(str(root), first, count, start)) for first in firsts]
     for p in procs:
         p.start()
     start.set()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    store = ResultStore(tmp_path)
+    return ResultStore(root), [p.pid for p in procs]
+
+
+def test_two_processes_writing_different_keys_at_once_lose_nothing(tmp_path):
+    store, _ = _write_at_once(tmp_path, firsts=(0, 100), count=20)
     stored = store.list()
     assert sorted(s.key for s in stored) == sorted(result_key("cka", inputs(i)) for i in [*range(20), *range(100, 120)])
     assert all(s.file("cka.png").read_bytes() == b"\x89PNG" for s in stored)
@@ -209,20 +215,11 @@ def test_two_processes_writing_different_keys_at_once_lose_nothing(tmp_path):
 
 
 def test_two_processes_writing_the_same_keys_store_each_once(tmp_path):
-    ResultStore(tmp_path)
-    start = FORK.Event()
-    procs = [FORK.Process(target=_writer, args=(str(tmp_path), 0, 10, start)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    store = ResultStore(tmp_path)
+    store, pids = _write_at_once(tmp_path, firsts=(0, 0), count=10)
     stored = store.list()
     assert sorted(s.key for s in stored) == sorted(result_key("cka", inputs(i)) for i in range(10))
     writers = {json.loads(s.file("cka.json").read_text())["payload"] for s in stored}
-    assert writers <= {str(p.pid) for p in procs}  # each folder whole, from one writer
+    assert writers <= {str(pid) for pid in pids}  # each folder whole, from one writer
     assert all(sorted(os.listdir(s.path)) == ["cka.json", "cka.png"] for s in stored)
     assert list((tmp_path / STAGING_DIR).iterdir()) == []
 

@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import computed_anyway, own_home_env
 from typer.testing import CliRunner
 
 from hubcompare.cli import app
@@ -22,13 +23,9 @@ from hubcompare.errors import InvalidRequestError
 runner = CliRunner()
 
 
-def _boom(*args, **kwargs):
-    raise AssertionError("computed although the store holds the result")
-
-
 @pytest.fixture
 def home(tmp_path):
-    return {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}
+    return own_home_env(tmp_path)
 
 
 def _json(home, *args):
@@ -65,7 +62,7 @@ def test_across_seeds_twice_comes_from_the_store_and_cross_cka_sides_find_it(mem
     # copies of one model: every pair's CKA at the same layer is 1 (an independent check of what was stored)
     assert first["summary"]["within_a"]["all"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert first["summary"]["models"] == {"a": 2, "b": 1}
-    monkeypatch.setattr(seed_kinds, "across_seeds", _boom)
+    monkeypatch.setattr(seed_kinds, "across_seeds", computed_anyway)
     second, err = _json(home, "across-seeds", a, b, *args, "--max-memory", "4", "--out", str(tmp_path / "two"))
     assert second["from_store"] is True and second["result_key"] == first["result_key"]
     assert f"stored result {first['result_key'][:12]}" in err and "--recompute to compute again" in err
@@ -96,7 +93,7 @@ def test_probes_twice_comes_from_the_store(trained_run, home, tmp_path, monkeypa
             "none"]
     first, err = _json(home, "probes", *args, "--out", str(tmp_path / "one"))
     assert first["from_store"] is False and "stored result" not in err
-    monkeypatch.setattr(probe_kinds, "probe_layers", _boom)
+    monkeypatch.setattr(probe_kinds, "probe_layers", computed_anyway)
     second, err = _json(home, "probes", *args, "--memory-gb", "1", "--out", str(tmp_path / "two"))
     assert second["from_store"] is True and second["result_key"] == first["result_key"]
     assert f"stored result {first['result_key'][:12]}" in err
@@ -118,7 +115,7 @@ def test_delete_blocks_twice_comes_from_the_store(trained_run, home, tmp_path, m
     args = [str(trained_run), "--examples", "200", "--blocks", "none"]
     first, _ = _json(home, "delete-blocks", *args, "--out", str(tmp_path / "one"))
     assert first["from_store"] is False
-    monkeypatch.setattr(probe_kinds, "run_deletion", _boom)
+    monkeypatch.setattr(probe_kinds, "run_deletion", computed_anyway)
     second, err = _json(home, "delete-blocks", *args, "--out", str(tmp_path / "two"))
     assert second["from_store"] is True and second["result_key"] == first["result_key"] and "stored result" in err
     assert second["stages"] == first["stages"] and second["full_accuracy"] == first["full_accuracy"]
