@@ -38,6 +38,10 @@ class HubcompareError(Exception):
             self.params = tuple(params)
 
 
+class InstallError(HubcompareError, RuntimeError):
+    """The installed packages cannot work together (torch and torchvision from different releases)."""
+
+
 class InvalidArchitectureError(HubcompareError, ValueError):
     """A model configuration that cannot be built (bad depth, bad width)."""
 
@@ -173,6 +177,10 @@ class CompareError(HubcompareError, ValueError):
     """Settings or activations that make a CKA comparison impossible (batch too small, NaN, ...)."""
 
 
+class MeasureError(CompareError):
+    """An unknown similarity measure, or a measure parameter out of its range."""
+
+
 class LayerSelectionError(CompareError):
     """Layer patterns that match nothing, or a layer that cannot be captured."""
 
@@ -285,6 +293,26 @@ class InvalidResultReferenceError(HubcompareError, ValueError):
 class SharedResultError(HubError, ValueError):
     """A result repo on the Hub that is not a valid hubcompare result: missing or malformed hubcompare-result.json, a key
     that does not match its inputs, unexpected or pickled files."""
+
+
+class SharedResultTooLargeError(SharedResultError):
+    """A shared result over one of the pull limits (files, bytes, layers, an npz member); ``limit`` names the limit,
+    ``size`` how big the thing was and ``maximum`` the limit's value."""
+
+    def __init__(self, message: str, limit: str = "", size: int = 0, maximum: int = 0):
+        super().__init__(message)
+        self.limit, self.size, self.maximum = limit, size, maximum
+
+
+class ResultRepoConflictError(PushError, ValueError):
+    """``push-result`` to an existing repo that is not a hubcompare result (its card does not say so), or that holds
+    files no result push wrote: refused, nothing written or deleted."""
+
+    http_status = 409
+
+
+class ResultFileMissingError(ResultStoreError, FileNotFoundError):
+    """A stored result lists a file that is no longer in its folder (the store was edited or damaged)."""
 
 
 class ServiceError(HubcompareError):

@@ -49,3 +49,15 @@ def computed_anyway(*args, **kwargs):
 def own_home_env(tmp_path) -> dict:
     """CLI environment with a HUBCOMPARE_HOME (so a result store and registry) of the test's own, no curated entries."""
     return {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}
+
+
+def ref_hsic1(K, L):
+    """The recipe's three-term unbiased HSIC_1 of two Gram matrices, in numpy float64: the tests' independent reference."""
+    import numpy as np
+
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one = np.ones(n)
+    return (np.trace(K @ L) + one @ K @ one * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))

@@ -66,7 +66,7 @@ def test_per_layer_numbers_are_the_pairwise_compare_results(seed_runs, result):
         ps = r.sets[name]
         assert ps.pairs[p] == (str(x), str(y))
         # the same pair on its own: a separate pass of two models
-        own = compare(_models([x, y], layers), ds, BATCH, 1, 0, EXAMPLES).pair(0, 1)
+        own = compare(_models([x, y], layers), ds, batch_size=BATCH, num_examples=EXAMPLES).pair(0, 1)
         np.testing.assert_allclose(ps.values[p], own.value[np.arange(len(ps.match)), ps.match], rtol=0, atol=1e-10)
         np.testing.assert_allclose(ps.se[p], own.se[np.arange(len(ps.match)), ps.match], rtol=0, atol=1e-10)
     within_a = r.sets["within_a"].values
@@ -162,6 +162,11 @@ def test_cli_on_population_sides_through_the_hub(seed_runs, hub, tmp_path):
     local = json.loads((tmp_path / "x" / "across_seeds.json").read_text())
     assert local["sides"]["a"]["label"] == "deep" and local["sides"]["b"]["label"] == "wide"
     assert local["summary"]["models"] == {"a": 2, "b": 1} and local["summary"]["pairs"]["within_a"] == 1
+    # the line under the tables is the summary's: here neither side's models have a block, so no inside/outside claim
+    from hubcompare.populations.wording import seeds_sentence
+
+    said = seeds_sentence(local["summary"], "deep", "wide")
+    assert said in flat and (said.startswith("No model has a block") == (not any(local["summary"]["models_with_a_block"].values())))
     # the pass is the same computation: the pair (r8 s0, r14 s0) has the numbers the population run printed
     np.testing.assert_allclose(local["pair_sets"]["across_on_a"]["cka"][0], printed["pair_sets"]["across_on_a"]["cka"][0],
                                atol=1e-10)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import toy_dataset
+from helpers import ref_hsic1, toy_dataset
 from torch import nn
 
 import hubcompare  # noqa: F401
@@ -14,15 +14,6 @@ from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
 
 
 # ---- independent reference: numpy float64, the recipe's three-term formula ------------------
-def ref_hsic1(K, L):
-    n = K.shape[0]
-    K, L = K.copy(), L.copy()
-    np.fill_diagonal(K, 0)
-    np.fill_diagonal(L, 0)
-    one = np.ones(n)
-    return (np.trace(K @ L) + one @ K @ one * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
-
-
 def ref_minibatch_cka(X, Y, batches):
     """sum_b n_b HSIC(K_b, L_b) / sqrt(sum_b n_b HSIC(K_b, K_b) * sum_b n_b HSIC(L_b, L_b)), raw (uncentred) Grams."""
     xy = xx = yy = 0.0

@@ -44,17 +44,20 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     offline: bool = False  # HF_HUB_OFFLINE for this case
     pending: str = ""  # a known traceback whose fix is someone else's work in progress (the case xfails, not strictly)
+    endpoint: str = ""  # HF_ENDPOINT as huggingface_hub read it (constants.ENDPOINT) for this case
 
     @property
     def id(self) -> str:
-        return re.sub(r"[^\w.=+-]+", "_", f"{self.command} {' '.join(self.args)} {' '.join(self.env)}").strip("_")[:90]
+        where = f" {self.endpoint}" if self.endpoint else ""
+        return re.sub(r"[^\w.=+-]+", "_", f"{self.command} {' '.join(self.args)} {' '.join(self.env)}{where}").strip("_")[:90]
 
 
 def _cases() -> list[Case]:
     out: list[Case] = []
 
-    def add(command: str, *args: str, expect: str, env: dict | None = None, offline: bool = False, pending: str = "") -> None:
-        out.append(Case(command, args, expect, env or {}, offline, pending))
+    def add(command: str, *args: str, expect: str, env: dict | None = None, offline: bool = False, pending: str = "",
+            endpoint: str = "") -> None:
+        out.append(Case(command, args, expect, env or {}, offline, pending, endpoint))
 
     corrupt_home = {"HUBCOMPARE_HOME": "{corrupt_home}"}
     home_is_file = {"HUBCOMPARE_HOME": "{file}"}
@@ -83,9 +86,10 @@ def _cases() -> list[Case]:
     add("train", "digits", "--seed", "-1", "--out", "{new}", expect="'--seed'")
     for threads in ("0", "-1"):
         add("train", "digits", "--threads", threads, "--out", "{new}", expect="'--threads'")
-    for epochs in ("0", "-1"):
-        add("train", "digits", "--epochs", epochs, "--out", "{new}", expect="train.epochs' must be >= 1")
-    add("train", "digits", "--epochs", "1", "--out", "{new}", expect="warmup_epochs.*more epochs")
+    for epochs in ("0", "-1", "-3"):
+        add("train", "digits", "--epochs", epochs, "--out", "{new}", expect="'--epochs'")
+    add("train", "my-recipe.yaml", "--out", "{new}", expect="recipe file my-recipe.yaml not found: .*does not exist")
+    add("train", "digts", "--out", "{new}", expect="did you mean digits")
     for frac in ("0", "2", "abc", "1/0", "nan"):
         add("train", "digits", *t, "--data-fraction", frac, "--out", "{new}", expect="'--data-fraction'")
     add("train", "digits", *t, "--dataset", "nope", "--out", "{new}", expect="unknown dataset 'nope'")
@@ -222,6 +226,18 @@ def _cases() -> list[Case]:
     add("cross-cka", "{run}", "{run}", "--examples", "0", expect="examples")
     add("cross-cka", "{run}", "{run}", "--seed", HUGE, expect="seed")
     add("cross-cka", "{run}", "hf:x/y", expect="accepted forms")
+    add("compare", "{run}", expect="at least two models")
+    add("compare", "{run}", "{missing}", expect=NO_FOLDER)
+    add("compare", "{run}", "{run}", "--measure", "cca", expect="'cca' is not a measure: choose from cka, rbf-cka, rsa")
+    add("compare", "{run}", "{run}", "--measure", "rbf-cka", "--param", "rbf-cka.frac=-1", expect="frac = -1 is out of range")
+    add("compare", "{run}", "{run}", "--measure", "mknn", "--param", "mknn.k=2.5", expect="k = 2.5 .*whole number")
+    add("compare", "{run}", "{run}", "--param", "frac=2", expect="MEASURE.NAME=NUMBER")
+    add("compare", "{run}", "{run}", "--measure", "cka", "--param", "mknn.k=3", expect="not among the chosen measures")
+    add("compare", "{run}", "{run}", "--measure", "mknn", "--batch-size", "8", expect="more than k examples.*--batch-size")
+    add("compare", "{run}", "{run}", "--examples", "50", "--out", "{file}", expect="'--out'.*is a file")
+    add("measures", "rsa", expect="unexpected extra argument")
+    add("measures", "--measure", "rsa", expect="No such option")
+    add("measures", "--json", "rsa", expect="unexpected extra argument")
     add("blocks", "{run}", "--pc-examples", "0", expect="'--pc-examples'")
     add("blocks", "{run}", "--pc-examples", "-1", expect="'--pc-examples'")
     for opt in ("--pc1-threshold", "--cka-threshold", "--min-mean-pc1"):
@@ -322,8 +338,8 @@ def _cases() -> list[Case]:
     add("cross-cka", "{run}+{run2}", "{run}", "{run2}", expect="two at a time")
     add("report", "{missing}", expect=NO_FOLDER)
     add("report", "{bad_weights}", expect="model.safetensors")
-    add("report", "{run}", "--out", "{file}", expect="'--out'.*does not end in .html")
-    add("report", "{run}", "--out", "{folder}", expect="'--out'.*is a folder")
+    add("report", "{run}", "--out", "{file}", expect="'--out'.*is a file: give a folder")
+    add("report", "{run}", "--out", "{file}/sub", expect="'--out'.*a-file.txt is a file")
     add("report", "{run}", "--out", "{file}/sub/r.html", expect="'--out'.*a-file.txt is a file")
     add("report", "{run}", "--batch-size", "0", expect="batch")
     add("report", "{run}", "--pc-examples", "0", expect="'--pc-examples'")
@@ -334,11 +350,12 @@ def _cases() -> list[Case]:
     add("results list", "--limit", "0", expect="'--limit'")
     add("results list", env={"HUBCOMPARE_HOME": "{corrupt_results_home}"}, expect=results_db)
     add("results list", env=home_is_file, expect="cannot use the result store")
-    for cmd in ("results show", "results rm"):
+    for cmd in ("results show", "results rm", "results verify"):
         add(cmd, "zz", expect="'zz' is not a result key")
         add(cmd, "../../etc/passwd", expect="is not a result key")
         add(cmd, "abc", expect="too short to name a result: give at least 6")
         add(cmd, "abcdef", expect="no stored result has a key starting 'abcdef'.*hubcompare results list")
+    add("results verify", "abcdef", "--tolerance", "-1", expect="'--tolerance'")
     add("results show", "hf-hub-result:no-owner", expect="not a Hub repo id.*hf-hub-result:OWNER/NAME")
     add("results rm", "abcdef", "--yes", env={"HUBCOMPARE_HOME": "{corrupt_results_home}"}, expect=results_db)
     add("results pull", "hf-hub:alice/model", expect="not a shared-result reference.*hf-hub-result:OWNER/NAME")
@@ -369,7 +386,50 @@ def _cases() -> list[Case]:
     add("serve", "--port", "0", env={"HUBCOMPARE_HOME": "{corrupt_jobs_home}"},
         expect="job journal .*jobs.sqlite cannot be opened.*remove it")
     add("serve", "--backend", "ray", "--ray-address", "127.0.0.1:1", "--port", "0", expect="cannot start or reach Ray at 127.0.0.1:1")
+    _trust_boundary_cases(add, two)
     return out
+
+
+# --- trust boundaries (#23 items 11, 13, 19): collection slugs, registry names, Hub addresses, a dead Hub --------------
+HOSTILE_SLUGS = ("../../api/models", "a/../../b", "..", "\u0430lice/zoo", "alice/zoo?full=true")
+LOOKALIKE = "digits-r1\u0430"  # a Cyrillic а
+BAD_ENDPOINTS = ("notaurl", "127.0.0.1:8080", "ftp://x", "http://u:p@127.0.0.1")
+UNPARSABLE_ENDPOINTS = ("http://[::1", "http://127.0.0.1:99999")  # `import huggingface_hub` itself fails on these
+DEAD = "http://127.0.0.1:1"  # a closed port on loopback
+
+
+def _trust_boundary_cases(add, two: str) -> None:
+    slug_rule = "collection slug .*push-population"
+    for slug in HOSTILE_SLUGS:
+        add("agreement", "{run}", f"collection:{slug}", expect=slug_rule)
+        add("class-diff", two, f"{two}+collection:{slug}", expect=slug_rule)
+        add("across-seeds", "{run}", f"collection:{slug}", expect=slug_rule)
+        add("cross-cka", "{run}+{run2}", f"collection:{slug}", expect=slug_rule)
+    ascii_rule = "registry name 'digits-r1.' .*U\\+0430 CYRILLIC SMALL LETTER A, not ASCII"
+    add("registry add", LOOKALIKE, "{run}", expect=ascii_rule)
+    add("push", "{run}", "--repo", "me/x", "--name", LOOKALIKE, expect=ascii_rule)
+    add("pull", "{run}", "--name", LOOKALIKE, expect=ascii_rule)
+    add("push-population", "{run}", "--population", "zoo-\u2163", "--owner", "me", expect="population name .*not ASCII")
+    add("registry sync", "--author", "me", "--population", "zoo-\u0430", expect="population .*not ASCII")
+    for url in BAD_ENDPOINTS:
+        rule = f"HF_ENDPOINT '{re.escape(url)}' is not a Hub address: .*http\\(s\\)://HOST"
+        add("pull", "hf-hub:a/b", endpoint=url, expect=rule)
+        add("registry sync", "--author", "me", endpoint=url, expect=rule)
+        add("push", "{run}", "--repo", "me/x", endpoint=url, expect=rule)
+        add("agreement", "{run}", "collection:alice/zoo", endpoint=url, expect=rule)
+        add("results pull", "hf-hub-result:alice/x", endpoint=url, expect=rule)
+    add("push-population", "{run}", "--population", "p", "--owner", "me", endpoint="notaurl", expect="HF_ENDPOINT 'notaurl'")
+    add("grid", "{grid_ok}", "--push", "--owner", "me", endpoint="notaurl", expect="HF_ENDPOINT 'notaurl'")  # before training
+    for url in UNPARSABLE_ENDPOINTS:  # the environment variable: refused before any command runs
+        for command in ("pull", "registry list"):
+            add(command, *(("hf-hub:a/b",) if command == "pull" else ()), env={"HF_ENDPOINT": url},
+                expect=f"HF_ENDPOINT '{re.escape(url)}' is not a Hub address")
+    dead = f"the Hub {DEAD} did not answer after [15] attempts?( in 0 s)?: nothing answers there .*refused.*hub serve.*HF_ENDPOINT"
+    add("registry sync", "--author", "me", endpoint=DEAD, expect=f"registry sync: list the models of me: {dead}")
+    add("pull", "hf-hub:a/b", endpoint=DEAD, expect=dead)
+    add("push", "{run}", "--repo", "me/x", endpoint=DEAD, expect=dead)
+    add("agreement", "{run}", "collection:alice/zoo", endpoint=DEAD, expect=dead)
+    add("agreement", "{run}", "hf-tag:population-zoo", endpoint=DEAD, expect=dead)
 
 
 CASES = _cases()
@@ -483,6 +543,8 @@ def test_hostile_input_is_one_typed_error(case: Case, lab, tmp_path, quick_hub, 
     env.setdefault("HUBCOMPARE_HOME", str(tmp_path / "home"))
     env.setdefault("HUBCOMPARE_REGISTRY_DIRS", "")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case.offline)
+    if case.endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", case.endpoint)
     monkeypatch.chdir(tmp_path)  # default output folders (runs/, results/) land here
     r = runner.invoke(app, args, env=env)
     out = _flat(r.output)
@@ -520,3 +582,26 @@ def test_console_script_prints_no_traceback(lab, args, env, expect):
     assert p.returncode == 2, p.stdout + p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     assert expect in _flat(p.stderr)
+
+
+@pytest.mark.slow  # five `hubcompare` processes (~5 s each on 2 cores: imports)
+def test_trust_boundaries_from_the_console_script(lab, tmp_path):
+    """#23 items 11 and 19 as a user meets them: the installed script, real environment variables, a closed port."""
+    import time
+
+    from helpers import free_port
+
+    script = Path(sys.executable).with_name("hubcompare")
+    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from hubcompare.cli.main import main; main()"]
+    dead = f"http://127.0.0.1:{free_port()}"
+    runs = [({"HF_ENDPOINT": "notaurl"}, ["pull", "hf-hub:a/b"], "HF_ENDPOINT 'notaurl' is not a Hub address"),
+            ({"HF_ENDPOINT": "http://[::1"}, ["pull", "hf-hub:a/b"], "HF_ENDPOINT 'http://[::1' is not a Hub address"),
+            ({"HF_ENDPOINT": dead}, ["registry", "sync", "--author", "alice"], f"the Hub {dead} did not answer after 5 attempts"),
+            ({}, ["agreement", lab["run"], "collection:../../api/models"], "collection slug '../../api/models'"),
+            ({}, ["across-seeds", lab["run"], "collection:a/../../b"], "collection slug 'a/../../b'")]
+    for env, args, expect in runs:
+        full_env = dict(os.environ, HUBCOMPARE_HOME=str(tmp_path / "home"), COLUMNS="300", **env)
+        start = time.monotonic()
+        p = subprocess.run([*command, *args], capture_output=True, text=True, env=full_env, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+        assert expect in _flat(p.stderr) and time.monotonic() - start < 40, (args, p.stderr)  # sync: ~7.5 s of looks

@@ -2,6 +2,7 @@
 without deletable blocks get a typed error, the CLI's files; and (slow) deletions inside a block cost less."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -109,6 +110,17 @@ def test_cli_writes_json_csv_figure(trained_run, tmp_path):
     assert (out / "deletion.csv").read_text().splitlines()[0] == "stage,deleted,first_deleted,accuracy,drop"
     assert (out / "deletion.svg").read_text().lstrip().startswith("<?xml")
     assert json.loads((out / "deletion.json").read_text())["stages"] == data["stages"]
+    # the table and the sentence, from the stored result: changes signed (negative: accuracy lost), no block claim
+    from hubcompare.comparisons.probe_kinds import deletion_result_from_json
+    from hubcompare.probes.summary import deletion_sentence
+
+    r = CliRunner().invoke(app, ["delete-blocks", str(trained_run), "--blocks", "none", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(re.sub(r"[│┃━─┏┓┗┛┡┩└┘┌┐╇╈┳┻┼╋]", " ", r.output).split())
+    result = deletion_result_from_json(data)
+    assert deletion_sentence(result) in flat and "No blocks were given" in flat and "drop" not in flat
+    changes = [float(x) for x in re.findall(r"\d\.\d{4} ([-+]\d\.\d{4})", flat)]
+    assert changes == [round(row["accuracy"] - result.full_accuracy, 4) for row in result.rows() if row["deleted"]]
 
 
 @pytest.mark.slow

@@ -145,8 +145,8 @@ def test_hub_serve_command(tmp_path):
 
     port = free_port()
     cli = str(Path(sys.executable).parent / "hubcompare")
-    proc = subprocess.Popen([cli, "hub", "serve", "--data", str(tmp_path / "data"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([cli, "hub", "serve", "--data", str(tmp_path / "data"), "--port", str(port), "--verbose"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # piped: request lines only with --verbose
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -33,6 +33,7 @@ COUNTS = {"requests": 0, "invariants": 0}
 BY_TEST: dict[str, tuple[int, int]] = {}
 TIMEOUT = 2.0  # the servers' idle timeout here
 TOKEN = "hostile-test-token-0123"
+ANY = "hf_any_value"  # what a client sends a token-less loopback hub (writes need some Authorization, issue #23)
 CLI = str(Path(sys.executable).parent / "hubcompare")
 
 
@@ -109,17 +110,16 @@ def send(port: int, raw: bytes, method: str = "GET", timeout: float = 20.0, coun
         return Answer(resp.status, resp.getheaders(), resp.read())
 
 
-def head_bytes(port, method, path, headers) -> bytes:
-    h = {"Host": f"127.0.0.1:{port}", "Connection": "close", **headers}
+def head_bytes(port, method, path, headers, auth=ANY) -> bytes:
+    h = {"Host": f"127.0.0.1:{port}", "Connection": "close", **({"Authorization": f"Bearer {auth}"} if auth else {}), **headers}
     return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode("latin-1")
 
 
-def req(port, method, path, body=b"", headers=None, auth=None, count=True) -> Answer:
+def req(port, method, path, body=b"", headers=None, auth=ANY, count=True) -> Answer:
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
-    h = {"Content-Length": str(len(body)), "Content-Type": "application/json",
-         **({"Authorization": f"Bearer {auth}"} if auth else {}), **(headers or {})}
-    return send(port, head_bytes(port, method, path, h) + body, method, count=count)
+    h = {"Content-Length": str(len(body)), "Content-Type": "application/json", **(headers or {})}
+    return send(port, head_bytes(port, method, path, h, auth) + body, method, count=count)
 
 
 def add(path, data: bytes) -> dict:
@@ -374,6 +374,334 @@ def test_slow_clients_neither_pin_threads_nor_block_writers(env):
     sb.check(port)
 
 
+# --- issue #23: web pages, DNS rebinding, slow clients -------------------------------------------
+def data_state(sb: Sandbox) -> dict:
+    """Every path under --data with its bytes: a refused request changes none of it."""
+    return {str(p.relative_to(sb.data)): p.read_bytes() if p.is_file() else None for p in sorted(sb.data.rglob("*"))}
+
+
+def test_web_pages_and_rebinding_pages_cannot_write(tmp_path):
+    """A token-less loopback hub: every write route, as a cross-site form/fetch, without Authorization, and
+    from a DNS-rebinding page (Host naming the attacker's host), is refused and --data is unchanged."""
+    from hubcompare.hub.server import HubServer
+
+    sb = Sandbox(tmp_path)
+    with HubServer(sb.data, timeout=TIMEOUT) as server:
+        port = server.port
+        assert req(port, "POST", "/api/repos/create", {"name": "base", "organization": "own"}).status == 200
+        assert req(port, "POST", "/api/models/own/base/commit/main", ndjson(add("config.json", b"{}"))).status == 200
+        c = json.loads(req(port, "POST", "/api/collections", {"namespace": "own", "title": "Pop"}).body)
+        item = json.loads(req(port, "POST", f"/api/collections/{c['slug']}/items", {"item": {"id": "own/base", "type": "model"}}).body)
+        slug, item_id, base = c["slug"], item["items"][0]["_id"], "/api/models/own/base"
+        writes = [("POST", "/api/repos/create", {"name": "pwned", "organization": "own"}),
+                  ("DELETE", "/api/repos/delete", {"name": "base", "organization": "own"}),
+                  ("PUT", f"{base}/settings", {"private": True}),
+                  ("POST", f"{base}/preupload/main", {"files": [{"path": "x.txt", "size": 1, "sample": ""}]}),
+                  ("POST", f"{base}/commit/main", ndjson(add("pwned.txt", b"p"))),
+                  ("POST", f"{base}/branch/pwned", {}), ("DELETE", f"{base}/branch/main", {}),
+                  ("POST", f"{base}/tag/main", {"tag": "pwned"}),
+                  ("POST", "/api/collections", {"namespace": "own", "title": "Pwned"}),
+                  ("PATCH", f"/api/collections/{slug}", {"title": "pwned"}),
+                  ("DELETE", f"/api/collections/{slug}", {}),
+                  ("POST", f"/api/collections/{slug}/items", {"item": {"id": "own/pwned", "type": "model"}}),
+                  ("PATCH", f"/api/collections/{slug}/items/{item_id}", {"note": "pwned"}),
+                  ("DELETE", f"/api/collections/{slug}/items/{item_id}", {})]
+        evil = "http://evil.example"
+        shapes = [  # (headers, auth, status): what a page can make a browser send
+            ({"Content-Type": "text/plain", "Origin": evil}, None, 403),  # cross-site form/fetch: no preflight needed
+            ({"Content-Type": "text/plain", "Origin": "null"}, None, 403),  # sandboxed iframe, file://
+            ({"Origin": evil}, ANY, 403),  # even with a token (a browser could not add one cross-site)
+            ({"Origin": f"http://localhost:{port}"}, ANY, 403),  # another origin on this machine
+            ({"Content-Type": "text/plain"}, None, 401),  # no Origin (an old browser): still no Authorization
+            ({"Authorization": "Basic dTpw"}, None, 401),  # cached Basic credentials are not a Bearer token
+            ({"Authorization": "Bearer "}, None, 401),
+            ({"Host": f"rebind.evil.example:{port}", "Origin": f"http://rebind.evil.example:{port}"}, ANY, 421),  # rebinding
+            ({"Host": f"rebind.evil.example:{port}"}, ANY, 421),
+            ({"Host": f"127.0.0.1.nip.io:{port}"}, ANY, 421), ({"Host": f"localhost.evil.example:{port}"}, ANY, 421),
+            ({"Host": "127.0.0.1"}, ANY, 421), ({"Host": f"127.0.0.1:{port + 1}"}, ANY, 421),  # not this server's port
+            ({"Host": f"2130706433:{port}"}, ANY, 421), ({"Host": f"127.1:{port}"}, ANY, 421),  # never resolved
+        ]
+        before = data_state(sb)
+        for method, path, body in writes:
+            for headers, auth, status in shapes:
+                a = req(port, method, path, body, headers, auth=auth)
+                try:
+                    refused(a, status)
+                    assert not any(k.lower().startswith("access-control-") for k, _ in a.headers)
+                except AssertionError as e:
+                    raise AssertionError(f"{method} {path} {headers} auth={auth}") from e
+            assert data_state(sb) == before, f"{method} {path} changed --data"
+        two_hosts = head_bytes(port, "DELETE", "/api/repos/delete", {"Host": f"rebind.evil.example:{port}", "Content-Length": "39"})
+        no_host = b"DELETE /api/repos/delete HTTP/1.1\r\nAuthorization: Bearer x\r\nConnection: close\r\nContent-Length: 39\r\n\r\n"
+        for raw in [two_hosts, no_host]:
+            refused(send(port, raw + b'{"name": "base", "organization": "own"}'), 421)
+        refused(req(port, "GET", "/api/models", headers={"Origin": evil}), 403)  # reads from pages too
+        refused(send(port, b"OPTIONS /api/repos/create HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: %s\r\n"
+                     b"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n\r\n"
+                     % (port, evil.encode())), 501)  # the preflight a page would need is never granted
+        assert data_state(sb) == before
+        sb.check(port)
+        for host in [f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"127.0.0.2:{port}"]:
+            a = req(port, "POST", "/api/collections", {"namespace": "own", "title": f"ok {host}"},
+                    {"Host": host, "Origin": f"http://{host}"})  # an API client, or this hub's own origin
+            assert a.status == 200, (host, a.body)
+        assert req(port, "POST", f"{base}/paths-info/main", {"paths": ["config.json"]}, auth=None).status == 200  # reads: no token
+        sb.check(port)
+    assert len(writes) * len(shapes) > 200
+
+
+def test_the_real_client_passes_the_trust_checks(tmp_path):
+    """huggingface_hub sends Host 127.0.0.1:PORT, no Origin, and a Bearer token on every call."""
+    from huggingface_hub import HfApi
+
+    from hubcompare.hub.server import HubServer
+
+    with HubServer(tmp_path / "data", timeout=TIMEOUT) as server:
+        seen, base = [], server.httpd.RequestHandlerClass
+
+        class Seen(base):
+            def _dispatch(self, method):
+                seen.append((method, self.headers.get_all("Host"), self.headers.get("Origin"), self.headers.get("Authorization")))
+                return super()._dispatch(method)
+
+        server.httpd.RequestHandlerClass = Seen
+        api = HfApi(endpoint=server.endpoint, token="hf_local")
+        api.create_repo("own/client")
+        api.upload_file(path_or_fileobj=b"hi", path_in_repo="a.txt", repo_id="own/client")
+        assert api.list_repo_files("own/client") == [".gitattributes", "a.txt"]
+        api.delete_repo("own/client")
+    assert len(seen) >= 5 and {m for m, *_ in seen} >= {"GET", "POST", "DELETE"}
+    assert all(h == [f"127.0.0.1:{server.port}"] and o is None and a == "Bearer hf_local" for _, h, o, a in seen), seen
+
+
+def test_every_request_has_a_whole_request_deadline(tmp_path):
+    """A head dripped a byte at a time, and a body below the minimum rate, are cut off (408) at their deadline
+    however steadily they drip; an upload above the rate may take longer than ``timeout`` and succeeds."""
+    from hubcompare.hub.server import HubServer
+
+    sb = Sandbox(tmp_path)
+    with HubServer(sb.data, timeout=0.3) as server:
+        port, rate = server.port, 64 * 1024
+        server.httpd.RequestHandlerClass.min_upload_rate = rate
+        assert req(port, "POST", "/api/repos/create", {"name": "up", "organization": "own"}).status == 200
+        fast = ndjson(add("fast.bin", os.urandom(48 * 1024)))  # 64 KiB of NDJSON: deadline 0.3 + 1 s
+        slow = ndjson(add("slow.bin", os.urandom(12 * 1024)))  # 16 KiB: deadline 0.3 + 0.25 s
+        results = {}
+
+        def drip(name, head, body, step, every, limit):
+            """Send ``head`` + ``body`` ``step`` bytes every ``every`` s (at most ``limit`` s), then read the answer."""
+            COUNTS["requests"] += 1
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                t0, data = time.monotonic(), head + body
+                for i in range(0, len(data), step):
+                    if time.monotonic() - t0 > limit or select.select([s], [], [], 0)[0]:
+                        break  # answered (or cut off) early
+                    try:
+                        s.sendall(data[i:i + step])
+                    except OSError:
+                        break
+                    time.sleep(every)
+                resp = http.client.HTTPResponse(s, method="POST")
+                try:
+                    resp.begin()
+                    results[name] = (resp.status, resp.getheader("X-Error-Message"), time.monotonic() - t0)
+                except (OSError, http.client.HTTPException) as e:
+                    results[name] = (type(e).__name__, None, time.monotonic() - t0)
+
+        commit = "/api/models/own/up/commit/main"
+        runs = [("head", head_bytes(port, "GET", "/api/whoami-v2", {}), b"", 1, 0.02, 2.0),  # 50 B/s, never idle 0.3 s
+                ("below", head_bytes(port, "POST", commit, {"Content-Length": str(len(slow))}), slow, 1024, 0.125, 2.0),  # 8 KiB/s
+                ("above", head_bytes(port, "POST", commit, {"Content-Length": str(len(fast))}), fast, 8192, 0.06, 3.0)]  # 133 KiB/s
+        threads = [threading.Thread(target=drip, args=r) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        status, message, took = results["head"]
+        assert status == 408 and "head" in message and 0.25 < took < 1.5, results["head"]
+        status, message, took = results["below"]
+        assert status == 408 and "send it faster" in message and 0.45 < took < 1.5, results["below"]
+        status, _, took = results["above"]
+        assert status == 200 and took > 0.3, results["above"]  # longer than timeout: its body earned the time
+        files = [f["path"] for f in json.loads(req(port, "GET", "/api/models/own/up/tree/main").body)]
+        assert "fast.bin" in files and "slow.bin" not in files
+        sb.check(port)
+
+
+def test_a_full_server_drops_its_slowest_connection_not_a_new_one(tmp_path):
+    """8 slots held by heads that never end (refilled as they go): each normal request takes the slot of the
+    oldest of them, which is answered 503 in the Hub's form; a body arriving on pace is never the one dropped."""
+    from hubcompare.hub.server import HubServer
+
+    sb = Sandbox(tmp_path)
+    with HubServer(sb.data, timeout=30.0) as server:
+        port = server.port
+        server.httpd.max_connections = 8
+        assert req(port, "POST", "/api/repos/create", {"name": "steady", "organization": "own"}).status == 200
+        steady = socket.create_connection(("127.0.0.1", port), timeout=5)  # the oldest, but its body keeps coming
+        body = ndjson(add("steady.bin", os.urandom(30_000)))
+        steady.sendall(head_bytes(port, "POST", "/api/models/own/steady/commit/main", {"Content-Length": str(len(body))})
+                       + body[:20_000])
+        slow = []
+
+        def open_slow():
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head_bytes(port, "GET", "/api/whoami-v2", {})[:-2] + b"X-Slow: ")
+            slow.append(s)
+            COUNTS["requests"] += 1
+            time.sleep(0.02)
+
+        for _ in range(7):
+            open_slow()
+        time.sleep(0.1)
+        try:
+            for i in range(5):
+                t0 = time.monotonic()
+                assert req(port, "POST", "/api/collections", {"namespace": "own", "title": f"n{i}"}).status == 200
+                assert time.monotonic() - t0 < 1.0
+                a = http.client.HTTPResponse(slow[i], method="GET")
+                a.begin()  # the oldest slow head was dropped, with an answer
+                refused(Answer(a.status, a.getheaders(), a.read()), 503)
+                assert "send requests whole" in a.getheader("X-Error-Message")
+                assert not select.select(slow[i + 1:], [], [], 0)[0]  # the younger ones still wait
+                open_slow()  # full again
+            steady.sendall(body[20_000:])
+            a = http.client.HTTPResponse(steady, method="POST")
+            a.begin()
+            assert a.status == 200, a.read()
+            assert {"rfilename": "steady.bin"} in json.loads(req(port, "GET", "/api/models/own/steady").body)["siblings"]
+        finally:
+            for s in [steady, *slow]:
+                s.close()
+        sb.check(port)
+
+
+class SlowClients:
+    """``n`` connections to 127.0.0.1:``port`` that each send a byte about every ``every`` s, in three kinds: heads
+    that never end, bodies that never end, and connections that send nothing. One thread, for at most ``limit``
+    s; a connection the server drops is reopened (what a determined attacker does)."""
+
+    def __init__(self, port: int, n: int, every: float = 1.0, limit: float = 8.0):
+        self.port, self.n, self.every, self.limit = port, n, every, limit
+        self.socks: list = [None] * n
+        self.opened = self.dropped = self.sent = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _open(self, i: int):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        kind = i % 5
+        if kind < 3:  # a head that never ends
+            s.sendall(head_bytes(self.port, "GET", "/api/whoami-v2", {})[:-2] + b"X-Slow: ")
+        elif kind == 3:  # a body that never ends
+            s.sendall(head_bytes(self.port, "POST", "/api/collections", {"Content-Length": "1000"}) + b"{")
+        self.opened += 1
+        COUNTS["requests"] += 1
+        return s
+
+    def _run(self):
+        deadline = time.monotonic() + self.limit
+        for i in range(self.n):
+            self.socks[i] = self._open(i)
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for i, s in enumerate(self.socks):
+                if select.select([s], [], [], 0)[0]:  # answered (503/408) or closed by the server: reopen
+                    s.close()
+                    self.dropped += 1
+                    try:
+                        self.socks[i] = self._open(i)
+                    except OSError:
+                        pass
+                elif i % 5 != 4:
+                    try:
+                        s.send(b"a")
+                        self.sent += 1
+                    except OSError:
+                        pass
+            self.stop.wait(self.every)
+        for s in self.socks:
+            s.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.mark.slow  # 300 slow clients held for ~6 s
+def test_hundreds_of_slow_clients_do_not_lock_out_a_normal_one(tmp_path):
+    """300 slow connections (more than the 256 slots) that each send a byte a second, on a server whose deadline
+    (30 s) is far away: a normal client's reads and writes, raw and through huggingface_hub, are each served
+    within 1.5 s, and an upload that keeps above the minimum rate is never dropped to make room."""
+    from huggingface_hub import HfApi
+
+    from hubcompare.hub.server import HubServer
+
+    sb = Sandbox(tmp_path)
+    with HubServer(sb.data, timeout=30.0) as server:
+        port, latencies, upload = server.port, [], {}
+        api = HfApi(endpoint=server.endpoint, token="hf_local")
+        api.create_repo("own/busy")
+        steady = ndjson(add("steady.bin", os.urandom(96 * 1024)))  # ~128 KiB sent at ~64 KiB/s (the minimum is 16)
+
+        def steady_upload():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head_bytes(port, "POST", "/api/models/own/busy/commit/main", {"Content-Length": str(len(steady))}))
+                for i in range(0, len(steady), 8192):
+                    s.sendall(steady[i:i + 8192])
+                    time.sleep(0.125)
+                resp = http.client.HTTPResponse(s, method="POST")
+                resp.begin()
+                upload["status"] = resp.status
+
+        with SlowClients(port, 300) as slow:
+            time.sleep(1.5)  # all open, the bodies past their grace second
+            uploader = threading.Thread(target=steady_upload)
+            uploader.start()
+            t_end, n = time.monotonic() + 4.0, 0
+            while time.monotonic() < t_end:
+                for call in [lambda: req(port, "GET", "/api/whoami-v2"),
+                             lambda: req(port, "POST", "/api/models/own/busy/commit/main", ndjson(add(f"n{n}.txt", b"n"))),
+                             lambda: api.model_info("own/busy")]:
+                    t0 = time.monotonic()
+                    a = call()
+                    latencies.append(time.monotonic() - t0)
+                    assert getattr(a, "status", 200) == 200, (a.status, a.body)
+                n += 1
+                time.sleep(0.1)
+            uploader.join(15)
+            assert slow.opened >= 300 and slow.dropped > 0 and slow.thread.is_alive()  # still attacking throughout
+        assert upload.get("status") == 200, upload
+        assert max(latencies) < 1.5, sorted(latencies)[-5:]
+        files = api.list_repo_files("own/busy")
+        assert "steady.bin" in files and f"n{n - 1}.txt" in files
+        sb.check(port)
+    print(f"\n{len(latencies)} normal calls under 300 slow clients: max {max(latencies):.3f} s, "
+          f"median {sorted(latencies)[len(latencies) // 2]:.3f} s; {slow.opened} slow connections opened, {slow.dropped} dropped")
+
+
+@pytest.mark.slow  # a 64 MiB upload through huggingface_hub (~5 s)
+def test_a_large_upload_fits_its_deadline(tmp_path):
+    """The deadline grows with the body (1 s per 16 KiB past ``timeout``): a 64 MiB file (85 MiB of base64
+    NDJSON) uploads through the real client on a server whose timeout is 1 s."""
+    from huggingface_hub import HfApi
+
+    from hubcompare.hub.server import HubServer
+
+    data = os.urandom(64 << 20)
+    with HubServer(tmp_path / "data", timeout=1.0) as server:
+        api = HfApi(endpoint=server.endpoint, token="hf_local")
+        api.create_repo("own/large")
+        t0 = time.monotonic()
+        api.upload_file(path_or_fileobj=data, path_in_repo="w.bin", repo_id="own/large")
+        took = time.monotonic() - t0
+        info = {f.path: f.size for f in api.list_repo_tree("own/large")}
+    assert info["w.bin"] == len(data) and took > 1.0  # longer than timeout, within its deadline
+
+
 def test_concurrent_writers_lose_nothing(env):
     sb, server, _, slug, _ = env
     port, acked, errors = server.port, [], []
@@ -501,18 +829,19 @@ def test_tokens_guard_writes_and_private_repos(tmp_path):
             refused(a, 401)
             assert "HF_TOKEN" in json.loads(a.body)["error"]
             sb.check(port, TOKEN)
-        refused(req(port, "GET", "/api/whoami-v2"), 401)
+        refused(req(port, "GET", "/api/whoami-v2", auth=None), 401)
         assert req(port, "POST", "/api/repos/create", {"name": "secret", "organization": "own", "private": True}, auth=TOKEN).status == 200
-        a = req(port, "GET", "/api/models/own/secret")
+        a = req(port, "GET", "/api/models/own/secret", auth=None)
         refused(a, 401)
         assert a.header("X-Error-Code") == "RepoNotFound"
-        refused(req(port, "HEAD", "/own/secret/resolve/main/.gitattributes"), 401)
+        refused(req(port, "HEAD", "/own/secret/resolve/main/.gitattributes", auth=None), 401)
         assert req(port, "GET", "/api/models/own/secret", auth=TOKEN).status == 200
-        assert json.loads(req(port, "GET", "/api/models?author=own").body) == []
-        refused(req(port, "POST", "/api/models/own/secret/paths-info/main", {"paths": [".gitattributes"]}), 401)
-        assert req(port, "POST", "/api/validate-yaml", {"content": "---\na: 1\n---\n"}).status == 200  # reads need no token
+        assert json.loads(req(port, "GET", "/api/models?author=own", auth=None).body) == []
+        refused(req(port, "POST", "/api/models/own/secret/paths-info/main", {"paths": [".gitattributes"]}, auth=None), 401)
+        assert req(port, "POST", "/api/validate-yaml", {"content": "---\na: 1\n---\n"}, auth=None).status == 200  # reads need no token
         assert req(port, "PUT", "/api/models/own/secret/settings", {"private": False}, auth=TOKEN).status == 200
-        assert len(json.loads(req(port, "POST", "/api/models/own/secret/paths-info/main", {"paths": [".gitattributes"]}).body)) == 1
+        assert len(json.loads(req(port, "POST", "/api/models/own/secret/paths-info/main", {"paths": [".gitattributes"]},
+                                  auth=None).body)) == 1
         api = HfApi(endpoint=server.endpoint, token=TOKEN)
         api.create_repo("own/by-client")
         api.upload_file(path_or_fileobj=b"hi", path_in_repo="a.txt", repo_id="own/by-client")
@@ -549,7 +878,7 @@ def test_kill_9_under_load_then_restart(tmp_path):
     acked: dict[str, list[str]] = {}  # repo -> acknowledged commits
     for cycle in range(3):
         proc = _start(sb.data, port, tmp_path / "outside" / "tokens")
-        refused(req(port, "POST", "/api/repos/create", {"name": "anon"}), 401)
+        refused(req(port, "POST", "/api/repos/create", {"name": "anon"}, auth=None), 401)
         stop = threading.Event()
 
         def load(w):

@@ -204,3 +204,114 @@ def test_push_succeeds_and_warns_when_the_registry_cannot_record_it(hub, trained
 
     r = runner.invoke(app, ["push", str(trained_run), "--repo", "frank/x", "--name", "bad/name"])
     assert r.exit_code == 2 and "registry name 'bad/name'" in r.output and "committed" not in r.output
+
+
+# --- trust boundaries (#23 items 13, 19): registry names are ASCII; a listing is checked; a dead Hub fails fast ----------
+LOOKALIKES = [  # each differs from an ASCII name by one character (the first is always ASCII: \w let them all in)
+    "digits-r1\u0430",  # Cyrillic а
+    "alice--digits-r14-s\u03bf",  # Greek omicron
+    "d\uff49gits",  # fullwidth i
+    "digits\u200b",  # zero-width space
+    "digits-caf\u00e9",
+    "d\u0131gits",  # dotless i
+    "r\u0661\u0664",  # Arabic-Indic digits
+    "r\u00b2",  # superscript two
+    "zoo-\u2163",  # Roman numeral four
+    "\ufb01le".replace("\ufb01", "x\ufb01"),  # fi ligature
+    "digits\u00a0r14",  # no-break space
+    "e\u0301",  # combining acute
+    "a\u05d0",  # Hebrew alef
+    "a\u4e00",  # CJK
+    "x" * 201,  # over the length limit
+]
+
+
+def test_registry_names_are_ascii_by_every_way_in(tmp_path):
+    """registry add (CLI and POST /api/registry: register_reference), push --name, a curated line, a sync: one rule."""
+    from hubcompare.errors import InvalidReferenceError
+    from hubcompare.hub.names import check_name, check_registry_name
+    from hubcompare.hub.references import register_reference
+
+    class NoHub:
+        def __getattr__(self, name):
+            raise AssertionError("nothing may be pulled for a refused name")
+
+    reg = Registry(tmp_path / "r.sqlite", curated_dirs=[])
+    reg.add(Entry("digits-r1a", "hf-hub:alice/digits-r1a"))
+    assert check_registry_name("alice--digits-r14-s0") == "alice--digits-r14-s0" and check_registry_name("x" * 200)
+    for name in LOOKALIKES:
+        with pytest.raises(RegistryError, match="registry name .*ASCII"):
+            check_registry_name(name)
+        with pytest.raises(RegistryError, match="registry name"):
+            reg.add(Entry(name, "hf-hub:alice/digits-r1a"))
+        with pytest.raises(RegistryError, match="registry name"):
+            register_reference(reg, name, "hf-hub:alice/digits-r1a", api=NoHub())
+        with pytest.raises(RegistryError, match="registry name" if len(name.split()) == 1 else "unknown field"):
+            parse_line(f"{name} hf-hub:alice/digits-r1a", "f.txt:1")  # (a no-break space splits the line)
+        if name.isascii():  # the over-long one: population names have no length rule
+            continue
+        with pytest.raises(InvalidReferenceError, match="population .*not ASCII"):
+            check_name(name, "population")
+    assert sorted(reg.names()) == ["digits-r1a"]  # no look-alike stored
+    with pytest.raises(RegistryError, match=r"'а' is U\+0430 CYRILLIC SMALL LETTER A, not ASCII"):
+        check_registry_name("digits-r1\u0430")
+    print(f"{len(LOOKALIKES)} look-alike names refused by 5 entry points")
+
+
+def test_sync_checks_what_the_hub_lists_and_writes_nothing_unless_all_pass(hub, tmp_path):
+    """A Hub whose list_models answers ids that are paths or look-alikes: a typed error, and no entry written, not even
+    the good ones before it (the fake client answers; the test server only answers the endpoint probe)."""
+    from types import SimpleNamespace as NS
+
+    from hubcompare.errors import InvalidNameError
+    from hubcompare.hub.registry import sync
+
+    class Listing:
+        endpoint = hub.endpoint
+
+        def __init__(self, models):
+            self.models = models
+
+        def list_models(self, **kwargs):
+            return self.models
+
+        def model_info(self, repo_id):
+            raise AssertionError(f"model_info({repo_id!r}) asked of a hostile listing")
+
+    good = NS(id="alice/good", sha="a" * 40, card_data=None, tags=["hubcompare"])
+    reg = Registry(tmp_path / "r.sqlite", curated_dirs=[])
+    hostile = ["../../api/whoami-v2", "alice/../x", "\u0430lice/x", "alice/digits-r1\u0430", "a/b/c", "alice/x--y", None]
+    for bad in hostile:
+        with pytest.raises(InvalidNameError, match="listed a model"):
+            sync(reg, "alice", api=Listing([good, NS(id=bad, sha=None, card_data=None, tags=[])]))
+    with pytest.raises(InvalidNameError, match="not a commit"):
+        sync(reg, "alice", api=Listing([good, NS(id="alice/x", sha="../../x", card_data=None, tags=[])]))
+    assert reg.names() == set()
+    assert [e.name for e in sync(reg, "alice", api=Listing([good]))] == ["alice--good"]
+
+
+def test_sync_against_a_dead_endpoint_fails_fast_naming_it(tmp_path, monkeypatch):
+    """`registry sync` against a closed port on 127.0.0.1 retried for over 90 s (huggingface_hub's retries inside
+    ours): now it looks at the endpoint before listing, and each retry is one look, so the total is the backoff's
+    (0.5 + 1 + 2 + 4 s by default; 10 ms steps here), and the typed error names the endpoint and what to do."""
+    import time
+
+    from helpers import free_port
+    from huggingface_hub import HfApi
+
+    from hubcompare.errors import HubUnavailableError
+    from hubcompare.hub import endpoint
+    from hubcompare.hub.registry import sync
+
+    defaults = dict(zip(("attempts", "base_wait", "max_wait", "on_retry", "endpoint", "budget", "probe_first"),
+                        endpoint.with_retries.__defaults__))
+    assert (defaults["attempts"], defaults["base_wait"]) == (5, 0.5)  # what the docstring's arithmetic assumes
+    monkeypatch.setattr(endpoint.with_retries, "__defaults__", tuple((defaults | {"base_wait": 0.01}).values()))
+    dead = f"http://127.0.0.1:{free_port()}"
+    reg, heard = Registry(tmp_path / "r.sqlite", curated_dirs=[]), []
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError, match=f"registry sync: list the models of alice: the Hub {dead} did not answer "
+                                                  "after 5 attempts in 0 s: nothing answers there .*Connection refused.*"
+                                                  "hub serve.*HF_ENDPOINT.*HF_HUB_OFFLINE"):
+        sync(reg, "alice", api=HfApi(endpoint=dead), on_retry=lambda n, e: heard.append(n))
+    assert time.monotonic() - start < 2 and reg.names() == set() and heard == [1, 2, 3, 4]

@@ -48,3 +48,11 @@ def test_deep_resnet_ticks_name_blocks_and_other_models_keep_real_names():
     pos, labels = tick_plan(other)
     assert len(pos) <= 24 and labels == [other[p] for p in pos]
     assert tick_plan(names[:10]) == (list(range(10)), names[:10])
+
+
+def test_a_plan_already_at_the_smallest_batch_never_advises_the_same_batch():
+    from hubcompare.similarity.batchplan import choose_batch_plan
+
+    plan = choose_batch_plan(100)  # 4 minibatches of 32, the smallest automatic batch
+    assert plan.batch_size == 32 and "smaller --batch-size" not in plan.warning()
+    assert "compare more examples" in plan.warning()

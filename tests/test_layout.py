@@ -26,6 +26,7 @@ MAX_LINES = 500
 # and nothing inside the package imports it.
 LEVELS = {
     "errors": 0, "provenance": 0, "bundled": 0,
+    "install": 1,  # whether torch and torchvision were installed as a pair (read from package metadata)
     "data": 1,  # datasets and augmentation
     "models": 2,  # a model, its checkpoint folder and its predictions on a dataset
     "training": 3, "hub": 3,

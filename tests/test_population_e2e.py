@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from hubcompare.cli import app
 from hubcompare.models.predictions import stored_predictions
+from hubcompare.populations.wording import small_null_note
 
 runner = CliRunner()
 NARROW, WIDE = (21, 22, 23, 24), (31, 32)
@@ -59,6 +60,7 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
     assert "too few models for this null to carry weight: halves of 2" in flat and "the null is too small to carry weight" in flat
     res = json.loads((out / "agreement.json").read_text())
     assert res["summary"]["null"]["too_small"] is True and any("too small to carry weight" in w for w in res["warnings"])
+    assert small_null_note(res["summary"]["null"], "agreement") in flat  # names its outside count, p-value and expectation
     ca, labels = _stored(runs["narrow"])
     cb, _ = _stored(runs["wide"])
     s = res["summary"]
@@ -103,6 +105,8 @@ def test_agreement_and_class_diff_on_pushed_populations(populations, tmp_path):
             assert row["p"] == pytest.approx(ref.pvalue[j], abs=1e-10) and row["t"] == pytest.approx(ref.statistic[j], abs=1e-10)
     assert res["summary"]["null"]["side"] == "ResNet-8 (1x)"  # population:e2e-narrow, 4 models: halves of 2
     assert res["summary"]["null"]["too_small"] is True and "too few models for this null" in " ".join(r.output.split())
+    # class-diff has no outside count: its note points at the per-class tests
+    assert small_null_note(res["summary"]["null"], "class-diff") in " ".join(r.output.split()) and "outside count" not in r.output
     assert all(m["registry_name"].startswith("erin--") for m in res["provenance"]["side_a"]["models"])
     assert (out / "class_diff.csv").is_file()
 

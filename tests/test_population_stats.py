@@ -314,3 +314,19 @@ def test_figures_are_written_at_every_size(models, tmp_path):
     if models >= 2:
         png = plot_class_diff(class_diff(a, b, splits=50), tmp_path / "class_diff.png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_populations_that_agree_on_every_example_get_an_empty_band_not_a_crash():
+    """Every model predicts the same labels (the SD of every example is 0): no split-half difference, nothing outside."""
+    rng = np.random.default_rng(5)
+    labels, _ = synthetic_labels(200, K, rng)
+    predicted = np.where(rng.random(200) < 0.7, labels, (labels + 1) % K)
+    same = np.repeat(predicted[None, :], 6, axis=0)
+    meta = {"name": "synthetic", "split": "test", "num_examples": 200, "num_classes": K, "fingerprint": "synthetic"}
+    a = Side.from_arrays("A", same, labels, classes=[f"class{k}" for k in range(K)], dataset=meta)
+    b = Side.from_arrays("B", same.copy(), labels, classes=[f"class{k}" for k in range(K)], dataset=meta)
+    lo, hi, out = stats.standardized_band(np.zeros((5, 200)), np.zeros(200))
+    assert (lo, hi) == (0.0, 0.0) and out.tolist() == [0] * 5
+    r = agreement(a, b, splits=20, permutations=20, seed=0)
+    s = r.summary()
+    assert s["null"]["z_band"] == [0.0, 0.0] and s["null"]["split_half_outside"] == 0.0

@@ -153,6 +153,15 @@ def test_cli_writes_json_csv_figure(trained_run, tmp_path):
     assert csv[0].startswith("index,name,stage,kind,features") and len(csv) == 1 + len(data["layers"])
     assert (out / "probes.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "probes.json").read_text())["layers"] == data["layers"]
+    # the printed sentence, from the stored result: no block was looked for, so no claim about blocks
+    from hubcompare.comparisons.probe_kinds import probe_result_from_json
+    from hubcompare.probes.summary import probe_sentence
+
+    r = CliRunner().invoke(app, ["probes", str(trained_run), "--train-examples", "200", "--examples", "100", "--l2", "0.01",
+                                 "--blocks", "none", "--pool", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert probe_sentence(probe_result_from_json(data)) in flat and "No blocks were given" in flat
 
 
 def _gain_across(result, names):

@@ -164,21 +164,88 @@ def test_a_result_whose_folder_was_deleted_is_dropped(tmp_path):
     assert put(store, inputs()).path.is_dir()  # and it can be stored again
 
 
-def test_a_folder_without_a_row_is_swept_and_does_not_block_a_put(tmp_path):
-    """A writer killed between its rename and its commit leaves ROOT/<key> without a row."""
+def test_a_folder_without_a_readable_record_is_left_alone_unlisted_and_does_not_block_a_put(tmp_path):
+    """A folder of a key without a row or a record (from before records, or not a result) is never deleted by a read."""
     key = result_key("cka", inputs())
     ResultStore(tmp_path)
     (tmp_path / key).mkdir()
     (tmp_path / key / "cka.json").write_text("half")
     store = ResultStore(tmp_path)
-    assert not (tmp_path / key).exists() and store.list() == []
-    (tmp_path / key).mkdir()
+    assert (tmp_path / key / "cka.json").read_text() == "half" and store.list() == []
     assert json.loads(put(store, inputs(), payload="full").file("cka.json").read_text()) == {"payload": "full"}
+
+
+def test_a_writer_killed_between_rename_and_commit_leaves_a_whole_result_that_is_indexed(tmp_path):
+    store = ResultStore(tmp_path / "a")
+    stored = put(store, inputs(7))
+    other = tmp_path / "b"
+    ResultStore(other)
+    os.rename(stored.path, other / stored.key)  # a folder whose row was never committed
+    found = ResultStore(other).get(stored.key)
+    assert found is not None and found.files == stored.files and found.title == stored.title
+
+
+def test_losing_the_index_keeps_every_result_and_rebuilds_it_from_the_folders(monkeypatch, tmp_path):
+    store = ResultStore(tmp_path / "results")
+    a = put(store, inputs(1), "cross-cka", title="first")
+    b = put(store, inputs(2), "blocks", title="second")
+    pulled_key = result_key("cka", inputs(3))
+    with store.staging() as staging:
+        (staging / "cka.json").write_text("{}")
+        c = store.put(pulled_key, "cka", title="theirs", request={}, key_inputs=inputs(3), summary={}, models=["m"],
+                      dataset="digits", staging=staging, seconds=2.0, source="hf-hub-result:alice/x@" + "c" * 40)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / "results" / name).unlink(missing_ok=True)
+    r = _cli(monkeypatch, tmp_path, "results", "list", "--json")  # a read-only command on a store without its index
+    assert r.exit_code == 0, r.output
+    assert {d["key"] for d in json.loads(r.stdout)} == {a.key, b.key, c.key}
+    rebuilt = ResultStore(tmp_path / "results")
+    assert all(s.path.is_dir() for s in (a, b, c))
+    assert rebuilt.get(c.key).source == c.source and rebuilt.get(c.key).pulled  # the origin survives the rebuild
+    assert rebuilt.get(a.key).to_json() == a.to_json() and rebuilt.list(model="hf-hub:alice/m2")[0].key == b.key
+
+
+def test_an_index_replaced_by_an_empty_one_deletes_nothing(tmp_path):
+    store = ResultStore(tmp_path)
+    kept = put(store, inputs(8))
+    (tmp_path / "index.sqlite").unlink()
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "index.sqlite").close()  # an empty index: every folder looks unindexed
+    assert [s.key for s in ResultStore(tmp_path).list()] == [kept.key] and kept.path.is_dir()
+
+
+def test_a_record_whose_key_is_not_its_inputs_is_not_indexed_and_not_deleted(tmp_path):
+    store = ResultStore(tmp_path)
+    stored = put(store, inputs(9))
+    record = json.loads((stored.path / ".record.json").read_text())
+    record["key_inputs"]["settings"]["seed"] = 99  # edited inputs: the folder's name is no longer their key
+    (stored.path / ".record.json").write_text(json.dumps(record))
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert ResultStore(tmp_path).list() == [] and (stored.path / "cka.json").is_file()
+
+
+def test_a_folder_stored_before_records_gets_one_and_reads_as_computed_here(tmp_path):
+    store = ResultStore(tmp_path)
+    stored = put(store, inputs(10))
+    (stored.path / ".record.json").unlink()  # as stored by an earlier version
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "index.sqlite") as con:
+        con.execute("UPDATE results SET source = 'computed'")
+    again = ResultStore(tmp_path)
+    assert (stored.path / ".record.json").is_file() and again.get(stored.key).origin == "computed here"
+    record = json.loads((stored.path / ".record.json").read_text())
+    del record["source"]  # a record without an origin: computed here
+    (stored.path / ".record.json").write_text(json.dumps(record))
+    (tmp_path / "index.sqlite").unlink()
+    assert not ResultStore(tmp_path).get(stored.key).pulled
 
 
 def test_an_unreadable_index_is_a_typed_error_naming_the_fix(tmp_path):
     (tmp_path / "index.sqlite").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ResultStoreError, match="move the folder aside"):
+    with pytest.raises(ResultStoreError, match="move it aside.*rebuilds it from the result folders"):
         ResultStore(tmp_path).list()
 
 
@@ -220,7 +287,7 @@ def test_two_processes_writing_the_same_keys_store_each_once(tmp_path):
     assert sorted(s.key for s in stored) == sorted(result_key("cka", inputs(i)) for i in range(10))
     writers = {json.loads(s.file("cka.json").read_text())["payload"] for s in stored}
     assert writers <= {str(pid) for pid in pids}  # each folder whole, from one writer
-    assert all(sorted(os.listdir(s.path)) == ["cka.json", "cka.png"] for s in stored)
+    assert all(sorted(os.listdir(s.path)) == [".record.json", "cka.json", "cka.png"] for s in stored)
     assert list((tmp_path / STAGING_DIR).iterdir()) == []
 
 
@@ -329,3 +396,40 @@ def test_cli_latest_names_the_newest_result_and_says_so_when_the_store_is_empty(
     assert r.exit_code == 0 and "No stored result of kind blocks yet" in r.output
     r = _cli(monkeypatch, tmp_path, "results", "rm", "latest", "--yes")
     assert r.exit_code == 0 and store.get(newest.key) is None and len(store.list()) == 1
+
+
+# --- where a stored answer came from: the service's pages and JSON (issue #23, item 7) -----------------
+def _no_runner(request: dict, settings: dict, on_progress) -> dict:
+    raise AssertionError("no job runs in this test")
+
+
+def test_the_service_says_whether_a_result_was_computed_here_or_pulled(tmp_path):
+    pytest.importorskip("fastapi", reason="the service needs fastapi")
+    from fastapi.testclient import TestClient
+
+    from hubcompare.service.app import create_app
+    from hubcompare.service.config import ServiceConfig
+    from hubcompare.service.jobs import JobQueue
+
+    root = tmp_path / "results"
+    store = ResultStore(root)
+
+    def stored(i: int, source: str):
+        with store.staging() as staging:
+            (staging / "table.csv").write_text("a,b\n1,2\n")
+            return store.put(result_key("cka", inputs(i)), "cka", title=f"t{i}", request={"kind": "cka"},
+                             key_inputs=inputs(i), summary={}, models=["m"], dataset="digits", staging=staging,
+                             seconds=1.0, source=source)
+
+    mine, theirs = stored(11, "computed"), stored(12, "hf-hub-result:mallory/x@" + "d" * 40)
+    app = create_app(ServiceConfig(results_dir=root, registry_path=tmp_path / "registry.sqlite"),
+                     jobs=JobQueue({}, _no_runner))
+    client = TestClient(app, base_url="http://127.0.0.1:8765")
+    page = client.get(f"/results/{theirs.key}").text
+    assert "Pulled from" in page and theirs.source in page and f"results verify {theirs.key[:12]}" in page
+    assert "Computed here." in client.get(f"/results/{mine.key}").text
+    listing = client.get("/results").text
+    assert listing.count(">pulled</span>") == 1
+    assert client.get(f"/api/results/{theirs.key}").json()["pulled"] is True
+    shown = client.get(f"/api/results/{mine.key}").json()
+    assert shown["pulled"] is False and shown["origin"] == "computed here" and shown["source"] == "computed"

@@ -75,6 +75,11 @@ def home(tmp_path_factory, trained_run) -> Path:
                        seed=1, accuracy=0.5, populations=["pop-b"]))
     registry.add(Entry("scripted-card", f"local-dir:{scripted}", architecture="resnet", depth=14, width=2.0,
                        dataset="digits", seed=7, populations=["pop-b"]))
+    registry.add(Entry(CRASH, f"local-dir:{trained_run}", architecture="resnet", depth=8, width=1.0, dataset="digits",
+                       seed=0))  # a registered name (the API refuses others) whose job crashing_runner crashes
+    # registered, but its folder is gone: a request for it is queued and its job fails in the worker
+    registry.add(Entry("vanished", f"local-dir:{root / 'vanished'}", architecture="resnet", depth=8, width=1.0,
+                       dataset="digits", seed=9))
     return root
 
 
@@ -181,6 +186,11 @@ def test_posted_job_completes_and_its_page_shows_the_stored_numbers(client, done
     assert 'id="hover"' in page.text and 'svg id="heatmap"' in page.text and "/static/heatmap.js" in page.text
     assert page.text.count('class="stage"') == len(cka["stage_boundaries_a"]) + len(cka["stage_boundaries_b"])
     assert f'/results/{key}/files/cka.png' in page.text and "key-inputs" in page.text
+    assert f'<img src="/results/{key}/files/cka.png"' not in page.text  # the heatmap once: drawn, not again as a figure
+    assert f'<p class="muted result-meta">key <span class="ref" id="result-key">{key}</span></p>' in page.text  # own line, wraps
+    row = re.search(rf'<tr class="result" data-key="{key}">(.*?)</tr>', client.get("/results").text, re.S).group(1)
+    assert re.search(r'<td class="num models">2</td>', row)  # two models, not the four names they are found under
+    assert "128 examples" in row and re.search(r'<td class="nowrap created"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d', row)
 
     listed = client.get("/api/results", params={"model": "digits-a"}).json()
     assert key in [x["key"] for x in listed["results"]] and "path" not in listed["results"][0]
@@ -194,17 +204,35 @@ def test_posted_job_completes_and_its_page_shows_the_stored_numbers(client, done
 
 
 def test_form_post_queues_a_job_and_a_bad_reference_fails_readably(client):
-    r = client.post("/compare", data={"kind": "cross-cka", "model_a": "digits-a", "model_b": "no-such-model",
-                                      "examples": "128"}, follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
-    job_id = r.headers["location"].rsplit("/", 1)[1]
+    # the form refuses a name the registry lacks before anything is queued, with advice for the page (no CLI flags)
+    queued = len(client.get("/api/jobs").json()["jobs"])
+    refused = client.post("/compare", data={"kind": "cross-cka", "model_a": "digits-a", "model_b": "no-such-model",
+                                            "examples": "128"}, follow_redirects=False)
+    assert refused.status_code == 400 and 'form id="compare"' in refused.text
+    error = html.unescape(re.search(r'<p class="error" id="error">([^<]*)</p>', refused.text).group(1))
+    assert "model B: 'no-such-model' is not a model registered on this server: pick a model from the list" in error
+    assert "hubcompare" not in error and "--" not in error
+    assert len(client.get("/api/jobs").json()["jobs"]) == queued  # nothing queued
+    side = client.post("/compare", data={"kind": "agreement", "model_a": "population:nope", "model_b": "digits-a"})
+    assert side.status_code == 400 and "no registered model is in the population" in html.unescape(side.text)
+    # the API refuses a name the registry lacks too, before queueing, with advice for an API client
+    api = client.post("/api/jobs", json={**REQUEST, "refs": ["digits-a", "no-such-model"]})
+    assert api.status_code in (400, 422), api.text
+    assert "refs[1]: 'no-such-model' is not a model registered on this server: the API lists the models" in api.json()["error"]
+    side = client.post("/api/jobs", json={"kind": "agreement", "refs": ["population:nope", "digits-a"]})
+    assert side.status_code in (400, 422) and "at api/models?population=NAME" in side.json()["error"]
+    assert len(client.get("/api/jobs").json()["jobs"]) == queued  # nothing queued
+    # a job that fails in its worker (a registered model whose folder is gone) fails readably
+    job_id = client.post("/api/jobs", json={**REQUEST, "refs": ["digits-a", "vanished"]}).json()["id"]
     job = wait_job(client, job_id)
-    assert job["state"] == "failed" and "no-such-model" in job["error"] and "Traceback" not in job["error"]
+    assert job["state"] == "failed" and "vanished" in job["error"] and "Traceback" not in job["error"]
     page = client.get(f"/jobs/{job_id}")
     assert page.status_code == 200 and 'id="job-state"' in page.text and ">failed<" in page.text
     assert re.search(r'<p id="progress" hidden>', page.text) and re.search(r'<progress id="progress-bar"[^>]* hidden>', page.text)
     error = re.search(r'<p id="error" class="error">([^<]*)</p>', page.text)
-    assert error and "no-such-model" in html.unescape(error.group(1))
+    assert error and "vanished" in html.unescape(error.group(1))
+    assert job["advice"] and "pick the models from the list" in job["advice"] and "hubcompare" not in job["advice"]
+    assert re.search(r'<p id="advice">[^<]*pick the models from the list', page.text)  # what to do, on the pages
     assert client.get("/api/health").json()["status"] == "ok"  # the server carries on
 
     form = client.post("/compare", data={"kind": "cross-cka", "model_a": "digits-a", "model_b": "", "examples": "128"})
@@ -397,6 +425,22 @@ def _store_blocks_result(home: Path) -> tuple[str, dict]:
     return key, cka | {"blocks": blocks}
 
 
+def test_results_sharing_a_title_say_what_differs(client, home):
+    store = ResultStore(home / "results")
+    for examples, seed in ((300, 0), (500, 0), (500, 1)):
+        inputs = {"models": [{"ref": "digits-a"}], "settings": [examples, seed]}
+        key = result_key("cka", inputs)
+        with store.staging() as staging:
+            (staging / "note.json").write_text("{}")
+            store.put(key, "cka", title="cka: twins", request={"kind": "cka", "refs": ["digits-a"], "examples": examples, "seed": seed},
+                      key_inputs=inputs, summary={}, models=["digits-a", "local-dir:digits-a@x"],
+                      dataset="digits", staging=staging, seconds=0.1)
+    page = client.get("/results?kind=cka").text
+    rows = re.findall(r'<a href="/results/[0-9a-f]+">cka: twins</a><div class="differs muted">([^<]*)</div>', page)
+    assert sorted(rows) == ["examples 300 · seed 0", "examples 500 · seed 0", "examples 500 · seed 1"], rows
+    assert page.count('<td class="num models">1</td>') >= 3
+
+
 def test_a_blocks_heatmap_outlines_each_block_and_draws_the_stage_lines(client, home, done_job):
     key, data = _store_blocks_result(home)
     page = client.get(f"/results/{key}").text
@@ -445,15 +489,34 @@ def test_an_idle_server_stops_within_two_seconds_of_sigterm(tmp_path):
 
 
 # --- the Ray backend ---------------------------------------------------------------------------------
+@pytest.mark.slow  # ~30 s: a server with a local Ray started and stopped
+def test_a_ray_server_stops_in_order_on_sigterm(tmp_path):
+    """Issue #23 item 18: starting Ray replaced the server's SIGTERM handler, so SIGTERM printed a native stack dump
+    and two tracebacks and skipped the shutdown (Ray's processes left to die with it). Now it shuts down in order."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'hubcompare[ray]')")
+    from service_harness import running_service, service_env
+
+    env = service_env(tmp_path / "home")
+    env.pop("RAY_ADDRESS", None)
+    with running_service(tmp_path / "home", args=("--backend", "ray"), env=env) as service:
+        assert service.get_json("/api/health")["backend"] == "ray"
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(timeout=60)
+        log = service.log_tail(20_000)
+        assert "SIGTERM received" not in log and "Traceback" not in log and "SystemExit" not in log, log
+        assert "Application shutdown complete" in log, log
+        assert service.proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), log
+
+
 @pytest.mark.slow  # ~17 s: Ray's start and a torch import in its worker
 def test_jobs_run_on_ray_and_store_the_same_result_as_local_ones(home, done_job, local_ray, tmp_path):
     config = config_for(home, backend="ray", results_dir=tmp_path / "ray-results")
     with TestClient(create_app(config), base_url=LOOPBACK) as ray_client:
         assert ray_client.get("/api/health").json()["backend"] == "ray"
         good = ray_client.post("/api/jobs", json=REQUEST).json()["id"]
-        bad = ray_client.post("/api/jobs", json={**REQUEST, "refs": ["digits-a", "no-such-model"]}).json()["id"]
+        bad = ray_client.post("/api/jobs", json={**REQUEST, "refs": ["digits-a", "vanished"]}).json()["id"]
         job, failed = wait_job(ray_client, good), wait_job(ray_client, bad)
-        assert failed["state"] == "failed" and "no-such-model" in failed["error"]  # only its own job
+        assert failed["state"] == "failed" and "vanished" in failed["error"]  # only its own job
         assert job["state"] == "done" and not job["from_store"] and job["total"] and job["done"] == job["total"], job
         assert job["result_key"] == done_job["result_key"]  # the same content key: Ray is not in it
         on_ray = ray_client.get(f"/results/{job['result_key']}/files/cka.json").json()
@@ -612,3 +675,217 @@ def test_the_result_page_shares_on_the_hub_through_its_form(client, home, done_j
     assert refused.status_code == 401 and 'id="share-token"' in refused.text and "needs its token" in refused.text
     ok = guarded.post(f"/results/{key}/push", data={"repo": "svc/cka-form-2", "token": TOKEN})
     assert ok.status_code == 200 and "hf-hub-result:svc/cka-form-2@" in ok.text
+
+
+# --- bounded pages: a result of any size (issue #23, item 4) -------------------------------------------------
+def _store_big_cka(root: Path, n: int, rows: int = 0) -> tuple[str, np.ndarray]:
+    """A synthetic n-layer CKA result (and a summary table of ``rows`` rows) put straight into a store at ``root``."""
+    rng = np.random.default_rng(n)
+    values = rng.random((n, n))
+    values[0, 0] = np.nan  # one undefined pair
+    layers = [f"s{i // 100}.b{i % 100}" for i in range(n)]
+    cka = {"layers_a": layers, "layers_b": layers, "cka": [[None if np.isnan(v) else round(v, 4) for v in r] for r in values],
+           "se": np.round(rng.random((n, n)) / 100, 4).tolist(), "stage_boundaries_a": list(range(100, n, 100)),
+           "stage_boundaries_b": list(range(100, n, 100)), "label_a": "big-a", "label_b": "big-b", "ref_a": "a", "ref_b": "b"}
+    store = ResultStore(root)
+    key = result_key("cka", {"layers": n})
+    with store.staging() as staging:
+        (staging / "cka.json").write_text(json.dumps(cka))
+        store.put(key, "cka", title=f"{n} layers", request={"kind": "cka", "refs": ["a"], "layers": layers},
+                  key_inputs={"layers": n}, summary={"mean_cka": 0.5, "stages": [{"stage": i, "mean": 0.5} for i in range(rows)],
+                                                       "names": {f"k{i}": i for i in range(rows)}},
+                  models=["a"], dataset="digits", staging=staging, seconds=1.0)
+    return key, np.round(np.where(np.isnan(values), np.nan, values), 4)
+
+
+def _bare_client(root: Path) -> TestClient:
+    app = create_app(ServiceConfig(results_dir=root, registry_path=root.parent / "registry.sqlite"), jobs=JobQueue({}, crashing_runner))
+    return TestClient(app, base_url=LOOPBACK)
+
+
+def test_a_large_heatmap_is_block_averaged_and_its_tables_paginated(tmp_path):
+    key, values = _store_big_cka(tmp_path / "results", 200, rows=1_500)
+    client = _bare_client(tmp_path / "results")
+    page = client.get(f"/results/{key}")
+    assert page.status_code == 200 and len(page.content) < 1_500_000, len(page.content)
+    cells = re.findall(r'<rect class="cell"[^>]*data-a="([^"]*)" data-b="([^"]*)" data-cka="([^"]*)" data-se="[^"]*" '
+                       r'data-n="(\d+)" data-min="[^"]*" data-max="[^"]*"', page.text)
+    assert len(cells) == 50 * 50 and page.text.count('<rect class="cell"') == 2500  # 200 layers, 4 a cell
+    assert 'id="downsampled"' in page.text and "200 × 200 layers drawn as" in html.unescape(page.text)
+    by_layers = {(html.unescape(a), html.unescape(b)): (float(v), int(n)) for a, b, v, n in cells}
+    first, nxt = by_layers[("s0.b0 … s0.b3", "s0.b0 … s0.b3")], by_layers[("s0.b4 … s0.b7", "s1.b96 … s1.b99")]
+    assert first == (pytest.approx(np.nanmean(values[:4, :4])), 16)  # the undefined pair left out of the mean
+    assert nxt == (pytest.approx(values[4:8, 196:200].mean()), 16)
+    assert len(re.findall(r'<line class="stage"', page.text)) == 2  # the boundary at layer 100, on each side
+
+    rows = re.findall(r'<table class="list-table" id="table-stages">.*?</table>', page.text, re.S)[0].count("<tr>") - 1
+    assert rows == 100 and "rows 1–100 of 1,500" in page.text
+    third = client.get(f"/results/{key}?page=3").text
+    stages = re.findall(r'<table class="list-table" id="table-stages">.*?</table>', third, re.S)[0]
+    assert "rows 201–300 of 1,500" in third and re.findall(r"<tr><td>(\d+)</td>", stages) == [str(i) for i in range(200, 300)]
+    assert client.get(f"/results/{key}?page=999").status_code == 200  # past the end: the last page
+    assert "summary.names" in html.unescape(page.text) or "summary:" in html.unescape(page.text)  # cut, and said so
+
+    api = client.get(f"/api/results/{key}").json()
+    assert len(api["summary"]["stages"]) == 1_500 and "truncated" not in api  # within one result's budget
+    listed = client.get("/api/results").json()["results"][0]
+    assert len(json.dumps(listed)) < 40_000 and any("summary" in t for t in listed["truncated"])
+
+
+@pytest.mark.slow  # ~25 s: a 1,500-layer result written, parsed and drawn
+def test_a_1500_layer_result_page_is_bounded_in_size_and_time(tmp_path):
+    key, _ = _store_big_cka(tmp_path / "results", 1_500, rows=30_000)
+    client = _bare_client(tmp_path / "results")
+    started = time.monotonic()
+    page = client.get(f"/results/{key}")
+    first = time.monotonic() - started
+    assert page.status_code == 200 and len(page.content) < 2_000_000, len(page.content)  # was 417 MB (and 107 s)
+    assert page.text.count('<rect class="cell"') <= 64 * 64 and 'id="downsampled"' in page.text
+    assert first < 45, first  # one parse of the 40 MB JSON (~4 s on an idle machine; it was 107 s and 417 MB)
+    started = time.monotonic()
+    for _ in range(3):  # parsed once: later views are quick
+        assert len(client.get(f"/results/{key}").content) < 2_000_000
+    assert time.monotonic() - started < max(3.0, first / 2), (first, time.monotonic() - started)
+    api = client.get(f"/api/results/{key}")
+    assert len(api.content) < 2_000_000 and api.json()["truncated"]
+
+
+# --- registrations do not stall the server (issue #23, item 10) -------------------------------------------------
+REGISTRATIONS = 60
+
+
+@pytest.mark.slow  # ~40 s: a throttled Hub, a server and 60 concurrent registrations
+def test_concurrent_registrations_leave_reads_answering(trained_run, tmp_path):
+    """60 registrations of a slow-to-download model at once: /api/health and the pages answer within a second
+    throughout (they took every thread of the server waiting for one global lock); the ones over the bound are
+    refused with 503 and Retry-After, the others are recorded, and the registry holds exactly those."""
+    import threading
+
+    from service_harness import running_service
+
+    from hubcompare.hub.client import push
+    from hubcompare.hub.server import HubServer
+    from hubcompare.models.checkpoint import WEIGHTS_FILE
+
+    size = (trained_run / WEIGHTS_FILE).stat().st_size
+    with HubServer(tmp_path / "hub", max_bytes_per_second=size / 8) as hub:  # the download takes ~8 s
+        push(shutil.copytree(trained_run, tmp_path / "r8"), "slow/r8", api=__import__("huggingface_hub").HfApi(endpoint=hub.endpoint))
+        with running_service(tmp_path / "home", hub_endpoint=hub.endpoint, args=("--quiet",)) as service:
+            answers: list[tuple[int, dict]] = []
+
+            def register(i: int) -> None:
+                status, headers, body = service.request("POST", "/api/registry", {"name": f"r8-{i}", "reference": "hf-hub:slow/r8"},
+                                                        timeout=300)
+                answers.append((status, {k.lower(): v for k, v in headers.items()} | {"body": body[:300]}))
+
+            threads = [threading.Thread(target=register, args=(i,)) for i in range(REGISTRATIONS)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            latencies = []
+            for path in ["/api/health", "/models", "/api/health", "/results", "/api/health"] * 2:
+                started = time.monotonic()
+                status, _, _ = service.request("GET", path, timeout=120)
+                latencies.append((path, round(time.monotonic() - started, 3)))
+                assert status == 200
+                time.sleep(0.2)
+            for t in threads:
+                t.join(300)
+            print("read latencies under", REGISTRATIONS, "registrations:", latencies)
+            assert max(s for _, s in latencies) < 1.0, latencies
+            codes = sorted(s for s, _ in answers)
+            print("registration answers:", {c: codes.count(c) for c in set(codes)})
+            assert set(codes) <= {201, 503} and 201 in codes, answers[:5]
+            assert all("retry-after" in h for s, h in answers if s == 503)
+            names = {m["name"] for m in service.get_json("/api/models")["models"] if m["source"] == "user"}
+            assert len(names) == codes.count(201)
+
+
+# --- oversized weights: refused before downloading, never left in the cache, no server path shown (item 8) ------
+BIG_WEIGHTS = 20_000_000
+
+
+@pytest.fixture(scope="module")
+def oversized_repo(hub, trained_run) -> str:
+    """A Hub repo with the digits model's config.json and a 20 MB model.safetensors (far more than its ~80k
+    parameters could need)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo("svc/oversized", exist_ok=True)
+    api.create_commit("svc/oversized", [
+        CommitOperationAdd("config.json", (trained_run / "config.json").read_bytes()),
+        CommitOperationAdd("model.safetensors", np.random.default_rng(0).bytes(BIG_WEIGHTS))], commit_message="big")
+    return "svc/oversized"
+
+
+def _cached_bytes(repo_id: str) -> int:
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else 0
+
+
+def test_weights_over_the_cap_are_refused_from_the_repos_metadata_before_downloading(oversized_repo):
+    from hubcompare.errors import ModelTooLargeError
+    from hubcompare.hub.references import resolve_reference
+
+    with pytest.raises(ModelTooLargeError, match=r"model\.safetensors is 20,000,000 bytes.*refused before downloading"):
+        resolve_reference(f"hf-hub:{oversized_repo}", max_params=1_000)
+    assert _cached_bytes(oversized_repo) < 1_000_000  # nothing of the weights was downloaded
+
+
+@pytest.fixture(scope="module")
+def mismatched_repo(hub, trained_run, home) -> str:
+    """A Hub repo with the digits model's config.json and another model's weights (same size, another sha256)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo("svc/mismatched", exist_ok=True)
+    api.create_commit("svc/mismatched", [
+        CommitOperationAdd("config.json", (trained_run / "config.json").read_bytes()),
+        CommitOperationAdd("model.safetensors", (home / "r8-s1" / "model.safetensors").read_bytes())], commit_message="mixed")
+    return "svc/mismatched"
+
+
+def test_refused_weights_leave_the_cache_and_no_server_path_reaches_a_client(client, home, trained_run, oversized_repo,
+                                                                             mismatched_repo):
+    from huggingface_hub import constants
+
+    before = user_entries(home)
+    r = client.post("/api/registry", json={"name": "oversized", "reference": f"hf-hub:{oversized_repo}"})
+    assert r.status_code == 400 and "larger than any weights of the model its config.json describes" in r.json()["error"]
+    assert "refused before downloading it" in r.json()["error"] and _cached_bytes(oversized_repo) < 1_000_000
+
+    weights = (trained_run / "model.safetensors").stat().st_size
+    r = client.post("/api/registry", json={"name": "mismatched", "reference": f"hf-hub:{mismatched_repo}"})
+    assert r.status_code == 400 and "does not match the sha256" in r.json()["error"], r.text  # known only once downloaded
+    assert constants.HF_HUB_CACHE not in r.text and "/snapshots/" not in r.text and "…/model.safetensors" in r.text
+    assert _cached_bytes(mismatched_repo) < weights  # the refused weights were removed
+    assert user_entries(home) == before
+
+
+@pytest.mark.slow  # jobs run in a worker (~10 s when it is the worker's first)
+def test_jobs_with_refused_weights_leave_no_cache_and_show_no_server_path(client, trained_run, oversized_repo, mismatched_repo):
+    from huggingface_hub import constants
+
+    for repo, says in ((oversized_repo, "refused before downloading it"), (mismatched_repo, "does not match the sha256")):
+        job = client.post("/api/jobs", json={"kind": "cka", "refs": [f"hf-hub:{repo}"], "examples": 64}).json()
+        failed = wait_job(client, job["id"])
+        assert failed["state"] == "failed" and says in failed["error"], failed
+        assert constants.HF_HUB_CACHE not in failed["error"] and "/snapshots/" not in failed["error"]
+        assert constants.HF_HUB_CACHE not in client.get(f"/jobs/{job['id']}").text
+        assert _cached_bytes(repo) < (trained_run / "model.safetensors").stat().st_size
+
+
+def test_the_results_list_counts_each_kinds_models_once():
+    from types import SimpleNamespace
+
+    from hubcompare.service.listing import model_count
+
+    ids = [{"resolved": f"local-dir:/m{i}", "commit_sha": None} for i in range(4)]
+    across = SimpleNamespace(key_inputs={"sides": {"a": {"spec": "population:a", "models": ids[:2]},
+                                                   "b": {"spec": "population:b", "models": ids[2:]}}}, models=[])
+    agreement = SimpleNamespace(key_inputs={"sides": {"a": ids[:1], "b": ids[1:]}}, models=[])
+    cross = SimpleNamespace(key_inputs={"models": ids[:2]}, models=["a", "a@1", "b", "b@2"])
+    assert (model_count(across), model_count(agreement), model_count(cross)) == (4, 4, 2)

@@ -102,7 +102,8 @@ def test_compare_form_queues_a_job_that_lands_on_a_result_whose_heatmap_hovers_t
     assert files["cka.png"].startswith(b"\x89PNG\r\n\x1a\n")
 
 
-@pytest.mark.parametrize("bad, where", [("hf-hub:svc/no-such-model", "job"), ("../../etc/passwd", "form")])
+@pytest.mark.parametrize("bad, where", [("hf-hub:svc/no-such-model", "job"), ("../../etc/passwd", "form"),
+                                        ("svc--no-such-model", "form")])  # not in the registry: refused before a job
 def test_a_bad_reference_shows_a_readable_error_not_a_traceback(browser, service, service_models, bad, where):
     """A reference that parses but names nothing fails its job, shown on the job page; one that cannot be a reference
     is refused by the form itself. Either way one readable message naming it, and the server carries on."""

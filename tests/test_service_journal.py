@@ -223,3 +223,132 @@ def test_the_journal_keeps_the_newest_finished_jobs(tmp_path, monkeypatch):
     queue = _restored(path)
     assert [j.id for j in reversed(queue.jobs())] == ["job2", "job3", "open"]
     assert [r["id"] for r in JobJournal(path).load()] == ["job2", "job3", "open"]
+
+
+@pytest.mark.parametrize("change", [
+    {"done": "x"}, {"done": -1}, {"done": True}, {"total": "10"}, {"total": 1.5}, {"from_store": "yes"},
+    {"result_key": "../../etc"}, {"result_key": "AB" * 32}, {"result_key": 12}, {"stage": 3}, {"created": None},
+    {"error": ["x"]}, {"error_type": 1}, {"started": 5}, {"finished": {}}, {"warnings": "w"}, {"notices": [None]},
+    {"id": "../x"}, {"id": ""}, {"id": "a" * 65}, {"state": "done", "result_key": None}, {"state": "failed", "error": None},
+    {"stage": "s" * 10_001},
+])
+def test_every_field_of_a_row_is_type_checked(tmp_path, change):
+    """Issue #23 item 16: a row whose field has the wrong type (or a result key that is a path) is skipped, not loaded
+    as it is (a page would link it, a count would break)."""
+    path = tmp_path / JOURNAL_FILE
+    journal = JobJournal(path)
+    good = _record("good", {"n": 1}, state="done", done=1, total=1, result_key=KEY, from_store=False, error=None,
+                   error_type=None, started="2026-11-30T10:00:01+00:00", finished="2026-11-30T10:00:02+00:00")
+    journal.save(good)
+    journal.save(_record("bad", {"n": 2}, state="done", done=1, total=1, result_key=KEY) | {"id": "bad"} | change)
+    queue = _restored(path)
+    assert [j.id for j in queue.jobs()] == ["good"]
+    assert queue.get("good").to_json() == {k: v for k, v in good.items() if k != "fingerprint"}
+
+
+# --- stopping is quiet (issue #23, item 18) ---------------------------------------------------------------
+STARTED_FILE_ENV = "HUBCOMPARE_TEST_STARTED_FILE"
+
+
+def chatty_runner(request, settings, on_progress):
+    """A long job that reports progress all the time (and says, in a file, that it has started)."""
+    import os
+    from pathlib import Path
+
+    Path(os.environ[STARTED_FILE_ENV]).write_text(str(os.getpid()))
+    for i in range(100_000):
+        on_progress(f"step {i}", i, None)
+        time.sleep(0.01)
+
+
+SERVER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from hubcompare.service.jobs import JobQueue
+from test_service_journal import chatty_runner
+if __name__ == "__main__":
+    queue = JobQueue({{}}, chatty_runner, workers=1).start()
+    queue.submit({{"n": 1}})
+    time.sleep(600)
+"""
+
+
+def _server_with_a_running_job(tmp_path):
+    """A process holding a JobQueue whose one worker is running a chatty job: (process, worker pid, log path)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    started, log = tmp_path / "started", tmp_path / "server.log"
+    script = tmp_path / "server.py"
+    script.write_text(SERVER_SCRIPT.format(tests=str(Path(__file__).parent)))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **{STARTED_FILE_ENV: str(started)}))
+    deadline = time.monotonic() + 120
+    while not started.exists() or not started.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(0.3)  # a few progress reports
+    return proc, int(started.read_text()), log
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    import os
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow  # a worker process started (~5 s on a loaded machine)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_server_stopped_or_killed_mid_job_ends_its_worker_quietly(tmp_path, how):
+    """Issue #23 item 18: the worker saw its pipe break and printed a BrokenPipeError traceback; killed with -9, the
+    server left it computing as an orphan. Now it ends at once, printing nothing."""
+    import os
+    import signal as signals
+
+    proc, worker, log = _server_with_a_running_job(tmp_path)
+    try:
+        os.kill(proc.pid, getattr(signals, how))
+        proc.wait(timeout=30)
+        assert _gone(worker, 5.0), f"the worker {worker} outlived its server ({how})"
+        time.sleep(0.3)
+        text = log.read_text()
+        assert "Traceback" not in text and "BrokenPipeError" not in text, text
+    finally:
+        for pid in (proc.pid, worker):
+            try:
+                os.kill(pid, signals.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow  # a worker process started (~5 s)
+def test_stopping_the_queue_mid_job_prints_nothing(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv(STARTED_FILE_ENV, str(tmp_path / "started"))
+    queue = JobQueue({}, chatty_runner, workers=1, journal=JobJournal(tmp_path / JOURNAL_FILE)).start()
+    try:
+        job, _ = queue.submit({"n": 1})
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        started = time.monotonic()
+        queue.stop()
+        took = time.monotonic() - started
+    worker = int((tmp_path / "started").read_text())
+    assert _gone(worker, 5.0) and took < 2.0
+    time.sleep(0.3)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert [r["state"] for r in JobJournal(tmp_path / JOURNAL_FILE).load()] == ["running"]  # run again by the next server

@@ -144,3 +144,118 @@ def test_service_requests_of_these_kinds_are_strict():
         with pytest.raises(InvalidRequestError) as e:
             ComparisonRequest.from_json(body, allow_paths=False)
         assert e.value.field == field, (body, str(e.value))
+
+
+# --- a pulled result's origin, trust, and `results verify` (issue #23, items 7 and 17) ------------------
+PULLED = "hf-hub-result:mallory/cka-results@" + "c" * 40
+
+
+def _poisoned_copy(store, stored, source: str = PULLED, poison: float = 0.25):
+    """``stored`` replaced in ``store`` by a copy claiming ``source``, every CKA value shifted by ``poison``: what a
+    pull of a record with the right key inputs and fake values leaves in the store."""
+    import numpy as np
+
+    keep = {name: stored.file(name).read_bytes() for name in stored.files}
+    record = stored.to_json()
+    store.remove(stored.key)
+    with store.staging() as staging:
+        for name, data in keep.items():
+            (staging / name).write_bytes(data)
+        doc = json.loads((staging / "cka.json").read_text())
+        doc["cka"] = [[v + poison for v in row] for row in doc["cka"]]
+        (staging / "cka.json").write_text(json.dumps(doc))
+        with np.load(staging / "cka.npz") as npz:
+            arrays = {k: npz[k] + poison if npz[k].dtype.kind == "f" else npz[k] for k in npz.files}
+        np.savez(staging / "cka.npz", **arrays)
+        return store.put(stored.key, stored.kind, title=record["title"], request=record["request"],
+                         key_inputs=record["key_inputs"], summary=record["summary"], models=record["models"],
+                         dataset=record["dataset"], staging=staging, seconds=record["seconds"], source=source)
+
+
+def test_a_pulled_result_does_not_answer_a_local_request_unless_trusted(trained_run, home, tmp_path, monkeypatch):
+    from hubcompare.comparisons.run import run_request
+    from hubcompare.results.store import ResultStore
+
+    store = ResultStore(tmp_path / "home" / "results")
+    req = ComparisonRequest("cka", (str(trained_run),), examples=100, batch_size=50, layers=("*.out",))
+    fresh = run_request(req, store=store, device="cpu")
+    true_cka = json.loads(fresh.stored.file("cka.json").read_text())["cka"]
+    poisoned = _poisoned_copy(store, fresh.stored)
+    # default: computed here (replacing the pulled copy), and the user is told
+    mine = run_request(req, store=store, device="cpu")
+    assert not mine.from_store and mine.stored.source == "computed"
+    assert poisoned.pulled and poisoned.origin == f"pulled from {PULLED}"
+    assert mine.superseded == PULLED and not mine.stored.pulled
+    assert any("pulled result" in n and "--trust-pulled" in n for n in mine.notices)
+    assert json.loads(mine.stored.file("cka.json").read_text())["cka"] == true_cka
+    # trusted (the argument, or the service's setting): answered from it, and it says where it came from
+    _poisoned_copy(store, mine.stored)
+    trusted = run_request(req, store=store, device="cpu", trust_pulled=True, compare=computed_anyway)
+    assert trusted.from_store and trusted.stored.source == PULLED
+    monkeypatch.setenv("HUBCOMPARE_TRUST_PULLED", "1")
+    assert run_request(req, store=store, device="cpu", compare=computed_anyway).stored.pulled
+    monkeypatch.delenv("HUBCOMPARE_TRUST_PULLED")
+    # the command line says so on stderr, and --json says where the answer came from
+    args = ["cka", str(trained_run), "--examples", "100", "--batch-size", "50", "--layers", "*.out"]
+    trusted_cli, err = _json(home, *args, "--trust-pulled", "--out", str(tmp_path / "t"))
+    assert trusted_cli["from_store"] is True and trusted_cli["pulled"] is True and trusted_cli["source"] == PULLED
+    assert f"PULLED from {PULLED}" in " ".join(err.split()) and "results verify" in err
+    own, err = _json(home, *args, "--out", str(tmp_path / "o"))
+    assert own["from_store"] is False and own["pulled"] is False and own["source"] == "computed"
+    assert "pulled result" in err and "--trust-pulled" in " ".join(err.split())
+    assert own["cka"] == true_cka
+
+
+def test_results_verify_recomputes_and_fails_on_a_poisoned_result(trained_run, home, tmp_path):
+    from hubcompare.comparisons.run import run_request
+    from hubcompare.results.store import ResultStore
+
+    store = ResultStore(tmp_path / "home" / "results")
+    req = ComparisonRequest("cka", (str(trained_run),), examples=100, batch_size=50, layers=("*.out",))
+    stored = run_request(req, store=store, device="cpu").stored
+    r = runner.invoke(app, ["results", "verify", stored.key[:10], "--device", "cpu", "--json"], env=home)
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["tolerance"] == 1e-4 and report["source"] == "computed"
+    assert {("cka.npz", "cka"), ("cka.json", "cka[*][*]")} <= {(a["file"], a["name"]) for a in report["arrays"]}
+    assert all(a["max_abs_diff"] <= 1e-4 for a in report["arrays"])
+    poisoned = _poisoned_copy(store, stored, poison=1e-3)
+    r = runner.invoke(app, ["results", "verify", stored.key[:10], "--device", "cpu"], env={**home, "COLUMNS": "100"})
+    assert r.exit_code == 1, r.output
+    assert "MISMATCH" in r.stdout and f"pulled from {PULLED}" in " ".join(r.stdout.split()) and "0.001" in r.stdout
+    assert store.get(stored.key).source == poisoned.source  # verify never replaces what is stored
+    r = runner.invoke(app, ["results", "verify", stored.key[:10], "--device", "cpu", "--tolerance", "0.01"], env=home)
+    assert r.exit_code == 0 and "verified" in r.stdout
+    r = runner.invoke(app, ["results", "show", stored.key[:10]], env={**home, "COLUMNS": "200"})
+    assert f"pulled from {PULLED}" in r.stdout
+    # a record whose request does not give its key here (another example count) is not compared: the inputs are named
+    current = store.get(stored.key)
+    keep = {name: current.file(name).read_bytes() for name in current.files}
+    store.remove(stored.key)
+    with store.staging() as staging:
+        for name, data in keep.items():
+            (staging / name).write_bytes(data)
+        store.put(stored.key, "cka", title="t", request=current.request | {"examples": 99}, key_inputs=current.key_inputs,
+                  summary=current.summary, models=current.models, dataset=current.dataset, staging=staging, seconds=1.0,
+                  source=PULLED)
+    r = runner.invoke(app, ["results", "verify", stored.key[:10], "--device", "cpu"], env=home)
+    assert r.exit_code == 2 and "ResultStoreError" in r.output and "cannot verify" in r.output, r.output
+    assert "examples" in r.output
+
+
+def test_labels_are_per_request_never_the_first_requesters(trained_run, home, tmp_path):
+    from hubcompare.results.store import ResultStore
+
+    args = ["cross-cka", str(trained_run), f"local-dir:{trained_run}", "--layers", "*.out", "--examples", "100",
+            "--batch-size", "50"]
+    first, _ = _json(home, *args, "--label", "alice's secret net", "--label", "bob", "--out", str(tmp_path / "a"))
+    assert first["from_store"] is False and first["pairs"][0]["label_a"] == "alice's secret net"
+    (stored,) = ResultStore(tmp_path / "home" / "results").list()
+    on_disk = "".join(p.read_text(errors="replace") for p in stored.path.iterdir() if p.suffix in (".json", ".svg"))
+    assert "alice" not in stored.title and "alice" not in json.dumps(stored.to_json()) and "alice" not in on_disk
+    second, _ = _json(home, *args, "--out", str(tmp_path / "b"))
+    assert second["from_store"] is True and "alice" not in json.dumps(second)
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "b").iterdir() if p.suffix == ".json")
+    assert "alice" not in written and "bob" not in written
+    third, _ = _json(home, *args, "--label", "carol", "--label", "dave", "--out", str(tmp_path / "c"))
+    assert third["from_store"] is True and third["pairs"][0]["label_a"] == "carol"

@@ -73,7 +73,7 @@ def test_resume_refuses_a_different_recipe(tmp_path):
 
 
 def test_finished_output_is_not_overwritten_silently(trained_run):
-    with pytest.raises(TrainingError, match="overwrite=True"):
+    with pytest.raises(TrainingError, match=r"retrain it \(overwrite\)"):
         train(small_recipe(), trained_run)
 
 
@@ -144,7 +144,7 @@ def test_paper_recipe_values():
      ({"model.bn_momentum": 0.99 + 1}, RecipeError, "bn_momentum"), ({"train.weight_decay_on": "bias"}, RecipeError, "weight_decay_on"),
      ({"augment.offsets": "image"}, RecipeError, "augment.offsets"), ({"model.width": float("inf")}, RecipeError, "finite"),
      ({"train.lr": float("nan")}, RecipeError, "train.lr.*finite"), ({"train.seed": 2**64}, RecipeError, "train.seed"),
-     ({"train.seed": -1}, RecipeError, "train.seed"), ({"train.epochs": 2}, RecipeError, "more epochs")],
+     ({"train.seed": -1}, RecipeError, "train.seed"), ({"train.epochs": 2, "train.warmup_epochs": 2}, RecipeError, "more epochs")],
 )
 def test_bad_recipe_values(overrides, error, match):
     with pytest.raises(error, match=match):

@@ -38,14 +38,14 @@ from .passes import (
     check_backend,
 )
 from .passes import Layers as BlockLayers
-from .stored import Recompute, run_stored, stored_json
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 Layers = Annotated[
     Optional[list[str]],
     typer.Option("--layers", help="Glob pattern(s) over layer names, e.g. '*.out' (repeatable). Default: every named layer "
                                   "(`hubcompare layers REF` lists them)."),
 ]
-Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for the figure/npz/json outputs (default: results/<command>-<models>).")]
+Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for the figure/npz/json outputs (default: results/<command>-<models>-<KEY8>, KEY8 the result key's first 8 hex digits: another request never overwrites it; a folder you name has its files replaced).")]
 Label = Annotated[Optional[str], typer.Option(
     "--label", help="What figures, tables and the JSON call the model (default: its card's name, e.g. 'ResNet-20 (1x)', "
                     "else its short reference).")]
@@ -132,7 +132,7 @@ def layers(
     (m,) = _load([ref], patterns, max_params, con)
     spec = InputSpec.from_model(m.model)
     m.model.to(dev)
-    cap = LayerCapture(m.model, patterns, example=spec.example(device=dev))
+    cap = LayerCapture(m.model, patterns, example=spec.example(device=dev), name=m.ref)
     shapes: dict[int, tuple] = {}
     cap.run(spec.example(device=dev), lambda i, a: shapes.__setitem__(i, tuple(a.shape[1:])))
     rows = []
@@ -174,6 +174,7 @@ def cross_cka(
     label: Labels = None,
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Cross-model CKA heatmaps between every pair of models (each model runs once per minibatch); with three or more
@@ -196,10 +197,10 @@ def cross_cka(
     con = progress_console(json_out)
     req = ComparisonRequest("cross-cka", tuple(refs), dataset, split, tuple(layers) if layers else None, batch_size, passes,
                             seed, examples, labels=tuple(label) if label else None, fmt=fmt)
-    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads, max_params=max_params,
                          device=device, backend=backend, ray_address=ray_address, workers=workers)
     warn(outcome.warnings)
-    out = out or Path("results") / ("cross-cka-" + "-vs-".join(slug(r) for r in refs))
+    out = out or default_out("cross-cka-" + "-vs-".join(slug(r) for r in refs), outcome, req)
     written = export(outcome, req, out)
     stored = outcome.stored
     names, plan = labels_for(stored, req), batch_plan_from_json(stored.summary["batch_plan"])
@@ -237,6 +238,7 @@ def cka(
     label: Label = None,
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
@@ -248,10 +250,10 @@ def cka(
     con = progress_console(json_out)
     req = ComparisonRequest("cka", (ref,), dataset, split, tuple(layers) if layers else None, batch_size, passes, seed,
                             examples, labels=(label,) if label else None, fmt=fmt)
-    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads, max_params=max_params,
                          device=device, backend=backend, ray_address=ray_address, workers=workers)
     warn(outcome.warnings)
-    out = out or Path("results") / f"cka-{slug(ref)}"
+    out = out or default_out(f"cka-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
     plan = batch_plan_from_json(outcome.stored.summary["batch_plan"])
     printed = json.loads(files[1].read_text())  # npz, json, figure
@@ -292,6 +294,7 @@ def blocks(
     label: Label = None,
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Detect block structure: CKA, PC1 variance share per layer, PC1 cosine, CKA without PC1.
@@ -310,10 +313,10 @@ def blocks(
     req = ComparisonRequest("blocks", (ref,), dataset, split, tuple(layers) if layers else None, batch_size, passes, seed,
                             examples, {k: v for k, v in options.items() if v is not None},
                             labels=(label,) if label else None, fmt=fmt)
-    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads, max_params=max_params,
                          device=device, backend=backend, ray_address=ray_address, workers=workers)
     warn(outcome.warnings)
-    out = out or Path("results") / f"blocks-{slug(ref)}"
+    out = out or default_out(f"blocks-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
     report = json.loads(files[0].read_text())  # blocks.json, blocks figure, CKA figure
     if json_out:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,7 +41,7 @@ class _View:
         self.status = e.status
         if e.kind in ("start", "epoch", "evaluate"):
             self.running[e.run] = (e.attempt, e.epoch, e.epochs)
-        elif e.kind in ("done", "retry", "failed", "skip"):
+        elif e.kind in ("done", "retry", "failed", "skip", "refit"):
             self.running.pop(e.run, None)
 
     def __rich__(self):
@@ -61,7 +63,7 @@ class _View:
 def grid(
     grid_file: Annotated[str, typer.Argument(metavar="GRID", help="Grid YAML path, or a bundled grid name: digits-zoo.")],
     out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Population folder (default: the grid's out:, else runs/<population>).")] = None,
-    backend: Annotated[str, typer.Option("--backend", callback=one_of("local", "ray"), help="local: worker processes on this machine; ray: Ray tasks (pip install 'hubcompare\\[ray]').")] = "local",
+    backend: Annotated[str, typer.Option("--backend", callback=one_of("local", "ray"), help="local: worker processes on this machine; ray: Ray tasks (pip install 'hubcompare[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local worker processes (default: one per CPU, at most one per run).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads per run (default: the CPUs split between the workers; Ray: --cpus-per-run).")] = None,
@@ -97,14 +99,18 @@ def grid(
     spec = load_grid(grid_file, out)
     hub_population = population or spec.population
     if push:
+        from ..hub.endpoint import hub_endpoint
         from ..hub.names import check_name, check_namespace
 
         check_name(hub_population, "population name")
         check_namespace(owner)
+        hub_endpoint()  # HF_ENDPOINT must be an http(s) URL: refused before any run trains, not after
     out_console = progress_console(as_json)
     todo_note = f"{plural(len(spec.points), 'run')} of {escape(spec.recipe)} ({', '.join(f'{k} x{len(v)}' for k, v in spec.axes.items()) or 'no axes'})"
     out_console.print(f"[bold]Grid[/] {escape(spec.population)}: {todo_note} -> {escape(str(spec.out))}  [dim]backend {backend}[/]",
                   highlight=False)
+    if spec.until_fit is not None:
+        out_console.print(f"[bold]Fit rule[/]: {escape(spec.until_fit.describe())}", highlight=False)
     view = _View()
     with Live(view, console=out_console, refresh_per_second=4, transient=True) as live:
         def on_event(e) -> None:
@@ -113,15 +119,20 @@ def grid(
                 live.console.print(f"[yellow]retry[/] {e.run} (attempt {e.attempt} failed: {escape(e.error or '')})", highlight=False)
             elif e.kind == "failed":
                 live.console.print(f"[red]failed[/] {e.run}: {escape(e.error or '')}", highlight=False)
+            elif e.kind == "refit":
+                acc = "unknown" if e.accuracy is None else f"{e.accuracy:.4f}"
+                live.console.print(f"[yellow]refit[/] {e.run}: train accuracy {acc} is below the fit rule's (kept in underfit/); "
+                                   f"training again for {e.epochs} epochs", highlight=False)
             elif e.kind == "done":
                 acc = "" if e.accuracy is None else f": test accuracy {e.accuracy:.4f}"
                 live.console.print(f"[green]done[/] {e.run}{acc}", highlight=False)
             live.refresh()
 
         try:
-            result = run_grid(spec, backend=backend, workers=workers, threads=threads, ray_address=ray_address,
-                              cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, max_retries=max_retries, data_dir=data_dir,
-                              overwrite=overwrite, device=device, on_event=on_event)
+            with _sigterm_interrupts():
+                result = run_grid(spec, backend=backend, workers=workers, threads=threads, ray_address=ray_address,
+                                  cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, max_retries=max_retries,
+                                  data_dir=data_dir, overwrite=overwrite, device=device, on_event=on_event)
         except KeyboardInterrupt:  # the app's error boundary prints "Interrupted." and exits 130
             out_console.print(f"Finished epochs are saved in each run's .resume folder: rerun the same command to resume "
                           f"({spec.out}).")
@@ -141,14 +152,39 @@ def grid(
             + (", then push again" if push else ""), {r.name: (r.errors or [""])[-1] for r in result.failed})
 
 
+def _where(ran_on: list[dict]) -> str:
+    """Where each attempt of this session ran: the host, or the Ray node's name (else IP) and id."""
+    def one(n: dict) -> str:
+        return f"{n.get('node_name') or n.get('node_ip')} {n['node_id'][:8]}" if n.get("node_id") else str(n.get("host", "?"))
+    return " > ".join(dict.fromkeys(one(n) for n in ran_on)) or "-"
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, a service manager, the end of a session) stops a grid as Ctrl-C does: the workers are
+    stopped, grid.json is written and every run keeps its last finished epoch (SIGTERM's default would kill this
+    process without writing anything)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _table(result, out) -> None:
     t = table(title=f"{result.population}: {len(result.finished)}/{len(result.runs)} finished in {_duration(result.wall_time_s)} "
                     f"({result.backend}) -> {result.out}")
-    for name in ("run", "status", "test acc", "tries", "resumed at", "train time"):
+    for name in ("run", "status", "test acc", "epochs", "train acc", "tries", "resumed at", "where", "train time"):
         add_column(t, name)
     for r in result.runs:
+        rungs = r.rungs if r.status in ("done", "skipped") and r.rungs else [*r.rungs, {"epochs": r.epochs, "train_accuracy": r.train_accuracy}]
         t.add_row(r.name, f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]", "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}",
-                  str(r.attempts), ", ".join(map(str, r.resumed_at)) or "-",
+                  " > ".join(str(g["epochs"]) for g in rungs),
+                  " > ".join("-" if g["train_accuracy"] is None else f"{g['train_accuracy']:.4f}" for g in rungs),
+                  str(r.attempts), ", ".join(map(str, r.resumed_at)) or "-", _where(r.ran_on),
                   "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f} s" if r.wall_time_s < 60 else _duration(r.wall_time_s))
     out.print(t)
     for r in result.failed:

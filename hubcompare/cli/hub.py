@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,10 +10,12 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .help import HubcompareCommand
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import MaxParams, RunDir, console, err_console, finite, progress_console, warn
 from .options import fraction as fraction_option
 from .output import Json, plural, print_json, table
+from .serve import request_log
 
 hub_app = typer.Typer(help="Run a local Hugging Face Hub-protocol server.", no_args_is_help=True)
 registry_app = typer.Typer(help="Names for models, with the metadata to select populations.", no_args_is_help=True)
@@ -20,7 +23,7 @@ registry_app = typer.Typer(help="Names for models, with the metadata to select p
 Register = Annotated[bool, typer.Option("--register/--no-register", help="Record the pushed model in the registry.")]
 
 
-@hub_app.command("serve")
+@hub_app.command("serve", cls=HubcompareCommand)
 def serve(
     data: Annotated[Path, typer.Option("--data", help="Folder holding the repos (created if missing).")],
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8080,
@@ -32,9 +35,16 @@ def serve(
     user: Annotated[str, typer.Option("--user", help="The user name whoami answers (the default namespace).")] = "local",
     max_bytes_per_second: Annotated[Optional[float], typer.Option("--max-bytes-per-second", help="Throttle downloads (simulate a slow link).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds a connection may sit idle.")] = 30.0,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Log no requests, not even on a terminal.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help=(
+        "Log one line per request on stderr, also when not in a terminal's foreground (by default only there).")
+    )] = False,
+    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append one line per request to this file.")] = None,
 ) -> None:
-    """Serve the Hugging Face Hub protocol from DATA (push, pull, list_models, collections) until Ctrl-C."""
+    """Serve the Hugging Face Hub protocol from DATA (push, pull, list_models, collections) until Ctrl-C.
+
+    Requests are logged on stderr only when the server runs in a terminal's foreground (a server started with '&',
+    or with its output redirected, is quiet); --verbose logs them anyway, --log-file to a file, --quiet never."""
     from ..hub.server import load_tokens
     from ..hub.server import serve as run_server
 
@@ -48,14 +58,23 @@ def serve(
         console.print(f"writes need one of its {len(tokens)} token(s) as HF_TOKEN" if tokens
                       else "no tokens configured: any caller may write (so it serves loopback only)")
 
+    to_terminal, log_path = request_log(quiet=quiet, verbose=verbose, log_file=log_file)
+    log_handle = open(log_path, "a", encoding="utf-8", buffering=1) if log_path is not None else None
+
     def log(line: str) -> None:
-        err_console.print(escape(line), highlight=False, soft_wrap=True)
+        if to_terminal:
+            err_console.print(escape(line), highlight=False, soft_wrap=True)
+        if log_handle is not None:
+            log_handle.write(f"{datetime.now().astimezone().isoformat(timespec='seconds')} {line}\n")
 
     try:
-        run_server(data, host, port, user, max_bytes_per_second, log=None if quiet else log, on_ready=ready,
-                   tokens=tokens, timeout=timeout)
+        run_server(data, host, port, user, max_bytes_per_second, log=log if to_terminal or log_handle else None,
+                   on_ready=ready, tokens=tokens, timeout=timeout)
     except KeyboardInterrupt:
         console.print("stopped")
+    finally:
+        if log_handle is not None:
+            log_handle.close()
 
 
 def quiet_hub_bars() -> None:
@@ -193,11 +212,14 @@ def pull(
 
     Offline (HF_HUB_OFFLINE=1), an unpinned hf-hub:OWNER/NAME that was only pulled pinned to a commit resolves to
     the newest cached commit, and says which."""
+    from ..hub.names import check_registry_name
     from ..hub.references import resolve_reference
     from ..hub.registry import Registry, entry_from_meta
 
+    if name:
+        check_registry_name(name)  # before the pull, not after it
     registry = Registry()
-    with progress_console(as_json).status(f"pulling {reference}"):
+    with progress_console(as_json).status(f"pulling {escape(reference)}"):
         resolved = resolve_reference(reference, registry, max_params=max_params)
         parameters = sum(p.numel() for p in resolved.model.parameters())
     warn(resolved.notices)
@@ -221,7 +243,7 @@ def pull(
 
 
 # --- registry ---------------------------------------------------------------------------------
-@registry_app.command("add")
+@registry_app.command("add", cls=HubcompareCommand)
 def registry_add(
     name: Annotated[str, typer.Argument(help="Short name (letters, digits, '-', '_', '.').")],
     reference: Annotated[str, typer.Argument(help="hf-hub:OWNER/NAME[@REV], timm:NAME, local-dir:PATH or a folder.")],
@@ -240,7 +262,7 @@ def registry_add(
     console.print(f"registry: [bold]{entry.name}[/] -> {entry.reference}")
 
 
-@registry_app.command("list")
+@registry_app.command("list", cls=HubcompareCommand)
 def registry_list(
     population: Annotated[Optional[str], typer.Option("--population")] = None,
     architecture: Annotated[Optional[str], typer.Option("--architecture")] = None,
@@ -282,7 +304,7 @@ def registry_list(
     console.print(plural(len(entries), "entry", "entries"))
 
 
-@registry_app.command("show")
+@registry_app.command("show", cls=HubcompareCommand)
 def registry_show(name: Annotated[str, typer.Argument()], as_json: Json = False) -> None:
     """Show one entry."""
     from dataclasses import asdict
@@ -299,7 +321,7 @@ def registry_show(name: Annotated[str, typer.Argument()], as_json: Json = False)
     console.print(t)
 
 
-@registry_app.command("remove")
+@registry_app.command("remove", cls=HubcompareCommand)
 def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
     """Remove a user entry (curated entries live in registry/*.txt: edit the file)."""
     from ..hub.registry import Registry
@@ -308,7 +330,7 @@ def registry_remove(name: Annotated[str, typer.Argument()]) -> None:
     console.print(f"removed {e.name} ({e.reference})")
 
 
-@registry_app.command("sync")
+@registry_app.command("sync", cls=HubcompareCommand)
 def registry_sync(
     author: Annotated[str, typer.Option("--author", help="Hub user or organisation.")],
     population: Annotated[Optional[str], typer.Option("--population", help="Only models tagged population-NAME.")] = None,
@@ -317,10 +339,16 @@ def registry_sync(
     """Fill the registry from list_models (tags hubcompare [+ population-P]), each pinned to its current sha."""
     from dataclasses import asdict
 
+    from ..hub.endpoint import hub_api
     from ..hub.registry import Registry, sync
 
-    with progress_console(as_json).status(f"listing models of {author}"):
-        entries = sync(Registry(), author, population)
+    api = hub_api()  # HF_ENDPOINT checked: not a URL is one typed error, before anything else
+    doing = f"listing models of {escape(author)} on {escape(api.endpoint)}"
+    with progress_console(as_json).status(doing) as status:
+        def waiting(attempt: int, error: BaseException) -> None:  # say what it is waiting for, and why
+            status.update(f"{doing}: attempt {attempt} failed ({escape(type(error).__name__)}), waiting to retry")
+
+        entries = sync(Registry(), author, population, api=api, on_retry=waiting)
     if as_json:
         print_json([asdict(e) for e in entries])
         return

@@ -17,15 +17,23 @@ from ..errors import HubcompareError
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .output import plural
 
-console = Console()
-err_console = Console(stderr=True)
+class CliConsole(Console):
+    """A console that never crops a printed line: a table whose names are wider than the terminal prints them
+    whole (the terminal wraps the line; a pipe keeps it), instead of cutting them at the terminal's width."""
+
+    def print(self, *objects, crop: bool = False, **kwargs) -> None:
+        super().print(*objects, crop=crop, **kwargs)
+
+
+console = CliConsole()
+err_console = CliConsole(stderr=True)
 
 RunDir = Annotated[Path, typer.Argument(help="A checkpoint folder written by `hubcompare train`.")]
 DataDir = Annotated[
     Optional[Path],
     typer.Option("--data-dir", help="Local data: a torchvision root, a folder with train.npz/test.npz, or an image folder."),
 ]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: the idle cores this process may use, 1 for a small model).")]
 MaxParams = Annotated[int, typer.Option(
     "--max-params", min=1,
     help="Refuse a model whose config.json describes more parameters (+ buffers) than this, checked before "
@@ -44,6 +52,7 @@ OPTION_FOR_PARAM = {
     "data": "--data",
     "dataset": "--dataset",
     "depth": "--depth",
+    "epochs": "--epochs",
     "device": "--device",
     "format": "--format",
     "gpus_per_run": "--gpus-per-run",
@@ -61,6 +70,7 @@ OPTION_FOR_PARAM = {
     "max_iter": "--max-iter",
     "max_params": "--max-params",
     "max_retries": "--max-retries",
+    "measures": "--measure (`hubcompare measures` lists them)",
     "null_side": "--null-side",
     "num_examples": "--examples",
     "out": "--out",
@@ -96,6 +106,13 @@ def fraction(value: Optional[str]) -> Optional[str]:
         raise typer.BadParameter(f"{value!r} is not a fraction: use e.g. 1, 0.25 or 1/16.") from None
     if not 0 < frac <= 1:
         raise typer.BadParameter(f"{value!r} is not in (0, 1]: use e.g. 1, 1/4 or 1/16.")
+    return value
+
+
+def seed_range(value: Optional[int]) -> Optional[int]:
+    """For --seed: 0 to 2**63 - 1, checked here so that --help shows "x>=0", not the 19-digit bound."""
+    if value is not None and value > SEED_MAX:
+        raise typer.BadParameter(f"{value} is too large: give a seed from 0 to 2**63 - 1.")
     return value
 
 
@@ -179,8 +196,16 @@ def device_label(dev) -> str:
     return f"{dev} ({torch.cuda.get_device_name(dev)})"
 
 
-def set_threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
+def set_threads(threads: Optional[int]):
+    """torch's CPU threads: ``threads``, else hubcompare's rule (:func:`~hubcompare.models.threads.choose_threads`:
+    the cores idle now; torch's own default, one per core, stalls when another process holds a core). Returns the
+    choice. The count is put back when the command ends (a command run in-process, as tests do, leaves none behind)."""
+    import click
+    import torch
 
-        torch.set_num_threads(threads)
+    from ..models.threads import set_torch_threads
+
+    ctx, previous = click.get_current_context(silent=True), torch.get_num_threads()
+    if ctx is not None:
+        ctx.call_on_close(lambda: torch.set_num_threads(previous))
+    return set_torch_threads(threads)

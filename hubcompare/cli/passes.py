@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .options import SEED_MAX, one_of
+from .options import one_of, seed_range
 
 Layers = Annotated[Optional[list[str]], typer.Option(
     "--layers", help="Glob pattern(s) over layer names, e.g. '*.out' (repeatable). Default: for a hubcompare ResNet the stem "
@@ -25,12 +25,12 @@ BatchSize = Annotated[Optional[int], typer.Option(
          "8 minibatches a pass for the standard errors (never below 32); the choice is printed and recorded.",
     show_default=False)]
 Passes = Annotated[int, typer.Option("--passes", help="Passes over the data, each freshly shuffled with --seed.")]
-Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the minibatch shuffles.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, callback=seed_range, help="Seed of the minibatch shuffles.")]
 Examples = Annotated[Optional[int], typer.Option("--examples", help="Use only the first N examples of the split.")]
 Backend = Annotated[str, typer.Option(
     "--backend", callback=one_of("local", "ray"),
     help="local: this process; ray: the minibatches sharded over Ray workers, each loading the models once, summed "
-         "here: the same numbers (pip install 'hubcompare\\[ray]').")]
+         "here: the same numbers (pip install 'hubcompare[ray]').")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray. Model folders must be on a filesystem every node sees.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Ray: shards of the minibatches, one worker each (default: the cluster's CPUs, at most one per minibatch); each uses --threads threads (default: the CPUs split between them).")]
 

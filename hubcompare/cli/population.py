@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
-    SEED_MAX,
+    seed_range,
     DataDir,
     Device,
     FigureFormat,
@@ -24,24 +24,24 @@ from .options import (
     wrote,
 )
 from .output import Json, plural, print_json, table
-from .stored import Recompute, run_stored, stored_json
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 SideArg = Annotated[str, typer.Argument(
     help="A model, REF1+REF2+..., @FILE, population:NAME, registry:KEY=VALUE,..., hf-tag:TAG or collection:SLUG.")]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="Compare on this dataset's test split, recomputing (and caching) "
                                                 "predictions of models whose stored ones are about other data. Default: the stored predictions.")]
 Splits = Annotated[int, typer.Option("--splits", min=1, help="Random splits of one population into two disjoint halves (the null).")]
-Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the random splits and permutations (recorded in the result).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, callback=seed_range, help="Seed of the random splits and permutations (recorded in the result).")]
 NullSide = Annotated[str, typer.Option("--null-side", callback=one_of("a", "b", "auto"), help="Population the split-half null comes from: a, b, or auto (A if large enough, else B).")]
 LabelOpt = Annotated[str | None, typer.Option(
     help="Name of the side in tables, figures and the JSON (default: its models' card name, e.g. 'ResNet-20 (1x)', when "
          "they share one and the other side's differs; else the side string).")]
-Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, help="Folder for the PNG/JSON/CSV outputs (default: results/<command>-<A>-vs-<B>).")]
+Out = Annotated[Path | None, typer.Option("--out", callback=writable_folder, help="Folder for the PNG/JSON/CSV outputs (default: results/<command>-<A>-vs-<B>-<KEY8>, KEY8 the result key's first 8 hex digits: another request never overwrites it).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where computed predictions are cached (default: $HUBCOMPARE_HOME/predictions).")]
 
 
 def _run(kind: str, a: str, b: str, options: dict, seed: int, dataset, label_a, label_b, fmt: str, out, recompute: bool,
-         data_dir, cache_dir, max_params: int, device: str, json_out: bool, con):
+         data_dir, cache_dir, max_params: int, device: str, json_out: bool, con, trust_pulled: bool = False):
     """The stored result of the comparison, or a fresh one (stored); written to ``--out`` as a fresh run writes it.
     Returns its JSON (under this request's labels), the files written and the outcome."""
     from ..comparisons.population_kinds import AGREEMENT, CLASS_DIFF
@@ -53,12 +53,12 @@ def _run(kind: str, a: str, b: str, options: dict, seed: int, dataset, label_a, 
                             labels=labels if any(labels) else None, fmt=fmt)
     # the device is where models without stored predictions run; checked before any loading
     outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, max_params=max_params, device=device,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, trust_pulled=trust_pulled)
     stored = outcome.stored
     doc = (AGREEMENT if kind == "agreement" else CLASS_DIFF).document(stored, req)
     _sources(con, doc["provenance"])
     warn(doc["warnings"])
-    out = out or Path("results") / f"{kind}-{slug(doc['side_a'])}-vs-{slug(doc['side_b'])}"
+    out = out or default_out(f"{kind}-{slug(doc['side_a'])}-vs-{slug(doc['side_b'])}", outcome, req)
     files = export(outcome, req, out)
     if json_out:
         print_json(doc | {"files": [str(f) for f in files], **stored_json(outcome)})
@@ -104,6 +104,7 @@ def agreement(
     label_b: LabelOpt = None,
     out: Out = None,
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
@@ -116,7 +117,7 @@ def agreement(
     from the store (--recompute computes it again)."""
     con = progress_console(json_out)
     doc, files = _run("agreement", a, b, {"splits": splits, "permutations": permutations, "null_side": null_side}, seed, dataset,
-                      label_a, label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con)
+                      label_a, label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con, trust_pulled)
     if json_out:
         return
     s = doc["summary"]
@@ -147,16 +148,17 @@ def agreement(
         say(f"{_null_header(n)}[bold]{n['outside_band']}[/] examples outside the per-example 95% band "
             f"(expected by chance at these side sizes: {n['expected_outside_under_null']:.1f}, "
             f"p = {_p(n['outside_band_p_value'])})")
-        _small_null(con, n)
+        _small_null(con, n, "agreement")
     wrote(files)
 
 
-def _small_null(con, n: dict) -> None:
-    """Beside the null's line: say plainly when its halves are too small for it to carry weight."""
-    if n["too_small"]:
-        con.print(f"  [bold yellow]too few models for this null to carry weight[/]: halves of {n['half_size']} "
-                  f"(at least {n['min_half_size']} needed); its band is coarse, so the outside count's p-value is the figure to read",
-                  soft_wrap=True, highlight=False)
+def _small_null(con, n: dict, kind: str) -> None:
+    """Beside the null's line: say plainly when its halves are too small for it to carry weight, and what to read."""
+    from ..populations.wording import small_null_note
+
+    note = small_null_note(n, kind)
+    if note:
+        con.print(f"  [yellow]{escape(note)}[/]", soft_wrap=True, highlight=False)
 
 
 def _null_header(n: dict) -> str:
@@ -178,6 +180,7 @@ def class_diff(
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the table to print (all are written).")] = 30,
     out: Out = None,
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     cache_dir: CacheDir = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
@@ -190,7 +193,7 @@ def class_diff(
     from the store (--recompute computes it again)."""
     con = progress_console(json_out)
     doc, files = _run("class-diff", a, b, {"alpha": alpha, "splits": splits, "null_side": null_side}, seed, dataset, label_a,
-                      label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con)
+                      label_b, fmt, out, recompute, data_dir, cache_dir, max_params, device, json_out, con, trust_pulled)
     if json_out:
         return
     s = doc["summary"]
@@ -214,5 +217,5 @@ def class_diff(
         n = s["null"]
         con.print(f"{_null_header(n)}{n['mean_significant_q']:.3f} classes significant per split on average; "
                   f"{100 * n['share_of_splits_with_any_significant']:.1f}% of splits with any", soft_wrap=True, highlight=False)
-        _small_null(con, n)
+        _small_null(con, n, "class-diff")
     wrote(files)

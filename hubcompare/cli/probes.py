@@ -10,9 +10,10 @@ import typer
 from rich.markup import escape
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from ..probes.summary import deletion_sentence, probe_sentence
 from .compare import Dataset, Layers
 from .options import (
-    SEED_MAX,
+    seed_range,
     DataDir,
     Device,
     FigureFormat,
@@ -21,15 +22,16 @@ from .options import (
     finite,
     progress_console,
     slug,
+    warn,
     writable_folder,
     wrote,
 )
 from .output import Json, plural, print_json, table
-from .stored import Recompute, run_stored, stored_json
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 Ref = Annotated[str, typer.Argument(help="A model reference (checkpoint folder, hf-hub:, timm:, registry name).")]
 Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder,
-                                             help="Folder for the figure/JSON/CSV (default: results/<command>-<model>).")]
+                                             help="Folder for the figure/JSON/CSV (default: results/<command>-<model>-<KEY8>, KEY8 the result key's first 8 hex digits: another request never overwrites it).")]
 Examples = Annotated[Optional[int], typer.Option("--examples", min=1, help="Use only the first N test examples.")]
 BLOCKS_HELP = ("Detected blocks to shade: auto (run `hubcompare blocks`' detector on the test split, its defaults), none, "
                "or a JSON file written by `hubcompare blocks` (or by probes / delete-blocks).")
@@ -72,7 +74,8 @@ def _read_blocks(value: str) -> list[dict]:
 
 
 def _run(kind: str, ref: str, *, layers, dataset, data_dir, batch_size, examples, seed: int, options: dict, fmt: str,
-         out, recompute: bool, threads, max_params: int, device: str, json_out: bool, con):
+         out, recompute: bool, threads, max_params: int, device: str, json_out: bool, con,
+         trust_pulled: bool = False):
     """The stored result of ``kind`` on ``ref`` or a fresh one (stored), written to ``--out`` as a fresh run writes it.
     Returns its JSON and the files written (the JSON, the CSV, the figure)."""
     from ..comparisons.requests import ComparisonRequest
@@ -82,9 +85,10 @@ def _run(kind: str, ref: str, *, layers, dataset, data_dir, batch_size, examples
         _read_blocks(options["blocks"])  # a file that is no blocks JSON is refused before any work
     req = ComparisonRequest(kind, (ref,), dataset, layers=tuple(layers) if layers else None, batch_size=batch_size, seed=seed,
                             examples=examples, options=options, fmt=fmt)
-    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
-                         device=device)
-    out = out or Path("results") / f"{kind}-{slug(ref)}"
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads,
+                         max_params=max_params, device=device)
+    warn(outcome.warnings)  # e.g. a model fed data unlike its training data
+    out = out or default_out(f"{kind}-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
     doc = json.loads(files[0].read_text())
     if json_out:
@@ -112,7 +116,7 @@ def probes(
     max_iter: Annotated[int, typer.Option("--max-iter", min=1, help="L-BFGS iterations per fit, at most.")] = 200,
     memory_gb: Annotated[float, typer.Option("--memory-gb", callback=_positive,
                                              help="Features held at once (GiB): layers are probed in groups that fit.")] = 2.0,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the validation draw.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, callback=seed_range, help="Seed of the validation draw.")] = 0,
     blocks: Annotated[str, typer.Option("--blocks", callback=_blocks_option, help=BLOCKS_HELP)] = "auto",
     out: Out = None,
     threads: Threads = None,
@@ -120,6 +124,7 @@ def probes(
     device: Device = "auto",
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Linear probes (softmax regression on frozen features) on every layer: before and after each residual add.
@@ -136,7 +141,7 @@ def probes(
     doc, files = _run("probes", ref, layers=layers, dataset=dataset, data_dir=data_dir, batch_size=batch_size,
                       examples=examples, seed=seed, options={k: v for k, v in options.items() if v is not None}, fmt=fmt,
                       out=out, recompute=recompute, threads=threads, max_params=max_params, device=device,
-                      json_out=json_out, con=con)
+                      json_out=json_out, con=con, trust_pulled=trust_pulled)
     if json_out:
         return
     result = probe_result_from_json(doc)
@@ -151,6 +156,7 @@ def probes(
     con.print(f"last layer {escape(last['name'])}: probe {last['test_accuracy']:.4f}"
               + (f", the model's own head {own:.4f}" if own is not None else "")
               + f"; {plural(len(result.blocks), 'detected block')} shaded", soft_wrap=True, highlight=False)
+    con.print(escape(probe_sentence(result)), soft_wrap=True, highlight=False)
     wrote(files)
 
 
@@ -167,6 +173,7 @@ def delete_blocks(
     device: Device = "auto",
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Delete residual blocks from the end of each stage backwards (identity path kept, no retraining): test accuracy
@@ -176,16 +183,18 @@ def delete_blocks(
     con = progress_console(json_out)
     doc, files = _run("delete-blocks", ref, layers=None, dataset=dataset, data_dir=data_dir, batch_size=batch_size,
                       examples=examples, seed=0, options={"blocks": blocks}, fmt=fmt, out=out, recompute=recompute,
-                      threads=threads, max_params=max_params, device=device, json_out=json_out, con=con)
+                      threads=threads, max_params=max_params, device=device, json_out=json_out, con=con, trust_pulled=trust_pulled)
     if json_out:
         return
     result = deletion_result_from_json(doc)
-    t = table("stage", "blocks deleted", "first deleted", "test accuracy", "drop",
-              title=f"{escape(ref)}: block deletion (full model {result.full_accuracy:.4f})")
+    full = result.full_accuracy
+    t = table("stage", "blocks deleted", "first deleted", "test accuracy", "change from full",
+              title=f"{escape(ref)}: block deletion (full model {full:.4f}; change: negative is accuracy lost)")
     for r in result.rows():
         if r["deleted"]:
-            t.add_row(str(r["stage"]), str(r["deleted"]), r["first_deleted"], f"{r['accuracy']:.4f}", f"{r['drop']:+.4f}")
+            t.add_row(str(r["stage"]), str(r["deleted"]), r["first_deleted"], f"{r['accuracy']:.4f}", f"{r['accuracy'] - full:+.4f}")
     con.print(t)
+    con.print(escape(deletion_sentence(result)), soft_wrap=True, highlight=False)
     kept = [b["layer"] for b in result.residual_blocks if not b["deletable"]]
     if kept:
         con.print(f"kept (projection shortcut): {escape(', '.join(kept))}", soft_wrap=True, highlight=False)

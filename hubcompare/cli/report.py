@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +22,7 @@ from .options import (
     set_threads,
     slug,
     warn,
+    writable_folder,
     wrote,
 )
 from .output import Json, print_json
@@ -42,25 +42,22 @@ from .passes import (
 )
 
 
-def html_file(value: Optional[Path]) -> Optional[Path]:
-    """For ``--out``: a NAME.html file whose folder exists or can be made and written, refused before any work."""
+def report_out(value: Optional[Path]) -> Optional[Path]:
+    """For ``--out``: a folder (created if missing; the page is report.html in it), as every command takes, or a
+    NAME.html file; refused before any work when it cannot be created or written."""
     if value is None:
         return value
-    if value.is_dir():
-        raise typer.BadParameter(f"{value} is a folder: give a file name ending in .html.")
-    if value.suffix.lower() not in (".html", ".htm"):
-        raise typer.BadParameter(f"{value} does not end in .html: the report is one HTML page.")
-    existing = value.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise typer.BadParameter(f"{existing} is a file, so {value} cannot be created in it.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"{existing} is not writable: give a file in a folder you can write to.")
-    return value
+    if value.suffix.lower() in (".html", ".htm") and not value.is_dir():
+        if value.parent.exists() and not value.parent.is_dir():
+            raise typer.BadParameter(f"{value.parent} is a file, so {value} cannot be created in it.")
+        writable_folder(value.parent)
+        return value
+    return writable_folder(value)
 
 
-OutFile = Annotated[Optional[Path], typer.Option("--out", callback=html_file, help="The HTML file to write (default: results/report-<model>.html).")]
+OutFile = Annotated[Optional[Path], typer.Option("--out", callback=report_out,
+                                                 help="Folder for the page, written as report.html in it (default: "
+                                                      "results/report-<model>), or a file name ending in .html.")]
 
 
 def report(
@@ -99,7 +96,7 @@ def report(
         m = CompareModel.from_resolved(resolve_reference(ref, max_params=max_params), None, ref=ref)
     ds = comparison_dataset([m], dataset, split, data_dir)
     plan = plan_for(ds, examples, batch_size, passes)
-    out = out or Path("results") / f"report-{slug(ref)}.html"
+    out = out or Path("results") / f"report-{slug(ref)}"
     with comparer(backend, ray_address, workers, threads, max_params, con) as compare_fn, \
             Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      TimeRemainingColumn(), console=con) as p:

@@ -1,4 +1,4 @@
-"""The result store on the command line: ``results list|show|rm|pull`` and ``push-result`` (Typer + rich)."""
+"""The result store on the command line: ``results list|show|rm|pull|verify`` and ``push-result`` (Typer + rich)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import typer
 from rich import box
 from rich.markup import escape
 
-from .options import console, err_console, progress_console
+from .help import HubcompareCommand
+from ..models.checkpoint import DEFAULT_MAX_PARAMS
+from .options import DataDir, Device, MaxParams, Threads, console, err_console, pick_device, progress_console, set_threads
 from .output import Json, add_column, plural, print_json, table
 
-results_app = typer.Typer(help="Stored comparison results: list, show, remove, pull shared ones.", no_args_is_help=True)
+results_app = typer.Typer(help="Stored comparison results: list, show, remove, pull shared ones, verify one.",
+                          no_args_is_help=True)
 
 KeyArg = Annotated[str, typer.Argument(help="A result key, its first 6+ characters (see `hubcompare results list`), or "
                                              "'latest' (the newest stored result).")]
@@ -37,6 +40,13 @@ def _resolve(store, key: str):
     if not newest:
         raise ResultNotFoundError("no stored result yet: the store fills as you compare (cross-cka, cka, blocks, ...)")
     return newest[0]
+
+
+def _origin(stored) -> str:
+    """Where a result came from, for people: computed here, or pulled (unchecked until verified) and from where."""
+    if stored.pulled:
+        return f"pulled from {stored.source} (computed elsewhere; `hubcompare results verify {stored.key[:12]}` checks it)"
+    return "computed here"
 
 
 def _when(created: str) -> str:
@@ -64,7 +74,7 @@ def _flat(prefix: str, value, rows: list[tuple[str, str]]) -> list[tuple[str, st
     return rows
 
 
-@results_app.command("list")
+@results_app.command("list", cls=HubcompareCommand)
 def results_list(
     kind: Annotated[Optional[str], typer.Option("--kind", help="Only results of this kind (cross-cka, cka, blocks...).")] = None,
     model: Annotated[Optional[str], typer.Option(
@@ -108,7 +118,7 @@ def results_list(
     console.print(plural(len(found), "result"), highlight=False)
 
 
-@results_app.command("show")
+@results_app.command("show", cls=HubcompareCommand)
 def results_show(
     key: Annotated[str, typer.Argument(help="A result key or 6+ character prefix, 'latest', or "
                                             "hf-hub-result:OWNER/NAME[@REV] (pulled into the store first).")],
@@ -132,7 +142,7 @@ def results_show(
     console.print(f"[bold]{escape(stored.title)}[/]\nkey {stored.key}", soft_wrap=True, highlight=False)
     t = table("field", "value", show_header=False)
     for label, value in (("kind", stored.kind), ("created (UTC)", _when(stored.created)),
-                         ("seconds", f"{stored.seconds:.1f}"), ("source", stored.source), ("dataset", stored.dataset),
+                         ("seconds", f"{stored.seconds:.1f}"), ("source", _origin(stored)), ("dataset", stored.dataset),
                          ("models", "\n".join(stored.models))):
         t.add_row(label, escape(value))
     for label, value in _flat("", stored.summary, []):
@@ -147,7 +157,7 @@ def results_show(
         console.print(f"  {escape(str(stored.file(name)))}", soft_wrap=True, highlight=False)
 
 
-@results_app.command("rm")
+@results_app.command("rm", cls=HubcompareCommand)
 def results_rm(
     key: KeyArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
@@ -189,7 +199,7 @@ def _pull(reference: str, store, as_json: bool):
     return stored
 
 
-@results_app.command("pull")
+@results_app.command("pull", cls=HubcompareCommand)
 def results_pull(reference: SharedRef, as_json: Json = False) -> None:
     """Download a shared result at one commit, check every file (no pickles; the key must match its inputs) and store it."""
     from ..results.share import parse_result_reference
@@ -231,3 +241,52 @@ def push_result(
         return
     out.print(f"[bold green]{escape(repo)}[/] at [bold]{sha}[/]: {escape(url)}", highlight=False, soft_wrap=True)
     out.print(f"pull it with: hubcompare results pull {escape(reference)}", highlight=False, soft_wrap=True)
+
+
+@results_app.command("verify", cls=HubcompareCommand)
+def results_verify(
+    key: KeyArg,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, help="The largest absolute difference accepted per array (float32 passes on another "
+                                     "device or thread count agree far closer than the default).")] = 1e-4,
+    data_dir: DataDir = None,
+    threads: Threads = None,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Compute a stored result again here from its record's inputs and compare it array by array (it stays stored).
+
+    Exit code 0 when every array (each NPZ array; each numeric JSON field, list items folded) is within --tolerance,
+    1 when one is not. A result whose inputs are not on this machine (other models, data or version) is an error."""
+    from ..comparisons.verify import verify_result
+    from ..results.store import check_key_prefix
+    from .stored import Live
+
+    if key != LATEST:
+        check_key_prefix(key)  # refused before the store is opened
+    store = _store()
+    stored = _resolve(store, key)
+    set_threads(threads)
+    dev = pick_device(device)
+    con = progress_console(as_json)
+    with Live(con) as live:
+        report = verify_result(stored, store=store, tolerance=tolerance, data_dir=data_dir, max_params=max_params,
+                               device=dev, on_progress=live)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        console.print(f"result {stored.key[:12]} ({escape(stored.title)}), {escape(_origin(stored))}", highlight=False,
+                      soft_wrap=True)
+        t = table("file", "array", "size", "max |stored - here|", title=f"recomputed here in {report.seconds:.1f} s")
+        for c in report.checks:
+            bad = not c.max_abs_diff <= tolerance
+            diff = "shape or presence differs" if c.max_abs_diff == float("inf") else f"{c.max_abs_diff:.3g}"
+            t.add_row(escape(c.file), escape(c.name), str(c.size), f"[red]{diff}[/]" if bad else diff)
+        console.print(t)
+        verdict = (f"[bold green]verified[/]: {plural(len(report.checks), 'array')} within {tolerance:g}" if report.ok
+                   else f"[bold red]MISMATCH[/]: {plural(len(report.mismatches), 'array')} of {len(report.checks)} differ "
+                        f"by more than {tolerance:g}" if report.checks else "[bold red]nothing to compare[/]")
+        console.print(verdict, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -37,7 +37,7 @@ from .passes import (
     check_backend,
 )
 from .population import LabelOpt, Out, SideArg
-from .stored import Recompute, run_stored, stored_json
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 SIDE_SCHEMES = ("population", "registry", "hf-tag", "collection")
 MaxMemory = Annotated[float, typer.Option(
@@ -97,6 +97,7 @@ def across_seeds(
     workers: Workers = None,
     fmt: FigureFormat = "png",
     recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Across seeds: CKA between every pair of seeds at matching layers, within each side and across the two, inside
@@ -115,10 +116,10 @@ def across_seeds(
     req = ComparisonRequest("across-seeds", (a, b), dataset, split, tuple(layers) if layers else None, batch_size, passes,
                             seed, examples, {"pc_examples": pc_examples, "max_memory_gb": max_memory},
                             labels=labels if any(labels) else None, fmt=fmt)
-    outcome = run_stored(req, con, recompute=recompute, data_dir=data_dir, threads=threads, max_params=max_params,
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads, max_params=max_params,
                          device=device, backend=backend, ray_address=ray_address, workers=workers)
     label_a, label_b = labels_for(outcome.stored, req)
-    out = out or Path("results") / f"across-seeds-{slug(label_a)}-vs-{slug(label_b)}"
+    out = out or default_out(f"across-seeds-{slug(label_a)}-vs-{slug(label_b)}", outcome, req)
     files = export(outcome, req, out)
     doc = json.loads(files[0].read_text())  # across_seeds.json, .csv, the figure
     plan_warning = batch_plan_from_json(outcome.stored.summary["batch_plan"]).warning()
@@ -131,6 +132,10 @@ def across_seeds(
 
 
 def _tables(r) -> None:
+    from rich.markup import escape
+
+    from ..populations.wording import seeds_sentence
+
     s = r.summary()
     for key, side in (("a", r.a), ("b", r.b)):
         t = table("#", "layer", title=f"{side.label}: {plural(len(side.models), 'model')}, "
@@ -149,6 +154,7 @@ def _tables(r) -> None:
     for key, name in names.items():
         t.add_row(name, *(_stat(**{f: s[key][c][f] for f in ("mean", "sd", "n")}) for c in ("outside", "partly", "inside")))
     console.print(t)
+    console.print(escape(seeds_sentence(s, r.a.label, r.b.label)), soft_wrap=True, highlight=False)
 
 
 ACROSS_OPTIONS = set(across_seeds.__code__.co_varnames[: across_seeds.__code__.co_argcount]) - {"a", "b", "label_a", "label_b"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,7 +29,7 @@ def serve(
     max_models: Annotated[int, typer.Option("--max-models", min=2, max=32, help="Most models in one comparison.")] = 8,
     backend: Annotated[str, typer.Option("--backend", callback=one_of("local", "ray"), help=(
         "Where jobs run. local: --workers processes on this machine; ray: one Ray task per job "
-        "(pip install 'hubcompare\\[ray]')."))] = "local",
+        "(pip install 'hubcompare[ray]')."))] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="Ray cluster address (e.g. auto, ray://HOST:10001); default: start a local Ray.")] = None,
     threads: Annotated[Optional[int], typer.Option(
@@ -35,9 +37,16 @@ def serve(
     memory_jobs: Annotated[bool, typer.Option(
         "--memory-jobs", help="Keep the job table in memory only (default: journalled beside the result store, so a "
                               "restarted server keeps its finished jobs and runs the unfinished ones again).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Do not log requests.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Log no requests, not even on a terminal.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help=(
+        "Log one line per request on stderr, also when not in a terminal's foreground (by default only there).")
+    )] = False,
+    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append one line per request to this file.")] = None,
 ) -> None:
-    """Serve the registry, stored results and comparison jobs as web pages and a JSON API until Ctrl-C."""
+    """Serve the registry, stored results and comparison jobs as web pages and a JSON API until Ctrl-C.
+
+    Requests are logged on stderr only when the server runs in a terminal's foreground (a server started with '&',
+    or with its output redirected, is quiet); --verbose logs them anyway, --log-file to a file, --quiet never."""
     from ..errors import ServiceDependencyError
 
     try:
@@ -49,6 +58,7 @@ def serve(
         raise ServiceDependencyError(f"the service needs fastapi, uvicorn and python-multipart ({e}): "
                                      "pip install 'hubcompare[serve]'") from None
 
+    to_terminal, log_path = request_log(quiet=quiet, verbose=verbose, log_file=log_file)
     config = ServiceConfig(host=host, port=port, token=token or None, workers=workers, data_dir=data_dir,
                            max_examples=max_examples, max_models=max_models, backend=backend, ray_address=ray_address,
                            threads=threads, keep_jobs=not memory_jobs).check()
@@ -68,10 +78,69 @@ def serve(
     console.print(f"jobs journalled in {escape(str(journal.path))} (a restart keeps them)" if journal is not None
                   else "jobs kept in memory only (--memory-jobs)", soft_wrap=True, highlight=False)
     try:
+        # start-up and shutdown lines stay (a few, once); the request lines only where request_log says
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning" if quiet else "info",
-                    access_log=not quiet, timeout_graceful_shutdown=2, server_header=False)
+                    access_log=to_terminal or log_path is not None,
+                    log_config=uvicorn_log_config(to_terminal, log_path), timeout_graceful_shutdown=2, server_header=False)
     except KeyboardInterrupt:
         err_console.print("stopped")
+
+
+def in_terminal_foreground() -> bool:
+    """Whether this process runs in the foreground of a terminal: stdin and stderr are the terminal, and its process
+    group is the terminal's foreground group. A command started with '&' is not (an interactive shell puts it in a
+    background group; a script's shell gives it /dev/null for stdin), nor one whose output is redirected."""
+    try:
+        fd = sys.stderr.fileno()
+        return (os.isatty(fd) and sys.stdin is not None and os.isatty(sys.stdin.fileno())
+                and os.tcgetpgrp(fd) == os.getpgrp())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def request_log(*, quiet: bool, verbose: bool, log_file: Optional[Path]) -> tuple[bool, Optional[Path]]:
+    """Where a server logs its requests, one line each: (on stderr?, a file to append to). The rule of both servers
+    (``serve`` and ``hub serve``): --quiet none; --log-file that file; --verbose stderr; by default stderr only in a
+    terminal's foreground."""
+    from ..errors import ServiceConfigError
+
+    if quiet and (verbose or log_file is not None):
+        raise ServiceConfigError("--quiet logs no requests: drop it, or drop --verbose / --log-file", params=("quiet",))
+    if log_file is not None:
+        try:
+            with open(log_file, "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            raise ServiceConfigError(f"cannot append to the log file {log_file} ({e.strerror or e}): give a writable file",
+                                     params=("log_file",)) from None
+    return (not quiet and (verbose or (log_file is None and in_terminal_foreground()))), log_file
+
+
+def uvicorn_log_config(to_terminal: bool, log_file: Optional[Path]) -> dict:
+    """uvicorn's logging with the request lines on stderr and/or appended to a file (plain text there)."""
+    handlers: dict = {"default": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}}
+    access = []
+    if to_terminal:
+        handlers["access"] = {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+        access.append("access")
+    if log_file is not None:
+        handlers["access_file"] = {"formatter": "access_file", "class": "logging.FileHandler", "filename": str(log_file),
+                                   "encoding": "utf-8"}
+        access.append("access_file")
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {
+            "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s", "use_colors": None},
+            "access": {"()": "uvicorn.logging.AccessFormatter",
+                       "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'},
+            "access_file": {"()": "uvicorn.logging.AccessFormatter", "use_colors": False,
+                            "fmt": '%(asctime)s %(client_addr)s - "%(request_line)s" %(status_code)s'},
+        },
+        "handlers": handlers,
+        "loggers": {"uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+                    "uvicorn.error": {"level": "INFO"},
+                    "uvicorn.access": {"handlers": access, "level": "INFO", "propagate": False}},
+    }
 
 
 def _check_port_free(host: str, port: int) -> None:

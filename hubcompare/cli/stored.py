@@ -1,11 +1,15 @@
-"""What every stored comparison command does around ``run_request``: --recompute, live progress, the stored line.
+"""What every stored comparison command does around ``run_request``: --recompute, --trust-pulled, live progress, the
+stored line (which says where a stored answer came from).
 
 One copy for cross-cka, cka, blocks, agreement, class-diff, across-seeds, probes and delete-blocks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from contextlib import ExitStack
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +23,13 @@ Recompute = Annotated[bool, typer.Option(
     "--recompute", help="Compute again even when the result store holds this comparison (the new result replaces it). "
                         "Without it a stored result of the same models (commit / weights hash), data and settings is "
                         "returned at once; labels and --format are re-rendered from it.")]
+
+
+TrustPulled = Annotated[bool, typer.Option(
+    "--trust-pulled", envvar="HUBCOMPARE_TRUST_PULLED",
+    help="Let a result pulled from the Hub (`results pull`) answer this request. Without it a pulled result of the "
+         "same key is not used: the comparison is computed here (replacing it) and a line says so; `hubcompare "
+         "results verify KEY` checks a pulled result without replacing it.")]
 
 
 def when(created: str) -> str:
@@ -91,24 +102,45 @@ class LazyRay:
 
 
 def run_stored(req, con, *, recompute: bool, data_dir=None, threads=None, max_params: int = DEFAULT_MAX_PARAMS,
-               device: str = "auto", backend: str = "local", ray_address=None, workers=None, cache_dir=None):
+               device: str = "auto", backend: str = "local", ray_address=None, workers=None, cache_dir=None,
+               trust_pulled: bool = False):
     """Threads, the device (checked before any model loads), then the stored result of ``req`` or a fresh one (stored);
-    its notices printed, and a line on stderr when it came from the store. The result's warnings are the caller's."""
+    its notices printed, and a line on stderr when it came from the store, saying where it was computed (here, or
+    pulled from a Hub repo). The result's warnings are the caller's."""
     from ..comparisons.run import run_request
 
     set_threads(threads)
     dev = pick_device(device)
     with LazyRay(backend, ray_address, workers, threads, max_params) as compare, Live(con, backend) as live:
         outcome = run_request(req, recompute=recompute, data_dir=data_dir, max_params=max_params, device=dev,
-                              compare=compare, on_progress=live, cache_dir=cache_dir)
+                              compare=compare, on_progress=live, cache_dir=cache_dir, trust_pulled=trust_pulled)
     warn(outcome.notices)
     if outcome.from_store:
-        s = outcome.stored
-        err_console.print(f"stored result {s.key[:12]} (computed {when(s.created)} in {s.seconds:.1f} s); "
-                          "--recompute to compute again", soft_wrap=True, highlight=False)
+        err_console.print(stored_line(outcome.stored), soft_wrap=True, highlight=False)
     return outcome
 
 
+def default_out(stem: str, outcome, req) -> Path:
+    """The folder a command writes to without ``--out``: ``results/<stem>-<KEY8>``, KEY8 the first 8 hex digits of the
+    result's key (``results list`` shows it), so another request (other models, data or settings) never writes into
+    it; labels change the files' contents, so a request with ``--label``s adds a digest of them (``-L1a2b``). The
+    same request again writes the same files there (a ``--format`` adds its figures beside the others)."""
+    tag = outcome.key[:8]
+    if req.labels and any(req.labels):
+        tag += "-L" + hashlib.sha256(json.dumps(list(req.labels)).encode()).hexdigest()[:4]
+    return Path("results") / f"{stem}-{tag}"
+
+
+def stored_line(s) -> str:
+    """``stored result KEY (computed ... in 4.2 s); ...``; a pulled one says so, and where from."""
+    if s.pulled:
+        return (f"stored result {s.key[:12]} PULLED from {escape(s.source)} (computed elsewhere {when(s.created)}, not "
+                f"checked here: `hubcompare results verify {s.key[:12]}` recomputes it); --recompute to compute here")
+    return f"stored result {s.key[:12]} (computed {when(s.created)} in {s.seconds:.1f} s); --recompute to compute again"
+
+
 def stored_json(outcome) -> dict:
-    """What --json adds: the result's key in the store and whether it came from there."""
-    return {"result_key": outcome.stored.key, "from_store": outcome.from_store}
+    """What --json adds: the result's key in the store, whether it came from there, and its origin (``computed`` or
+    the ``hf-hub-result:OWNER/NAME@SHA`` it was pulled from)."""
+    return {"result_key": outcome.stored.key, "from_store": outcome.from_store, "source": outcome.stored.source,
+            "pulled": outcome.stored.pulled}

@@ -11,13 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
-    SEED_MAX,
+    seed_range,
     DataDir,
     Device,
     MaxParams,
     Threads,
     console,
     device_label,
+    err_console,
     finite,
     fraction,
     pick_device,
@@ -37,9 +38,9 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Checkpoint folder to write (default: runs/<recipe>-d<depth>-w<width>-s<seed>).")] = None,
     depth: Annotated[Optional[int], typer.Option(help="ResNet depth, 6n+2 (14, 20, 26, ..., 56, 62, 110).")] = None,
     width: Annotated[Optional[float], typer.Option(callback=finite, help="Width multiplier k (stage channels 16k, 32k, 64k).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, callback=seed_range, help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
     data_fraction: Annotated[Optional[str], typer.Option("--data-fraction", callback=fraction, help="Share of the training split: 1, 1/4, 1/16, ...")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Number of epochs (a recipe warm-up as long is shortened, with a note).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset: digits, cifar10, cifar10-jpeg, cifar100, imagefolder.")] = None,
     data_dir: DataDir = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain even if --out holds a checkpoint or a resumable run.")] = False,
@@ -51,7 +52,6 @@ def train(
     from ..training.loop import train as run_training
     from ..training.recipes import load_recipe
 
-    set_threads(threads)
     dev = pick_device(device)
     if width is not None and float(width).is_integer():
         width = int(width)
@@ -59,6 +59,7 @@ def train(
         "model.depth": depth, "model.width": width, "train.seed": seed, "data.fraction": data_fraction,
         "train.epochs": epochs, "data.dataset": dataset,
     })
+    warn(list(r.notes))
     m = r["model"]
     out = out or Path("runs") / f"{r.name}-d{m['depth']}-w{m['width']:g}-s{r['train']['seed']}"
     console.print(
@@ -80,6 +81,8 @@ def train(
             if e.resumed_from:
                 console.print(f"[yellow]Resuming[/] after epoch {e.resumed_from} of {e.epochs} from {out / '.resume'}")
             console.print(f"{plural(e.num_train, 'training example')}, {plural(e.steps, 'step')} per epoch")
+            if e.threads is not None:
+                err_console.print(e.threads.describe(), highlight=False)
             task = progress.add_task(f"epoch {e.resumed_from}/{e.epochs}", total=e.steps * e.epochs,
                                      completed=e.steps * e.resumed_from, info="")
         elif e.kind == "step":
@@ -94,7 +97,8 @@ def train(
 
     try:
         with progress:
-            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite, device=dev)
+            result = run_training(r, out, data_dir=data_dir, on_event=on_event, overwrite=overwrite, device=dev,
+                                  threads=threads)
     except KeyboardInterrupt:  # the app's error boundary prints "Interrupted." and exits 130
         console.print(f"Completed epochs are saved in {out / '.resume'}: rerun the same command to resume.")
         raise

@@ -27,15 +27,16 @@ from ..results.store import StoredResult
 from ..similarity.batchplan import BatchPlan, choose_batch_plan
 from ..similarity.blocks import DEFAULT_BLOCK_LAYERS, Block, BlockCriteria, BlockReport, PCAnalysis, analyze_blocks
 from ..similarity.capture import LayerCapture
-from ..similarity.engine import CompareModel, comparison_dataset
+from ..similarity.engine import CompareModel, PassSettings, comparison_dataset
 from ..similarity.engine import compare as local_compare
 from ..similarity.labels import file_slugs, unique_labels
 from ..similarity.plots import plot_block_report, plot_cka, plot_cka_grid
 from ..similarity.results import CKAResult
 from .requests import ComparisonRequest, Prepared
 
-__all__ = ["BLOCKS", "CKA", "CROSS_CKA", "KINDS", "batch_plan_from_json", "block_report_from_json", "cka_result_from_json",
-           "copy_file", "device_text", "labels_for", "model_identity", "model_records", "plan_warnings", "tapped_layers"]
+__all__ = ["BLOCKS", "CKA", "CROSS_CKA", "KINDS", "PassState", "batch_plan_from_json", "block_report_from_json",
+           "cka_result_from_json", "copy_file", "device_text", "finish_pair", "labels_for", "model_identity", "model_records",
+           "pass_state", "plan_warnings", "run_pass", "tapped_layers"]
 
 LABEL_KEYS = ("architecture", "depth", "width", "seed", "data_fraction", "dataset")  # what default labels are made of
 
@@ -71,7 +72,7 @@ def _tapped(m: CompareModel, ds: ImageDataset) -> list[str]:
     num_classes = getattr(m.model, "num_classes", None)
     exclude = ["logits", "output"] if num_classes is not None and num_classes != ds.num_classes else []
     spec = InputSpec.from_model(m.model, ds.image_shape)
-    return LayerCapture(m.model, m.layers, exclude=exclude, example=spec(ds.images[:2])).names
+    return LayerCapture(m.model, m.layers, exclude=exclude, example=spec(ds.images[:2]), name=m.ref).names
 
 
 def _where(dev: torch.device) -> str:
@@ -104,10 +105,8 @@ def _prepare_pass(req: ComparisonRequest, ctx, block_layers: bool = False):
         models.append(m)
         identities.append(_identity(ref, resolved))
         aliases += [ref, str(resolved.pinned)]
-    ds = comparison_dataset(models, req.dataset, req.split, ctx.data_dir)
-    n = len(ds) if req.examples is None else min(req.examples, len(ds))
-    plan = choose_batch_plan(n, req.batch_size, req.passes)
-    names = unique_labels([m.provenance for m in models], list(req.refs), list(req.labels) if req.labels else None)
+    state = _pass_state(models, req, comparison_dataset(models, req.dataset, req.split, ctx.data_dir), dev)
+    ds, n, plan = state.dataset, state.plan.num_examples, state.plan
     key_inputs = {
         "models": identities,
         "dataset": {"name": ds.name, "split": ds.split, "fingerprint": ds.fingerprint, "size": len(ds)},
@@ -115,16 +114,26 @@ def _prepare_pass(req: ComparisonRequest, ctx, block_layers: bool = False):
         "settings": {"num_examples": n, "batch_plan": plan.to_json(), "passes": req.passes, "seed": req.seed},
         "hubcompare": package_versions().get("hubcompare"),
     }
-    state = PassState(models, ds, plan, dev, names)
     return Prepared(key_inputs, "", list(dict.fromkeys(aliases)), ds.name, notices, state)
 
 
+def _pass_state(models: list[CompareModel], req: ComparisonRequest, ds: ImageDataset, dev: torch.device) -> PassState:
+    """The batch plan (:func:`choose_batch_plan` on the examples compared) and the labels (``req.labels``, else the card
+    names) of a pass: one definition for the CLI, the service and the Python API (:mod:`.library`)."""
+    n = len(ds) if req.examples is None else min(req.examples, len(ds))
+    names = unique_labels([m.provenance for m in models], list(req.refs), list(req.labels) if req.labels else None)
+    return PassState(models, ds, choose_batch_plan(n, req.batch_size, req.passes), dev, names)
+
+
 def _run_pass(req: ComparisonRequest, st: PassState, on_progress, compare: Callable | None, **extra):
-    """The CKA pass (every model once per minibatch) with progress as ``CKA on DATA SPLIT (DEVICE)``."""
-    stage = f"CKA on {st.dataset.name} {req.split} ({_where(st.device)})"
+    """The CKA pass (every model once per minibatch) with progress as ``CKA on DATA SPLIT (DEVICE)`` (``CKA, rsa, ...``
+    when other measures run in it)."""
+    others = [m.name for m in extra.get("measures", ()) if m.name != "cka"]
+    stage = f"{', '.join(['CKA', *others])} on {st.dataset.name} {req.split} ({_where(st.device)})"
     on_progress(stage, 0, st.plan.num_batches)
-    return (compare or local_compare)(st.models, st.dataset, st.plan.batch_size, req.passes, req.seed, req.examples,
-                                      on_batch=lambda d, n: on_progress(stage, d, n), device=st.device, **extra)
+    settings = PassSettings(batch_size=st.plan.batch_size, passes=req.passes, seed=req.seed, num_examples=req.examples,
+                            device=st.device, **extra)
+    return (compare or local_compare)(st.models, st.dataset, settings, on_batch=lambda d, n: on_progress(stage, d, n))
 
 
 def _finish(r: CKAResult, plan: BatchPlan, label_a: str, label_b: str) -> CKAResult:
@@ -302,3 +311,4 @@ KINDS = (CROSS_CKA, CKA, BLOCKS)
 # shared with the other kinds (seed_kinds, probe_kinds): one definition of a model's identity, its tapped layers, ...
 model_identity, tapped_layers, device_text, model_records = _identity, _tapped, _where, _model_records
 plan_warnings, copy_file = _plan_warnings, _copy
+pass_state, run_pass, finish_pair = _pass_state, _run_pass, _finish  # the Python API's pass is the CLI's (library.py)

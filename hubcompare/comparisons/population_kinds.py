@@ -275,6 +275,9 @@ class PopulationKind:
             r = class_diff(sa, sb, alpha=opts["alpha"], splits=opts["splits"], seed=req.seed, null_side=opts["null_side"],
                            settings=settings)
             arrays, plot = _class_diff_arrays(r), plot_class_diff
+        name = sa.dataset.get("name")  # a model whose card names another dataset: said, as the CKA kinds say it
+        r.warnings += [f"{m.ref}: trained on {m.info['dataset']}, compared on {name}: its predictions are on data unlike "
+                       "its training data." for s in (sa, sb) for m in s.members if m.info.get("dataset") not in (None, name)]
         r.save(staging)
         _save_npz(staging / self.files[2], arrays)
         plot(r, staging / f"{self.stem}.png")

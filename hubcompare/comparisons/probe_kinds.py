@@ -22,7 +22,7 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..errors import InvalidRequestError
 from ..hub.references import resolve_reference
 from ..models.devices import resolve_device
-from ..models.inputs import InputSpec
+from ..models.inputs import InputSpec, unlike_training_data
 from ..probes.deletion import DeletionResult, check_head, residual_stages
 from ..probes.deletion import delete_blocks as run_deletion
 from ..probes.features import DEFAULT_PROBE_LAYERS
@@ -146,7 +146,10 @@ class _ProbeKind:
         atomic_write_json(staging / self.files[0], result.to_json())
         atomic_write_text(staging / self.files[1], result.to_csv())
         (plot_probes if self.name == "probes" else plot_deletion)(result, staging / f"{self.stem}.png")
-        return self._summary(result), []
+        m, test = st.model, st.test  # a model fed data unlike its training data is said, as the CKA kinds say it
+        shift = unlike_training_data(m.ref, m.trained_on, test.name, InputSpec.from_model(m.model, test.image_shape),
+                                     test.image_shape)
+        return self._summary(result), [shift] if shift else []
 
     def _blocks(self, st: ProbeState, req: ComparisonRequest, on_progress) -> tuple[list[dict], dict]:
         """The blocks to shade and where they came from (``auto``: the block detector's defaults on the same examples)."""
@@ -209,7 +212,7 @@ def _probed_layers(m: CompareModel, train: ImageDataset) -> list[str]:
     if patterns is None and hasattr(m.model, "forward_taps"):
         patterns = list(DEFAULT_PROBE_LAYERS)
     spec = InputSpec.from_model(m.model, train.image_shape)
-    return LayerCapture(m.model, patterns, example=spec(train.images[:2])).names
+    return LayerCapture(m.model, patterns, example=spec(train.images[:2]), name=m.ref).names
 
 
 PROBES = _ProbeKind("probes", "probes")

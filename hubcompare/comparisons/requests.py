@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..data.datasets import DATASETS, SPLITS
 from ..errors import InvalidNameError, InvalidReferenceError, InvalidRequestError, short_repr
-from ..hub.names import parse_reference
+from ..hub.names import check_collection_slug, parse_reference
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..similarity.cka import MIN_BATCH
 
@@ -307,6 +307,11 @@ class ComparisonRequest:
                     self._check_reference(where, token.strip(), allow_paths)
                 return
             if ref.partition(":")[0] in SIDE_SCHEMES and ref.partition(":")[2]:
+                if ref.startswith("collection:"):  # a slug is a Hub path: the name rules, before any request
+                    try:
+                        check_collection_slug(ref.partition(":")[2])
+                    except InvalidNameError as e:
+                        raise _bad(where, str(e), "a slug names one collection, never another Hub path") from None
                 return
         try:
             parsed = parse_reference(ref)

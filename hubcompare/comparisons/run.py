@@ -21,12 +21,18 @@ this file and add ``*module.KINDS`` to ``_KINDS`` below. A kind module imports `
 ``ComparisonRequest`` from :mod:`.requests`, never from this module (which imports the kinds: no cycle).
 Its options (kind-specific settings) are declared, with their types and ranges, in ``requests.OPTION_SPECS``.
 :func:`run_request` then keys, looks up, computes and stores it; :func:`export` writes it to ``--out``.
+
+What is stored is the request without its labels and format (:func:`neutral`): the models' card names, so no
+requester's labels become another's; ``export`` applies each request's own. A stored result pulled from the Hub
+answers a request only when trusted (``trust_pulled``, ``$HUBCOMPARE_TRUST_PULLED``); otherwise it is computed here
+and replaces the pulled copy (``Outcome.superseded`` and a notice say so).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -37,7 +43,10 @@ from ..results.store import ResultStore, StoredResult
 from . import cka_kinds, population_kinds, probe_kinds, seed_kinds
 from .requests import ComparisonRequest, Context, Prepared, Progress
 
-__all__ = ["Context", "Kind", "Outcome", "Prepared", "export", "kind_for", "run_request"]
+__all__ = ["Context", "Kind", "Outcome", "Prepared", "TRUST_PULLED_ENV", "export", "kind_for", "neutral", "run_request",
+           "trust_pulled_default"]
+
+TRUST_PULLED_ENV = "HUBCOMPARE_TRUST_PULLED"  # 1: pulled results answer requests (the service's setting; CLI --trust-pulled)
 
 
 class Kind(Protocol):
@@ -54,12 +63,14 @@ class Kind(Protocol):
 @dataclass
 class Outcome:
     """A request's result: ``stored`` (its entry in the store), whether it came from the store, notices from
-    resolving the models and the result's warnings (the stored ones on a hit)."""
+    resolving the models and the result's warnings (the stored ones on a hit). ``superseded``: the source of a pulled
+    result of the same key that was not trusted to answer (this one was computed here and replaced it)."""
 
     stored: StoredResult
     from_store: bool
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    superseded: str | None = None
 
     @property
     def key(self) -> str:
@@ -79,33 +90,54 @@ def kind_for(name: str) -> Kind:
                                   f"{', '.join(_KINDS)}", "kind") from None
 
 
+def trust_pulled_default() -> bool:
+    """Whether pulled results answer requests when the caller does not say: ``$HUBCOMPARE_TRUST_PULLED`` (1/true/yes)."""
+    return os.environ.get(TRUST_PULLED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def neutral(req: ComparisonRequest) -> ComparisonRequest:
+    """``req`` without its presentation (labels, figure format): what is computed and stored, so one requester's
+    labels and title are never another's (each request's are applied when its files are written: :func:`export`)."""
+    return replace(req, labels=None, fmt="png")
+
+
 def run_request(req: ComparisonRequest, *, store: ResultStore | None = None, recompute: bool = False,
                 data_dir: str | Path | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: Any = "auto",
                 compare: Callable | None = None, on_progress: Progress | None = None, cache_dir: str | Path | None = None,
-                registry=None, api=None) -> Outcome:
+                registry=None, api=None, trust_pulled: bool | None = None) -> Outcome:
     """The result of ``req``: the stored one when its key is in ``store`` (unless ``recompute``), else computed
     into the store (a failure leaves no entry). ``compare``: what computes a CKA pass (e.g. Ray shards' compare);
-    ``on_progress(stage, done, total)``: live progress (stages as text, ``total`` None when unknown)."""
+    ``on_progress(stage, done, total)``: live progress (stages as text, ``total`` None when unknown).
+
+    A stored result pulled from the Hub (``stored.pulled``) answers only when ``trust_pulled`` (None: the
+    ``$HUBCOMPARE_TRUST_PULLED`` setting, default off); otherwise the result is computed here, replaces the pulled
+    one, and a notice says so. The stored result is computed without ``req``'s labels and format (:func:`neutral`)."""
     kind = kind_for(req.kind)
     progress = on_progress or (lambda stage, done, total: None)
     store = store if store is not None else ResultStore()
+    trust = trust_pulled_default() if trust_pulled is None else bool(trust_pulled)
     ctx = Context(data_dir, max_params, device, cache_dir, registry, api, progress)
-    prepared = kind.prepare(req, ctx)
+    base = neutral(req)
+    prepared = kind.prepare(base, ctx)
     key = result_key(req.kind, prepared.key_inputs)
-    if not recompute:
-        hit = store.get(key)
-        if hit is not None:
-            return Outcome(hit, True, list(prepared.notices), list(hit.summary.get("warnings", [])))
+    notices, superseded = list(prepared.notices), None
+    hit = store.get(key)
+    if hit is not None and not recompute:
+        if not hit.pulled or trust:
+            return Outcome(hit, True, notices, list(hit.summary.get("warnings", [])))
+        superseded = hit.source
+        notices.append(f"a pulled result {key[:12]} ({hit.source}) exists; computing here (its numbers are not used "
+                       "unchecked); --trust-pulled to use it")
     started = time.perf_counter()
     with store.staging() as staging:
-        summary, warnings = kind.compute(req, prepared, staging, progress, compare)
+        summary, warnings = kind.compute(base, prepared, staging, progress, compare)
         seconds = time.perf_counter() - started
-        if recompute and store.get(key) is not None:
-            store.remove(key)  # the new computation replaces the stored one
-        stored = store.put(key, req.kind, title=prepared.title, request=req.to_json(), key_inputs=prepared.key_inputs,
+        if (recompute or superseded) and store.get(key) is not None:
+            store.remove(key)  # the new computation replaces the stored (or untrusted pulled) one
+        stored = store.put(key, req.kind, title=prepared.title, request=base.to_json(), key_inputs=prepared.key_inputs,
                            summary=summary | {"warnings": list(dict.fromkeys(warnings))}, models=prepared.models,
                            dataset=prepared.dataset, staging=staging, seconds=seconds)
-    return Outcome(stored, False, list(prepared.notices), list(warnings))
+    return Outcome(stored, False, notices, list(warnings), superseded)
 
 
 def export(outcome_or_stored: Outcome | StoredResult, req: ComparisonRequest, out_dir: str | Path) -> list[Path]:

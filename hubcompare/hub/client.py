@@ -16,29 +16,25 @@ own server (``HF_ENDPOINT``). Design choices:
   downloads weights; huggingface_hub's own progress bars are off (callers draw one display);
 - only safetensors weights are ever downloaded or loaded: pickles (``pytorch_model.bin``, ``.pth``)
   are skipped, and a repo that offers nothing else is refused;
-- timeouts, connection errors and 5xx are retried with exponential backoff.
+- timeouts, connection errors and 5xx are retried with exponential backoff, for a bounded time, against a checked
+  Hub address; an endpoint where nothing answers fails in seconds, naming it (:mod:`.endpoint`);
+- a collection's slug, as the server answers it, passes the name rules before anything is added to it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable
 
-try:  # the HTTP client huggingface_hub 2.4 uses; earlier 1.x/2.x releases used httpx
-    import httpx2
-except ImportError:  # pragma: no cover
-    import httpx as httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -50,7 +46,7 @@ from ..errors import (
     HubFileNotFoundError,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
-    HubUnavailableError,
+    InvalidNameError,
     NotInCacheError,
     PickleWeightsRefusedError,
     PushError,
@@ -59,61 +55,23 @@ from ..models.card import build_card, format_number
 from ..models.checkpoint import CARD_FILE, CONFIG_FILE, PREDICTIONS_FILE, PULL_FILES, WEIGHTS_FILE, load_checkpoint
 from ..models.metadata import ModelMeta
 from ..provenance import atomic_write_json, git_blob_oid
-from .names import check_name, check_repo_id
+from .endpoint import hub_api, with_retries
+from .names import check_collection_slug, check_name, check_namespace, check_repo_id
 
 __all__ = [
     "PushResult", "PopulationResult", "Pulled", "push", "push_population", "pull", "population_repo_name",
-    "PICKLE_PATTERNS", "with_retries", "cached_commits",
+    "PICKLE_PATTERNS", "with_retries", "cached_commits", "hub_api",
 ]
 
 UPLOAD_FILES = (WEIGHTS_FILE, CONFIG_FILE, PREDICTIONS_FILE)  # README.md is generated per repo
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle"]
 PUSH_RECORD = Path(".hub") / "pushes.json"
-T = TypeVar("T")
-
-
-def _transient(e: BaseException) -> bool:
-    if isinstance(e, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)):
-        return True
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        return e.response.status_code in (408, 429) or e.response.status_code >= 500
-    if isinstance(e, LocalEntryNotFoundError) and not constants.HF_HUB_OFFLINE:
-        # snapshot_download turns a failed look-up into "not cached": retry when the cause was transient
-        return e.__cause__ is not None and _transient(e.__cause__)
-    return False
-
-
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_wait: float = 0.5, max_wait: float = 8.0,
-                 on_retry: Callable[[int, BaseException], None] | None = None) -> T:
-    """Call ``fn``, retrying timeouts, connection errors and 5xx with exponential backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except OfflineModeIsEnabled:
-            raise HubUnavailableError(f"{what}: HF_HUB_OFFLINE is set, and this needs the Hub (the cache cannot answer "
-                                      "it): unset HF_HUB_OFFLINE, or name the models by folder or by cached "
-                                      "hf-hub:OWNER/NAME@COMMIT references.") from None
-        except Exception as e:
-            if not _transient(e):
-                raise
-            if attempt == attempts:
-                raise HubUnavailableError(
-                    f"{what}: the Hub did not answer after {attempts} attempts "
-                    f"({type(e).__name__}: {e}). Check the connection or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 "
-                    "to use cached models."
-                ) from e
-            if on_retry:
-                on_retry(attempt, e)
-            time.sleep(min(max_wait, base_wait * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")
-
-
 def _translate(e: Exception, repo_id: str, revision: str | None, endpoint: str, repo_type: str = "model") -> Exception:
     """huggingface_hub's errors -> hubcompare's typed errors that name the repo, revision or file and the fix."""
     if isinstance(e, RevisionNotFoundError):
         return HubRevisionNotFoundError(
-            f"{repo_id} has no revision {revision!r}: use a branch, tag or commit sha that exists "
-            f"(list them with `huggingface_hub.HfApi().list_repo_refs({repo_id!r})`)."
+            f"{repo_id} has no revision {revision!r}: use a branch, tag or commit sha that exists (the repo's page, "
+            f"{endpoint.rstrip('/')}/{'datasets/' * (repo_type == 'dataset')}{repo_id}, lists its branches and tags)."
         )
     if isinstance(e, RepositoryNotFoundError):
         return HubRepoNotFoundError(
@@ -160,9 +118,9 @@ def push(run_dir: str | Path, repo_id: str, *, populations: Iterable[str] = (), 
     """
     run_dir = Path(run_dir)
     check_repo_id(repo_id)
-    api = api or HfApi()
+    api = api or hub_api()
     contents, meta = _upload_contents(run_dir, repo_id, populations)
-    with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}")
+    with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}", endpoint=api.endpoint)
 
     def attempt() -> tuple[str, bool]:
         info = api.model_info(repo_id, files_metadata=True)
@@ -180,7 +138,7 @@ def push(run_dir: str | Path, repo_id: str, *, populations: Iterable[str] = (), 
 
     for _ in range(5):
         try:
-            sha, skipped = with_retries(attempt, f"push {run_dir} to {repo_id}")
+            sha, skipped = with_retries(attempt, f"push {run_dir} to {repo_id}", endpoint=api.endpoint)
             break
         except _Retry:
             continue
@@ -230,7 +188,8 @@ def push_population(run_dirs: Iterable[str | Path], population: str, owner: str,
     the others (rerun the same command to finish). ``on_done`` is called once per folder.
     """
     check_name(population, "population name")
-    api = api or HfApi()
+    check_namespace(owner)
+    api = api or hub_api()
     plan: dict[Path, str] = {}
     for d in map(Path, run_dirs):
         meta = load_checkpoint(d).meta
@@ -243,13 +202,18 @@ def push_population(run_dirs: Iterable[str | Path], population: str, owner: str,
         raise PushError(f"several folders would go to the same repo {sorted(dupes)}: a population needs distinct "
                         "dataset/depth/width/fraction/seed per member.")
     collection = with_retries(lambda: api.create_collection(
-        population, namespace=owner, exists_ok=True, description=f"hubcompare population {population}"), "create collection")
-    slug = collection.slug
+        population, namespace=owner, exists_ok=True, description=f"hubcompare population {population}"), "create collection",
+        endpoint=api.endpoint)
+    try:  # the server's word: a slug such as ../x would send the adds (with the token) to another path
+        slug = check_collection_slug(collection.slug)
+    except InvalidNameError as e:
+        raise PushError(f"the Hub {api.endpoint} answered create_collection with {e}: no model was pushed. Is HF_ENDPOINT "
+                        "the Hub you meant?") from None
 
     def one(d: Path) -> PushResult:
         result = push(d, plan[d], populations=[population], private=private, api=api)
         with_retries(lambda: api.add_collection_item(slug, item_id=plan[d], item_type="model", exists_ok=True),
-                     f"add {plan[d]} to collection {slug}")
+                     f"add {plan[d]} to collection {slug}", endpoint=api.endpoint)
         return result
 
     pushed, failures = [], {}
@@ -343,7 +307,7 @@ def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None,
     and says so in ``Pulled.notice``.
     """
     check_repo_id(repo_id)
-    api = api or HfApi()
+    api = api or hub_api()
     files = tuple(dict.fromkeys(files))
     rev = revision or "main"
     offline = bool(constants.HF_HUB_OFFLINE)
@@ -353,7 +317,7 @@ def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None,
         return Path(with_retries(lambda: snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(files), ignore_patterns=PICKLE_PATTERNS,
             endpoint=api.endpoint, token=api.token, local_files_only=offline, tqdm_class=_NoBars),
-            f"download {repo_id}@{revision}", attempts))
+            f"download {repo_id}@{revision}", attempts, endpoint=api.endpoint))
 
     not_cached = NotInCacheError(
         f"{repo_id}@{rev} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub "
@@ -381,7 +345,8 @@ def pull(repo_id: str, revision: str | None = None, *, api: HfApi | None = None,
     if WEIGHTS_FILE in files and not (path / WEIGHTS_FILE).is_file():
         listed = [p.name for p in path.iterdir()] if path.is_dir() else []  # no snapshot folder when nothing matched
         if not offline:
-            listed = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts)
+            listed = with_retries(lambda: api.list_repo_files(repo_id, revision=path.name), f"list {repo_id}", attempts,
+                                  endpoint=api.endpoint)
         _refuse_pickles(repo_id, rev, listed)
     if not (path / CONFIG_FILE).is_file():
         raise HubFileNotFoundError(f"{repo_id}@{rev} has no {CONFIG_FILE}: it is not a timm/hubcompare model repo.")

@@ -10,26 +10,29 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import re
 import socket
-import time
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from ..errors import InvalidNameError, InvalidReferenceError
+from ..errors import InvalidNameError, InvalidReferenceError, short_repr
+from .deadlines import DROPPED, WORK, DeadlineReader, RequestDeadline, Slot
 from .store import HttpError, HubStore, derived_tags
 
 __all__ = ["Handler", "PAGE_SIZE", "header_safe"]
 
 PAGE_SIZE = 1000
 MAX_BODY_BYTES = 1 << 30  # a commit carries its files base64-encoded; upload_folder splits at 100 MiB
-MIN_UPLOAD_RATE = 16 * 1024  # bytes/s: a body slower than this (after ``timeout``) is cut off
+MIN_UPLOAD_RATE = 16 * 1024  # bytes/s: a request has ``timeout`` s plus 1 s per MIN_UPLOAD_RATE bytes of body
 logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+_HOST_PARTS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.\-]+))(?::([0-9]{1,5}))?")
 
 
 def header_safe(value: str) -> str:
@@ -41,7 +44,13 @@ class Handler(BaseHTTPRequestHandler):
     """One request. Routes are matched on the raw (still quoted) path, then unquoted.
 
     ``routes`` (method, path pattern, function), ``store`` and the settings are bound per server;
-    ``tokens`` (None: no auth, loopback only) are the bearer tokens that may write.
+    ``tokens`` (None: loopback only, any bearer token writes) are the bearer tokens that may write.
+
+    Trust boundaries, checked before routing: a request from a web page (an ``Origin`` other than the
+    hub's own) is refused (403); on a ``loopback`` bind the ``Host`` must be a loopback address or
+    ``localhost`` with the server's port (421: a DNS-rebinding page names its own host); a write needs an
+    ``Authorization: Bearer`` header even without tokens (401), which a page cannot send cross-site without
+    a preflight (OPTIONS) this server never grants. Slow clients: see :mod:`.deadlines`.
     """
 
     protocol_version = "HTTP/1.1"
@@ -52,16 +61,31 @@ class Handler(BaseHTTPRequestHandler):
     max_bytes_per_second: float | None = None
     log: Callable[[str], None] | None = None
     tokens: frozenset[bytes] | None = None
-    timeout = 30.0  # seconds a socket may sit idle (StreamRequestHandler applies it)
+    timeout = 30.0  # seconds a socket may sit idle, and a request's head may take (see .deadlines)
     max_body_bytes = MAX_BODY_BYTES
+    min_upload_rate = MIN_UPLOAD_RATE
+    loopback = True  # bound to a loopback address: Host must name one
 
     def setup(self) -> None:
         super().setup()
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else ~40 ms per request
+        self.slot = getattr(self.server, "slots", {}).get(self.request) or Slot(self.request)
+        self.rfile.close()  # makefile's reader, replaced by one that keeps each request to its deadline
+        self.reader = DeadlineReader(self.request, self.slot, self.timeout or None, self.timeout or None)
+        self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
         self._body, self._started, self._failure, self.headers = None, False, None, None  # per request, not per connection
+        self.command, self.requestline = "", ""
+        self.reader.begin()
         super().handle_one_request()
+        if self.reader.expired and not self._started:  # the head was still arriving at the deadline
+            self.send_error(408, f"The request's head did not arrive within {self.timeout:g} s of its first byte; "
+                                 "send it whole at once")
+
+    def log_error(self, fmt: str, *args) -> None:
+        if not (args and isinstance(args[0], RequestDeadline)):  # answered 408 (and logged) instead
+            super().log_error(fmt, *args)
 
     # --- logging and headers: one line per request, nothing unescaped -----------------------------
     def log_message(self, fmt: str, *args) -> None:
@@ -69,7 +93,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.log is not None:
             self.log(line)
         elif self._failure and self._failure[0] >= 500:
-            logger.error(line)
+            (logger.info if self._failure[0] == 503 else logger.error)(line)  # a slow client dropped is not a fault here
 
     def log_request(self, code="-", size="-") -> None:
         note = f" - {self._failure[1]}" if self._failure else ""
@@ -79,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
         super().send_header(keyword, header_safe(str(value)))
 
     def send_response(self, code: int, message: str | None = None) -> None:
+        self._work()
         self._started = True
         super().send_response(code, message)
 
@@ -87,6 +112,23 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.request_version = self.protocol_version  # unparsed lines default to HTTP/0.9, which has no headers
         self._answer_error(HttpError(code, message or self.responses.get(code, ("Error",))[0]))
+
+    def _work(self) -> None:
+        """The request is in: from now on the server will not drop it to make room. If it already did (a full
+        server cut its reading short), answer 503 and raise ConnectionAbortedError, after one log line."""
+        try:
+            self.slot.enter(WORK)
+        except ConnectionAbortedError:
+            self.close_connection = True
+            if not self._started:
+                self._started = True
+                self._failure = (503, "dropped to make room: the hub was full and this request was arriving slowly")
+                self.log_request(503)
+                try:
+                    self.wfile.write(DROPPED)
+                except OSError:
+                    pass
+            raise
 
     # --- plumbing -----------------------------------------------------------------------------
     def do_GET(self):
@@ -109,6 +151,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         try:
+            self._work()
+            self._check_origin_and_host()
             url = urlsplit(self.path)
             self.query = parse_qs(url.query, keep_blank_values=True)
             for m, pattern, fn in self.routes:
@@ -118,10 +162,12 @@ class Handler(BaseHTTPRequestHandler):
                         break
             else:
                 raise HttpError(404, f"No route for {method} {url.path}")
-            if method not in ("GET", "HEAD") and not getattr(fn, "read_only", False) and not self.authorised:
+            if method not in ("GET", "HEAD") and not getattr(fn, "read_only", False) and not self.may_write:
                 raise HttpError(401, "Invalid credentials in Authorization header", body={  # the client matches this text
                     "error": "This hub takes writes only with one of its tokens: set HF_TOKEN to a token from its "
-                             "--token-file or HUBCOMPARE_HUB_TOKENS"})
+                             "--token-file or HUBCOMPARE_HUB_TOKENS" if self.tokens is not None else
+                             "Writes need an Authorization header, which web pages cannot send: set HF_TOKEN (any value "
+                             "does on this token-less loopback hub, e.g. hf_local)"})
             self._body = self._read_body()  # whole and bounded, before any route can take the store lock
             fn(self, *[unquote(g) if g is not None else None for g in match.groups()])
         except HttpError as e:
@@ -130,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
             self._answer_error(HttpError(400, str(e)))
         except TimeoutError:
             self.close_connection = True
-            self._answer_error(HttpError(408, f"The request body did not arrive within {self.timeout:g} s"))
+            self._answer_error(HttpError(408, f"The request did not arrive whole in time ({self.timeout:g} s, plus 1 s per "
+                                         f"{self.min_upload_rate / 1024:g} KiB of body, from its first byte); send it faster"))
         except ConnectionError:
             self.close_connection = True
         except OSError as e:
@@ -174,16 +221,19 @@ class Handler(BaseHTTPRequestHandler):
         if n > self.max_body_bytes:
             raise HttpError(413, f"The body ({n} bytes) is over this hub's limit of {self.max_body_bytes} bytes; "
                             "commit fewer or smaller files at a time")
-        deadline = time.monotonic() + (self.timeout or 0) + n / MIN_UPLOAD_RATE
+        if not n:
+            return b""
+        self.reader.extend(n, self.min_upload_rate)  # the whole-request deadline grows with the body
+        self.slot.start_body(n)
         buf = bytearray()
         while len(buf) < n:
-            chunk = self.rfile.read1(min(n - len(buf), 1 << 20))
+            chunk = self.rfile.read1(min(n - len(buf), 1 << 20))  # RequestDeadline (a TimeoutError) past the deadline
             if not chunk:
                 self.close_connection = True
                 raise HttpError(400, f"The body ended after {len(buf)} of its {n} bytes (Content-Length); nothing was applied")
             buf += chunk
-            if self.timeout and time.monotonic() > deadline:
-                raise TimeoutError("body too slow")
+            self.slot.body_bytes = len(buf)
+        self._work()
         return bytes(buf)
 
     def body(self) -> bytes:
@@ -211,6 +261,21 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"Field {key!r} must be {names}, not {type(value).__name__}")
         return value
 
+    # --- trust boundaries -------------------------------------------------------------------------
+    def _check_origin_and_host(self) -> None:
+        """Refuse a web page's request (a foreign ``Origin``) and, on loopback, a ``Host`` that names another host."""
+        hosts = self.headers.get_all("Host") or []
+        given = hosts[0].strip() if len(hosts) == 1 else None
+        port = self.server.server_address[1]
+        if self.loopback and not _loopback_host(given, port):
+            raise HttpError(421, f"This loopback hub answers only Host 127.0.0.1:{port} or localhost:{port}, not "
+                            f"{short_repr(hosts[0] if len(hosts) == 1 else hosts)} (a guard against DNS rebinding); point "
+                            f"HF_ENDPOINT at http://127.0.0.1:{port}")
+        origins = self.headers.get_all("Origin") or []
+        if origins and (given is None or any(o.strip().lower() != f"http://{given}".lower() for o in origins)):
+            raise HttpError(403, f"Requests from web pages are refused (Origin {short_repr(', '.join(origins))}): this hub "
+                            "serves API clients such as huggingface_hub, which send no Origin; call it from a script")
+
     # --- auth -------------------------------------------------------------------------------------
     @property
     def authorised(self) -> bool:
@@ -220,6 +285,14 @@ class Handler(BaseHTTPRequestHandler):
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
         given = token.strip().encode("utf-8", "replace")
         return scheme.lower() == "bearer" and any(hmac.compare_digest(given, t) for t in self.tokens)
+
+    @property
+    def may_write(self) -> bool:
+        """With tokens: one of them. Without (loopback only): any ``Bearer`` token, which no web page can send."""
+        if self.tokens is not None:
+            return self.authorised
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and bool(token.strip())
 
     def repo(self, rtype: str, repo_id: str):
         """The repo's folder, if it exists and this caller may see it (private repos need a token)."""
@@ -295,6 +368,22 @@ class Handler(BaseHTTPRequestHandler):
             nxt = f"{self.endpoint}{urlsplit(self.path).path}?{qs}{'&' if qs else ''}cursor={start + size}"
             headers["Link"] = f'<{nxt}>; rel="next"'
         self._json(page, headers=headers)
+
+
+def _loopback_host(host: str | None, port: int) -> bool:
+    """``host`` (a Host header) is ``localhost`` or a loopback address, with ``port`` (80 when absent).
+
+    Never resolved: a rebinding name resolves to 127.0.0.1, which is the point of the attack."""
+    m = _HOST_PARTS.fullmatch(host or "")
+    if not m or int(m.group(3) or 80) != port:
+        return False
+    name = m.group(1) or m.group(2)
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _where(e: BaseException) -> str:

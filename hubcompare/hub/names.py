@@ -12,20 +12,25 @@ anything else, or a bare word that is both a folder and a registry name, is an
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from ..errors import InvalidNameError, InvalidReferenceError, RegistryError
+from ..errors import HubUnavailableError, InvalidNameError, InvalidReferenceError, RegistryError
 
 __all__ = [
     "ACCEPTED_FORMS", "NAME_PATTERN", "NAME", "REPO_ID", "Reference", "check_collection_slug", "check_name",
-    "check_namespace", "check_path_in_repo", "check_registry_name", "check_repo_id", "check_revision", "parse_reference",
+    "check_endpoint", "check_endpoint_parses", "check_namespace", "check_path_in_repo", "check_registry_name",
+    "check_repo_id", "check_revision", "parse_reference", "MAX_REGISTRY_NAME",
 ]
 
-# One name: a registry entry, a population, a timm model tag, an owner or repo name in a server route.
-NAME_PATTERN = r"[A-Za-z0-9][\w.\-]*"
+# One name: a registry entry, a population, a timm model tag, an owner or repo name in a server route. ASCII only,
+# the characters of a Hub repo name (``\w`` would let in every script's letters: a Cyrillic 'а' look-alike of 'a').
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 NAME = re.compile(NAME_PATTERN)
+MAX_REGISTRY_NAME = 200  # OWNER--NAME of the longest Hub repo id (96 + 2 + 96), with room to spare
 # A Hub repo id as huggingface.co accepts it: OWNER/NAME, each at most 96 characters, not ending in '-' or '.'.
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"  # ASCII only, as the Hub
 REPO_ID = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
@@ -60,10 +65,20 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
+def _not_ascii(text) -> str:
+    """`` ('а' is U+0430 CYRILLIC SMALL LETTER A, not ASCII)`` for the first non-ASCII character of ``text``, else ''."""
+    c = next((c for c in text if ord(c) > 127), None) if isinstance(text, str) else None
+    return "" if c is None else f" ({c!r} is U+{ord(c):04X} {unicodedata.name(c, 'a character')}, not ASCII)"
+
+
 def check_collection_slug(slug: str) -> str:
-    """A collection slug, OWNER/TITLE-ID: both halves follow the repo id rules (the server makes them so)."""
+    """A collection slug, OWNER/TITLE-ID: both halves follow the repo id rules (the server makes them so). Whatever
+    else a side or a server's answer calls a slug (``../api/models``, ``a/../../b``) would become another Hub path
+    requested with the user's token, so it is refused before any request."""
     if not isinstance(slug, str) or not REPO_ID.fullmatch(slug) or "--" in slug or ".." in slug:
-        raise InvalidNameError(f"collection slug {slug!r}: use OWNER/SLUG as create_collection returned it")
+        raise InvalidNameError(f"collection slug {slug!r}{_not_ascii(slug)}: use OWNER/SLUG as `hubcompare push-population` "
+                               "printed it (ASCII letters, digits, '-', '_', '.'; no '..' or '--'; at most 96 characters "
+                               "each), e.g. alice/digits-zoo-0123456789abcdef01234567")
     return slug
 
 
@@ -103,16 +118,65 @@ def check_path_in_repo(path: str, folder: bool = False) -> str:
 
 
 def check_name(name: str, what: str) -> str:
-    """A population (or other) name: letters, digits, '-', '_' and '.', starting with a letter or digit."""
-    if not NAME.fullmatch(name or ""):
-        raise InvalidReferenceError(f"{what} {name!r}: use letters, digits, '-', '_' and '.'")
+    """A population (or other) name: ASCII letters, digits, '-', '_' and '.', starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidReferenceError(f"{what} {name!r}{_not_ascii(name)}: use ASCII letters, digits, '-', '_' and '.'")
     return name
 
 
 def check_registry_name(name: str) -> str:
-    if not NAME.fullmatch(name or ""):
-        raise RegistryError(f"registry name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    """A registry name: the characters of a Hub repo name (ASCII letters, digits, '-', '_', '.'), starting with a
+    letter or digit, at most ``MAX_REGISTRY_NAME`` characters. One rule for every way a name comes in (the CLI, a
+    curated file, ``POST /api/registry``, ``push``, ``registry sync``), so no look-alike of a name is ever stored."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > MAX_REGISTRY_NAME:
+        raise RegistryError(f"registry name {name!r}{_not_ascii(name)}: use ASCII letters, digits, '-', '_' and '.', "
+                            f"starting with a letter or digit, at most {MAX_REGISTRY_NAME} characters")
     return name
+
+
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_URL_PATH = re.compile(r"(?:/[A-Za-z0-9._~\-]+)*/?")
+
+
+def _host(netloc: str) -> str:
+    """The host of ``[USER@]HOST[:PORT]`` (an IPv6 literal keeps its brackets)."""
+    host = netloc.rpartition("@")[2]
+    return host if host.endswith("]") else host.rpartition(":")[0] if ":" in host else host
+
+
+def check_endpoint(url: str, where: str = "HF_ENDPOINT") -> str:
+    """A Hub address (``HF_ENDPOINT``): ``http(s)://HOST[:PORT][/PATH]``, ASCII, no user or password (the token is
+    HF_TOKEN's), no query or fragment. Returns it without a trailing '/' (as huggingface_hub reads it).
+
+    Anything else would reach the HTTP client as a URL it cannot use (a traceback from deep inside it), or send the
+    token somewhere the user did not mean."""
+    why = None
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        port = parts.port if parts is not None else None  # ValueError: not a number, or out of range
+    except ValueError as e:
+        parts, port, why = None, None, str(e)
+    if parts is None:
+        why = why or "not a string"
+    elif _CONTROL.search(url) or re.search(r"\s", url) or _not_ascii(url):
+        why = "it holds spaces, control or non-ASCII characters" + _not_ascii(url) + " (write an IDN host in its xn-- form)"
+    elif parts.scheme not in ("http", "https") or not url.startswith(parts.scheme + "://"):
+        why = "it does not start with http:// or https://"
+    elif not _HOST.fullmatch(_host(parts.netloc)):
+        why = "no host name" if not _host(parts.netloc) else f"{_host(parts.netloc)!r} is not a host name"
+    elif parts.username is not None or parts.password is not None:
+        why = "it holds a user or password (the token goes in HF_TOKEN, never in the address)"
+    elif port == 0:
+        why = "port 0"
+    elif parts.query or parts.fragment or "?" in url or "#" in url:
+        why = "it has a query or fragment"
+    elif not _URL_PATH.fullmatch(parts.path) or any(p in (".", "..") for p in parts.path.split("/")):
+        why = f"the path {parts.path!r} is not a plain path (use letters, digits and -._~ between '/', no '.' or '..' parts)"
+    if why is not None:
+        raise HubUnavailableError(f"{where} {url!r} is not a Hub address: {why}. Set it to http(s)://HOST[:PORT], e.g. "
+                                  "https://huggingface.co or the address `hubcompare hub serve` prints (http://127.0.0.1:8080), "
+                                  "before the command starts; or unset it for huggingface.co.")
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -178,3 +242,17 @@ def parse_reference(text: str, registry_names: "set[str] | None" = None) -> Refe
         return Reference("registry", text)
     hint = f" (for the Hub repo write hf-hub:{text})" if re.fullmatch(r"[^/\s]+/[^/\s]+", text) else ""
     raise _bad(text, f"no folder {text} exists and it is not a registry name{hint}")
+
+
+def check_endpoint_parses(value: str | None) -> None:
+    """``HF_ENDPOINT`` as huggingface_hub parses it when it is imported: a value whose port or host cannot be parsed
+    (``http://127.0.0.1:99999``, ``http://[::1``) makes that import itself fail, with a ValueError from deep inside it.
+    The CLI calls this before any command runs (so before anything imports huggingface_hub); every other bad value
+    is refused by :func:`check_endpoint` where the Hub is first used (commands that never use it still run)."""
+    if not value:
+        return
+    try:
+        parts = urlsplit(value.rstrip("/"))
+        parts.hostname, parts.port  # noqa: B018  (what huggingface_hub reads at import)
+    except ValueError:
+        check_endpoint(value)

@@ -9,17 +9,22 @@ downloaded until ``.model`` asks for them.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import HfApi, constants
 from timm.models import get_pretrained_cfg
 
 from ..errors import (
+    CheckpointCorruptError,
     CheckpointFileMissingError,
+    CheckpointMismatchError,
     InvalidReferenceError,
+    ModelTooLargeError,
     PickleWeightsRefusedError,
     ReferenceNotFoundError,
     RegistryConflictError,
@@ -34,14 +39,15 @@ from ..models.checkpoint import (
     Checkpoint,
     load_checkpoint,
 )
-from ..models.guard import check_size, estimate_size
+from ..models.guard import check_size, estimate_size, plan_build
 from ..models.metadata import ModelMeta
 from ..models.weights import load_model
-from .client import Pulled, pull
+from .client import Pulled, cached_commits, pull, with_retries
 from .names import ACCEPTED_FORMS, Reference, check_name, check_registry_name, parse_reference
 from .registry import Entry, Registry, entry_from_meta
 
-__all__ = ["Reference", "ResolvedModel", "parse_reference", "register_reference", "resolve_reference", "ACCEPTED_FORMS"]
+__all__ = ["Reference", "ResolvedModel", "parse_reference", "register_reference", "resolve_reference", "fetch_timm_weights",
+           "ACCEPTED_FORMS"]
 
 
 @dataclass(eq=False)
@@ -70,9 +76,15 @@ class ResolvedModel:
     def model(self) -> torch.nn.Module:
         if self._model is None:
             if self.checkpoint is not None and not (self.checkpoint.path / WEIGHTS_FILE).is_file() and self.commit_sha:
+                _check_remote_size(self.reference.pinned(self.commit_sha), self.api, self.max_params)
                 pulled = pull(self.reference.target, self.commit_sha, api=self.api)  # the weights, at the same commit
                 self.checkpoint = load_checkpoint(pulled.path)
-            self._model = load_model(self.checkpoint, self.max_params)
+            try:
+                self._model = load_model(self.checkpoint, self.max_params)
+            except (ModelTooLargeError, CheckpointMismatchError, CheckpointCorruptError):
+                if self.reference.kind == "hf-hub":  # refused: not left in the cache to take its space
+                    _forget_weights(self.checkpoint.path)
+                raise
         return self._model
 
     @property
@@ -116,6 +128,8 @@ def resolve_reference(ref: str | Reference, registry: Registry | None = None, ap
         return ResolvedModel(ref, ckpt.config, None, ckpt.path, checkpoint=ckpt, max_params=max_params)
     if ref.kind == "hf-hub":
         pulled = None if weights else _pull_without_weights(ref, api)
+        if pulled is None:
+            _check_remote_size(ref, api, max_params)
         pulled = pulled or pull(ref.target, ref.revision, api=api)
         ckpt = _open_pulled(pulled)
         return ResolvedModel(ref, ckpt.config, pulled.commit_sha, pulled.path, checkpoint=ckpt, max_params=max_params,
@@ -141,12 +155,66 @@ def register_reference(registry: Registry, name: str, reference: str | Reference
         before = parse_reference(existing.reference)
         if (before.kind, before.target) != (ref.kind, ref.target):
             raise RegistryConflictError(f"{name} already names {existing.reference} ({existing.source}); replace it "
-                                        "explicitly or use another name")
+                                        "explicitly (replace) or use another name", params=("replace",))
     resolved = resolve_reference(ref, registry, api, max_params=max_params)
     resolved.model  # noqa: B018  (load it: only a model that loads is recorded)
     entry = registry.add(entry_from_meta(name, str(resolved.pinned), resolved.meta, resolved.commit_sha, populations),
                          replace=replace)
     return entry, resolved
+
+
+def weights_limit(max_params: int) -> int:
+    """The largest weights file a model within ``max_params`` can have (as :func:`~hubcompare.models.weights.load_model`
+    bounds it: float64 everything, plus a generous header)."""
+    return 8 * max_params + (1 << 24)
+
+
+def _check_remote_size(ref: Reference, api, max_params: int) -> None:
+    """Before a byte of the weights is downloaded: their size from the repo's metadata, against what a model within
+    ``max_params`` can need (a repo that is not there, or a Hub that does not answer, is left to the pull to say)."""
+    if constants.HF_HUB_OFFLINE:
+        return
+    if ref.revision and any(sha == ref.revision for sha, _ in cached_commits(ref.target, needs=(CONFIG_FILE, WEIGHTS_FILE))):
+        return  # already on this machine: nothing to download
+    api = api or HfApi()
+    try:
+        info = with_retries(lambda: api.model_info(ref.target, revision=ref.revision, files_metadata=True),
+                            f"look up {ref.target}", attempts=2)
+    except Exception:  # noqa: BLE001 - the pull that follows reports it, in its own words (or falls back to the cache)
+        return
+    size = next((s.size for s in info.siblings or [] if s.rfilename == WEIGHTS_FILE), None)
+    if not isinstance(size, int):
+        return
+    where = f"hf-hub:{ref.target}@{(info.sha or ref.revision or 'main')[:12]}"
+    limit = weights_limit(max_params)
+    if size > limit:
+        raise ModelTooLargeError(f"{where}: its {WEIGHTS_FILE} is {size:,} bytes, more than a model within max_params="
+                                 f"{max_params:,} can have ({limit:,} bytes): refused before downloading it", params=("max_params",))
+    if not info.sha:
+        return
+    # the model its config.json describes (refused here when over max_params), and the most weights it can have
+    config_path = pull(ref.target, info.sha, api=api, files=(CONFIG_FILE,)).path / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the load that follows says what is wrong with it
+    plan = plan_build(config, CONFIG_FILE, max_params) if isinstance(config, dict) else None
+    if plan is not None and size > 8 * (plan.params + plan.buffers) + (1 << 24):
+        raise CheckpointMismatchError(f"{where}: its {WEIGHTS_FILE} ({size:,} bytes) is larger than any weights of the model "
+                                      f"its {CONFIG_FILE} describes ({plan.params + plan.buffers:,} numbers) could be: "
+                                      "refused before downloading it")
+
+
+def _forget_weights(folder: Path) -> None:
+    """Remove refused weights from the Hugging Face cache: the snapshot's link and the blob it points at."""
+    link = Path(folder) / WEIGHTS_FILE
+    try:
+        blob = link.resolve() if link.is_symlink() else None
+        link.unlink(missing_ok=True)
+        if blob is not None and blob.is_file() and blob.parent.name == "blobs":
+            blob.unlink()
+    except OSError:
+        pass
 
 
 def _pull_without_weights(ref: Reference, api) -> Pulled | None:
@@ -166,16 +234,23 @@ def _open_pulled(pulled: Pulled) -> Checkpoint:
         return Checkpoint(path=pulled.path, config=json.loads((pulled.path / CONFIG_FILE).read_text()))
 
 
-def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
-    """timm's pretrained config says where the weights live; only its Hub safetensors are used."""
+def _timm_source(ref: Reference, max_params: int):
+    """A timm reference checked (architecture, pretrained tag, safetensors on the Hub, size within ``max_params``):
+    its name, architecture and pretrained config."""
     name = ref.target
     arch = name.split(".")[0]
     if not timm.is_model(arch):
-        raise ReferenceNotFoundError(f"timm has no architecture {arch!r} (reference {ref}); list them with timm.list_models().")
-    cfg = get_pretrained_cfg(name)
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else "timm's names look like resnet18 or vit_base_patch16_224."
+        raise ReferenceNotFoundError(f"timm has no architecture {arch!r} (reference {ref}): {hint}")
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag (x) for arch"
+        cfg = None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ReferenceNotFoundError(
-            f"timm has no pretrained weights for {name!r}: pick a tag from timm.list_models({arch + '*'!r}, pretrained=True)."
+            f"timm has no pretrained weights for {name!r}: pick one of {arch}'s pretrained tags "
+            f"({', '.join(timm.list_pretrained(arch + '.*')[:6]) or 'it has none'})."
         )
     if not cfg.hf_hub_id:
         raise PickleWeightsRefusedError(
@@ -183,6 +258,19 @@ def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> 
             "only loads safetensors. Use a tag whose weights are on the Hub."
         )
     check_size(*estimate_size(name), max_params, f"timm:{name}")
+    return name, arch, cfg
+
+
+def fetch_timm_weights(ref: Reference, api=None, max_params: int = DEFAULT_MAX_PARAMS) -> Pulled:
+    """A timm reference's weights into the Hugging Face cache, checked as :func:`resolve_reference` checks them, without
+    building the model (the service downloads outside its one-model-at-a-time load; the load then finds them cached)."""
+    _, _, cfg = _timm_source(ref, max_params)
+    return pull(cfg.hf_hub_id, api=api)
+
+
+def _resolve_timm(ref: Reference, api, max_params: int = DEFAULT_MAX_PARAMS) -> ResolvedModel:
+    """timm's pretrained config says where the weights live; only its Hub safetensors are used."""
+    name, arch, cfg = _timm_source(ref, max_params)
     pulled = pull(cfg.hf_hub_id, api=api)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pulled.path / WEIGHTS_FILE), "source": "timm"})
     config = {"architecture": arch, "num_classes": model.num_classes, "pretrained_cfg": dict(model.pretrained_cfg)}

@@ -12,6 +12,7 @@ or ``population="zoo"``). Entries are only written after the pull or push they d
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sqlite3
@@ -20,15 +21,13 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Iterable
-
-from huggingface_hub import HfApi
+from typing import Callable, Iterable
 
 from ..bundled import bundled_dir
 from ..errors import InvalidReferenceError, RegistryConflictError, RegistryCorruptError, RegistryEntryNotFoundError, RegistryError
 from ..models.metadata import ModelMeta
-from .client import with_retries
-from .names import ACCEPTED_FORMS, check_name, check_namespace, check_registry_name, parse_reference
+from .endpoint import hub_api, listed_reference, listed_repo_id, with_retries
+from .names import ACCEPTED_FORMS, NAME, check_name, check_namespace, check_registry_name, parse_reference
 
 __all__ = ["Entry", "Registry", "default_registry_path", "default_curated_dirs", "entry_from_meta", "sync"]
 
@@ -212,8 +211,10 @@ class Registry:
         entries = self.entries()
         if name not in entries:
             known = ", ".join(sorted(entries)[:10]) or "none yet"
+            close = difflib.get_close_matches(name, list(entries), n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}? " if close else ""
             raise RegistryEntryNotFoundError(
-                f"no registry entry {name!r} (known: {known}{' ...' if len(entries) > 10 else ''}). "
+                f"no registry entry {name!r}: {hint}(known: {known}{' ...' if len(entries) > 10 else ''}). "
                 f"Add one with `hubcompare registry add {name} REFERENCE`.\n{ACCEPTED_FORMS}"
             )
         return entries[name]
@@ -224,7 +225,8 @@ class Registry:
         existing = self.entries().get(entry.name)
         if existing is not None and existing.reference != entry.reference and not replace:
             raise RegistryConflictError(
-                f"{entry.name} already names {existing.reference} ({existing.source}); replace it explicitly (replace=True) or use another name"
+                f"{entry.name} already names {existing.reference} ({existing.source}); replace it explicitly (replace) or use another name",
+                params=("replace",),
             )
         entry.added_at = entry.added_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
         row = asdict(entry)
@@ -273,24 +275,33 @@ def entry_from_meta(name: str, reference: str, meta: ModelMeta, commit_sha: str 
     )
 
 
-def sync(registry: Registry, author: str, population: str | None = None, api=None) -> list[Entry]:
+def sync(registry: Registry, author: str, population: str | None = None, api=None,
+         on_retry: Callable[[int, BaseException], None] | None = None) -> list[Entry]:
     """Add every hubcompare model of ``author`` (in ``population``) that ``list_models`` finds, pinned to its sha.
 
-    Names are ``OWNER--NAME``. Existing entries of the same name are updated.
+    Names are ``OWNER--NAME``. Existing entries of the same name are updated. Nothing is written unless every
+    listed model passes the name rules (a Hub's listing is checked like a user's input). An endpoint where nothing
+    answers is one HubUnavailableError naming it, after a few quick looks (seconds); retries are bounded (see
+    ``with_retries``), and ``on_retry(attempt, error)`` hears of each.
     """
     check_namespace(author)
     if population is not None:
         check_name(population, "population")
     registry.user()  # an unusable registry database fails here, before the Hub is asked
-    api = api or HfApi()
+    api = api or hub_api()
+    endpoint = getattr(api, "endpoint", None)
+    what = f"registry sync: list the models of {author}"
     tags = ["hubcompare"] + ([f"population-{population}"] if population else [])
     models = with_retries(lambda: list(api.list_models(author=author, filter=tags, cardData=True, full=True)),
-                          f"list models of {author}")
-    added = []
+                          what, on_retry=on_retry, endpoint=endpoint, probe_first=True)
+    entries = []
     for m in models:
-        sha = m.sha or with_retries(lambda: api.model_info(m.id).sha, f"look up {m.id}")
+        repo_id = listed_repo_id(m.id, endpoint)
+        sha = m.sha or with_retries(lambda: api.model_info(repo_id).sha, f"look up {repo_id}", on_retry=on_retry,
+                                    endpoint=endpoint)
+        reference = listed_reference(repo_id, sha, endpoint)
         card = (m.card_data.to_dict() if m.card_data else {}).get("hubcompare", {})
-        pops = [t.removeprefix("population-") for t in m.tags or [] if t.startswith("population-")]
-        entry = entry_from_meta(m.id.replace("/", "--"), f"hf-hub:{m.id}@{sha}", ModelMeta.from_dict(card), sha, pops)
-        added.append(registry.add(entry, replace=True))
-    return added
+        pops = [t.removeprefix("population-") for t in m.tags or [] if isinstance(t, str) and t.startswith("population-")]
+        entries.append(entry_from_meta(check_registry_name(repo_id.replace("/", "--")), reference, ModelMeta.from_dict(card),
+                                       sha, [p for p in pops if NAME.fullmatch(p)]))
+    return [registry.add(entry, replace=True) for entry in entries]

@@ -4,8 +4,11 @@ The real Hub is not reachable from every machine, and no existing server speaks 
 the protocol offline, so hubcompare ships this one (``hubcompare hub serve``). This module runs it
 (bind, thread, stop, crash); what it answers is in :mod:`.routes`, what it stores in :mod:`.store`.
 Point a client at it with ``HF_ENDPOINT=http://127.0.0.1:PORT`` set before ``huggingface_hub`` is
-imported. Without tokens any caller may write, so it then binds only loopback addresses; with
-tokens (a token file, ``HUBCOMPARE_HUB_TOKENS``) every write needs ``Authorization: Bearer TOKEN``.
+imported. Without tokens any API client may write (with any ``Authorization: Bearer`` token, which no
+web page can send), so it then binds only loopback addresses and answers only a loopback ``Host``; with
+tokens (a token file, ``HUBCOMPARE_HUB_TOKENS``) every write needs ``Authorization: Bearer TOKEN``. A
+request from a web page (a foreign ``Origin``) is always refused. Slow clients cannot hold every
+connection: see :mod:`.deadlines`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import HubServerConfigError, InvalidNameError
+from .deadlines import Slot, pick_victim, raw_503
 from .handler import Handler
 from .names import check_namespace
 from .routes import ROUTES
@@ -67,8 +71,16 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
+_FULL = raw_503("too many open connections, all busy; retry later")
+
+
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that remembers open connections (so ``kill`` can drop them) and caps their number."""
+    """ThreadingHTTPServer that remembers open connections (so ``kill`` can drop them) and caps their number.
+
+    When all ``max_connections`` slots are taken, a new connection takes the slot of the slowest idle or
+    still-arriving request (:func:`.deadlines.pick_victim`); only when every connection is being answered or
+    keeping up is it refused (503). Dropped connections still closing may take the count to twice the cap.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -76,19 +88,33 @@ class _Server(ThreadingHTTPServer):
     max_connections = 256
 
     def __init__(self, *args, **kwargs):
-        self.connections: set[socket.socket] = set()
+        self.slots: dict[socket.socket, Slot] = {}
         self._conn_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
+    @property
+    def connections(self) -> set[socket.socket]:
+        return set(self.slots)
+
     def process_request(self, request, client_address):
+        victim, full = None, False
         with self._conn_lock:
-            full = len(self.connections) >= self.max_connections
+            live = [s for s in self.slots.values() if not s.evicted]
+            if len(live) >= self.max_connections:
+                victim = pick_victim(live, self.RequestHandlerClass.min_upload_rate)
+                if victim is not None:
+                    victim.evicted = True
+            full = (len(live) >= self.max_connections and victim is None) or len(self.slots) >= 2 * self.max_connections
             if not full:
-                self.connections.add(request)
+                self.slots[request] = Slot(request, self._conn_lock)
+        if victim is not None:
+            try:  # its thread's read ends at once; it answers 503 if a request was arriving, and closes
+                victim.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         if full:  # refuse at once rather than start one more thread
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
-                                b"X-Error-Message: too many open connections; retry later\r\n\r\n")
+                request.sendall(_FULL)
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -97,7 +123,7 @@ class _Server(ThreadingHTTPServer):
 
     def shutdown_request(self, request):
         with self._conn_lock:
-            self.connections.discard(request)
+            self.slots.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
@@ -106,7 +132,7 @@ class _Server(ThreadingHTTPServer):
 
     def drop_connections(self) -> None:
         with self._conn_lock:
-            for conn in list(self.connections):
+            for conn in list(self.slots):
                 try:
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -118,7 +144,9 @@ class HubServer:
 
     ``with HubServer(data_dir) as server: ...`` starts and stops it; ``server.endpoint`` is the
     URL to give ``HF_ENDPOINT``. ``tokens``: the bearer tokens that may write (and read private
-    repos); required to bind anything but loopback. ``timeout``: seconds a connection may sit idle.
+    repos); required to bind anything but loopback. ``timeout``: seconds a connection may sit idle, and the
+    whole-request deadline: a request must arrive within ``timeout`` s of its first byte plus 1 s per
+    ``min_upload_rate`` bytes (16 KiB) of body (:mod:`.deadlines`).
     """
 
     def __init__(self, data: str | Path, host: str = "127.0.0.1", port: int = 0, user: str = "local",
@@ -147,7 +175,7 @@ class HubServer:
             "routes": ROUTES, "store": self.store, "user": user, "max_bytes_per_second": max_bytes_per_second,
             "log": staticmethod(log) if log else None, "timeout": timeout,
             "tokens": frozenset(t.encode() for t in tokens) if tokens else None,
-            "max_body_bytes": max_body_bytes or Handler.max_body_bytes,
+            "max_body_bytes": max_body_bytes or Handler.max_body_bytes, "loopback": is_loopback(host),
         })
         try:
             self.httpd = _Server((host, port), handler)

@@ -10,6 +10,7 @@ architectures) and compared with ``max_params``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, fields
@@ -91,8 +92,9 @@ def plan_build(config: dict, cfg_path: str | Path, max_params: int = DEFAULT_MAX
     check_config(config, cfg_path)
     arch = config["architecture"]
     if not timm.is_model(arch):
+        close = difflib.get_close_matches(str(arch), timm.list_models(), n=1)
         raise ModelConfigError(f"{cfg_path}: 'architecture' {arch!r} is not an architecture timm {timm.__version__} "
-                               "knows (see timm.list_models())", cfg_path)
+                               f"knows{f' (did you mean {close[0]}?)' if close else ''}", cfg_path)
     model_args = dict(config.get("model_args") or {})
     cfg = dict(config.get("pretrained_cfg") or {})
     overlay = {k: v for k, v in cfg.items() if k in _CFG_FIELDS}

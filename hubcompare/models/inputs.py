@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import InputMismatchError
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "InputSpec", "model_input_shape"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "InputSpec", "model_input_shape", "unlike_training_data"]
 
 DEFAULT_IMAGE_SIZE = (32, 32)  # CIFAR-sized, for models that record no input size when no data says otherwise
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -91,3 +91,24 @@ class InputSpec:
         d["resized"] = tuple(source_shape[-2:]) != self.size
         d["channels_adapted"] = source_shape[0] != self.channels
         return d
+
+
+def unlike_training_data(ref: str, trained_on: str | None, dataset: str, spec: InputSpec,
+                         source_shape: Sequence[int]) -> str | None:
+    """The warning for a model fed data unlike its training data: a dataset other than the one its card (config) names,
+    or images resized or channel-converted to fit it; one line naming both datasets and what was done to the images.
+    None when the model sees its own kind of data as it is (or its card names no dataset and nothing was done)."""
+    c, h, w = (int(v) for v in source_shape)
+    done = []
+    if (h, w) != tuple(spec.size):
+        done.append(f"resized {h}x{w} -> {spec.size[0]}x{spec.size[1]}")
+    if c != spec.channels:
+        done.append("made grey (3 channels -> 1)" if spec.channels == 1 and c == 3 else
+                    f"grey repeated to {spec.channels} channels" if c == 1 else f"{c} channels -> {spec.channels}")
+    other = trained_on is not None and trained_on != dataset
+    if not other and not done:
+        return None
+    trained = f"trained on {trained_on}" if trained_on else "its card names no training dataset"
+    what = " and ".join(done) if done else f"fed as they are ({c}x{h}x{w})"
+    return (f"{ref}: {trained}, compared on {dataset}: its images were {what}, so it sees data unlike its training data "
+            "(its CKA describes it on that data).")

@@ -76,7 +76,9 @@ def _summary_panel(ax, result: SeedsResult) -> None:
     ax.set_xticks(np.arange(len(names)), [labels[k] for k in names], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("CKA over (pair, layer) values")
-    ax.set_title("Inside vs outside each model's block", fontsize=10)
+    blocks = sum(bool(b) for side in (result.a, result.b) for b in side.blocks)
+    ax.set_title("Inside vs outside each model's block" + ("" if blocks else ": no model has a block, every value is outside"),
+                 fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
 
 

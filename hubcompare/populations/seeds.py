@@ -36,7 +36,7 @@ from ..data.datasets import ImageDataset
 from ..errors import ComparisonTooLargeError, OverlappingSidesError, SideArchitectureError
 from ..provenance import atomic_write_json, atomic_write_text
 from ..similarity.blocks import DEFAULT_BLOCK_LAYERS, Block, BlockCriteria, detect_blocks, pc_analysis
-from ..similarity.engine import CompareModel, Comparison, ComparisonPass, compare
+from ..similarity.engine import CompareModel, Comparison, ComparisonPass, PassSettings, compare
 from ..similarity.results import relative_depth_match
 
 __all__ = ["CLASSES", "DEFAULT_MAX_BYTES", "SeedSide", "SeedsResult", "Stat", "across_seeds", "class_stats", "pass_bytes"]
@@ -248,7 +248,7 @@ def across_seeds(
     models_a: Sequence[CompareModel],
     models_b: Sequence[CompareModel],
     dataset: ImageDataset,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     passes: int = 1,
     seed: int = 0,
     num_examples: int | None = None,
@@ -277,8 +277,9 @@ def across_seeds(
     refs = [m.ref for m in models]
     if len(set(refs)) != len(refs):
         raise OverlappingSidesError(f"two models share the name {next(r for r in refs if refs.count(r) > 1)}: name each once.")
-    with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, device=device) as run:  # checks, layers
-        names, num_batches = run.layer_names, len(run.plan)
+    settings = PassSettings(batch_size=batch_size, passes=passes, seed=seed, num_examples=num_examples, device=device)
+    with ComparisonPass(models, dataset, settings) as run:  # checks, layers
+        names, num_batches, batch_size = run.layer_names, len(run.plan), run.batch_size  # None: the plan's choice
     _check_architecture([names[i] for i in idx_a], refs[:ma], label_a)
     _check_architecture([names[i] for i in idx_b], refs[ma:], label_b)
     total = sum(len(n) for n in names)
@@ -291,7 +292,7 @@ def across_seeds(
             f"the limit of {max_bytes / 2**30:.1f} GiB: compare fewer layers (e.g. layers=['stem', '*.out']), fewer models, "
             "smaller batches or fewer passes, or raise max_bytes on a larger machine.",
             params=("layers", "batch_size", "passes", "max_bytes"))
-    comp = compare_fn(models, dataset, batch_size, passes, seed, num_examples, on_batch=on_batch, device=device)
+    comp = compare_fn(models, dataset, settings, on_batch=on_batch)
     sides = []
     for label, spec, idx in ((label_a, spec_a, idx_a), (label_b, spec_b, idx_b)):
         blocks, pc1, within = [], [], []

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from ..data.datasets import load_dataset
@@ -26,7 +25,8 @@ from ..errors import (
     InvalidReferenceError,
     PredictionsUnavailableError,
 )
-from ..hub.client import with_retries
+from ..hub.endpoint import hub_api, listed_reference, listed_repo_id, with_retries
+from ..hub.names import check_collection_slug
 from ..hub.references import resolve_reference
 from ..hub.registry import Registry, default_registry_path
 from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE
@@ -150,27 +150,40 @@ def _query(text: str, registry) -> list[str]:
 
 def _hub_tag(tags: str, api) -> list[str]:
     wanted = [t for t in tags.split(",") if t]
-    models = with_retries(lambda: list(api.list_models(filter=wanted, full=True)), f"list models tagged {wanted}")
+    endpoint = getattr(api, "endpoint", None)
+    what = f"list models tagged {wanted}"
+    models = with_retries(lambda: list(api.list_models(filter=wanted, full=True)), what, endpoint=endpoint, probe_first=True)
     if not models:
         raise EmptyPopulationError(f"no Hub model on {api.endpoint} carries the tag(s) {wanted}: check the tag "
                                    "(a pushed population is tagged population-NAME).")
     out = []
-    for m in sorted(models, key=lambda m: m.id):
-        sha = m.sha or with_retries(lambda repo=m.id: api.model_info(repo).sha, f"look up {m.id}")
-        out.append(f"hf-hub:{m.id}@{sha}")
+    for m in sorted(models, key=lambda m: str(m.id)):
+        repo = listed_repo_id(m.id, endpoint)
+        sha = m.sha or with_retries(lambda: api.model_info(repo).sha, f"look up {repo}", endpoint=endpoint)
+        out.append(listed_reference(repo, sha, endpoint))
     return out
 
 
 def _collection(slug: str, api) -> list[str]:
+    """The models of collection ``slug`` (checked by the name rules before anything is requested: a slug such as
+    ``../../api/models`` would be another Hub path, asked for with the user's token), pinned to their shas."""
+    check_collection_slug(slug)
+    endpoint = getattr(api, "endpoint", None)
+    what = f"get collection {slug}"
     try:
-        coll = with_retries(lambda: api.get_collection(slug), f"get collection {slug}")
+        coll = with_retries(lambda: api.get_collection(slug), what, endpoint=endpoint, probe_first=True)
+        items = [(i.item_id, i.item_type) for i in coll.items]
     except HfHubHTTPError as e:
         raise EmptyPopulationError(f"no collection {slug!r} on {api.endpoint} ({e}): use the slug that "
                                    "`hubcompare push-population` printed.") from None
-    items = [i.item_id for i in coll.items if i.item_type == "model"]
-    if not items:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # the answer is not a collection
+        raise EmptyPopulationError(f"the Hub {api.endpoint} answered for collection {slug} with something that is not a "
+                                   f"collection ({type(e).__name__}: {e}): is HF_ENDPOINT the Hub you meant?") from None
+    models = [listed_repo_id(i, endpoint) for i, kind in items if kind == "model"]
+    if not models:
         raise EmptyPopulationError(f"collection {slug} holds no models")
-    return [f"hf-hub:{i}@{with_retries(lambda repo=i: api.model_info(repo).sha, f'look up {i}')}" for i in items]
+    return [listed_reference(i, with_retries(lambda repo=i: api.model_info(repo).sha, f"look up {i}", endpoint=endpoint),
+                             endpoint) for i in models]
 
 
 def expand_side(spec: str, registry=None, api=None) -> list[str]:
@@ -214,7 +227,9 @@ def _expand_token(token: str, registry, api) -> list[str]:
         if scheme in ("population", "registry"):
             registry = registry if registry is not None else Registry()
             return _query(f"population={rest}" if scheme == "population" else rest, registry)
-        api = api or HfApi()
+        if scheme == "collection":
+            check_collection_slug(rest)  # before any client is made or request sent
+        api = api or hub_api()
         return _hub_tag(rest, api) if scheme == "hf-tag" else _collection(rest, api)
     return [token]
 

@@ -148,9 +148,13 @@ def standardized_band(null: np.ndarray, sd: np.ndarray, level: float = 0.95) -> 
 
     A per-example quantile would condition on one population's realised totals (an example every
     model got right has the band [0, 0]); standardising by :func:`split_sd` puts every example on
-    one scale. Returns (lower, upper, number of examples outside the band in each split).
+    one scale. Returns (lower, upper, number of examples outside the band in each split). When no example's
+    correctness varies across the population (every SD is 0: the models agree on every example), every
+    split-half difference is 0, so the band is [0, 0] and no example is outside it.
     """
     ok = sd > 0
+    if not ok.any():
+        return 0.0, 0.0, np.zeros(null.shape[0], dtype=np.int64)
     z = null[:, ok] / sd[ok].astype(np.float32)
     flat = z.ravel()
     ranks = np.array([(1 - level) / 2, 1 - (1 - level) / 2]) * (flat.size - 1)

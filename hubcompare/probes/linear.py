@@ -207,7 +207,7 @@ def probe_layers(
     with exact_float32(), on_device([model.model], dev):
         spec = InputSpec.from_model(model.model, train.image_shape)
         example = spec(train.images[:2].to(dev))
-        capture = LayerCapture(model.model, patterns, example=example)
+        capture = LayerCapture(model.model, patterns, example=example, name=model.ref)
         info = probe_layer_info(capture, example, pool)
         groups = layer_groups(info, len(ordered) + len(test), max_feature_bytes)
         per_pass = math.ceil(len(ordered) / batch_size) + math.ceil(len(test) / batch_size)

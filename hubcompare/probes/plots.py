@@ -13,21 +13,12 @@ from matplotlib.figure import Figure
 from ..similarity.plots import write_figure
 from .deletion import DeletionResult
 from .linear import ProbeResult
+from .summary import block_layer_lists, probe_fit_text
 
 __all__ = ["plot_probes", "plot_deletion", "block_layer_lists"]
 
 MAX_NAMED_TICKS = 40
 SHADE = dict(color="#00b8d4", alpha=0.18, lw=0)
-
-
-def block_layer_lists(blocks: Sequence) -> list[list[str]]:
-    """Each detected block's layer names, from :class:`~hubcompare.similarity.blocks.Block` objects, their JSON
-    (``layers``: the names), or benchmarks/blocks_plain_loop.py's records (``names``; there ``layers`` is "LO-HI")."""
-    out = []
-    for b in blocks or ():
-        names = (b["names"] if "names" in b else b["layers"]) if isinstance(b, dict) else b.layers
-        out.append([names] if isinstance(names, str) else list(names))
-    return out
 
 
 def _spans(positions: dict[str, float], blocks: Sequence) -> list[tuple[float, float]]:
@@ -79,8 +70,8 @@ def plot_probes(result: ProbeResult, path: str | Path, blocks: Sequence | None =
     ax.set_ylabel("linear probe test accuracy")
     ax.legend(loc="lower right", fontsize=8)
     s = result.settings
-    ax.set_title(f"Linear probes: {result.ref}\n{s['test']['name']} test ({s['test']['num_examples']} examples), fit on "
-                 f"{s['train']['num_examples']} training examples, pooling {s['pooling']}", fontsize=10)
+    ax.set_title(f"Linear probes: {result.ref}\n{s['test']['name']} test ({s['test']['num_examples']} examples), probes "
+                 f"{probe_fit_text(result)}, pooling {s['pooling']}", fontsize=10)
     return write_figure(fig, path)
 
 

@@ -33,9 +33,11 @@ from ..similarity.labels import default_label
 from ..similarity.plots import plot_block_report, plot_cka
 
 __all__ = ["Context", "Figure", "ModelReport", "Section", "SectionMaker", "build_report", "card_section", "figure_from",
-           "render_html", "write_report"]
+           "render_html", "report_path", "write_report"]
 
 TEMPLATE = "report.html"
+REPORT_FILE = "report.html"  # the page's name in an --out folder
+HTML_SUFFIXES = (".html", ".htm")
 CARD_FIELDS = ("model_name", "license", "library_name", "pipeline_tag", "tags", "datasets", "metrics", "base_model")
 
 
@@ -159,6 +161,14 @@ def _provenance_section(comp_prov: dict, extra: dict) -> Section:
     return Section("provenance", "Provenance", tables=[Table(["what", "value"], rows)], pre=[("everything, as JSON", full)])
 
 
+def _outlined(rep: BlockReport) -> str:
+    """What the heatmap outlines: the detected blocks, counted, or that there is none."""
+    n = len(rep.blocks)
+    if not n:
+        return "No block was detected, so nothing is outlined."
+    return ("The detected block is outlined." if n == 1 else f"The {n} detected blocks are outlined.")
+
+
 def _cka_sections(rep: BlockReport) -> list[Section]:
     cka = rep.cka
     blocks = Table(["block", "layers", "size", "mean CKA inside", "inside, PC1 removed", "mean CKA to outside", "mean PC1 share"],
@@ -169,8 +179,7 @@ def _cka_sections(rep: BlockReport) -> list[Section]:
     heat = Section(
         "cka", "Within-model CKA",
         text=(f"Linear CKA (unbiased HSIC, minibatch estimator) between every pair of its {cka.shape[0]} layers; mean CKA "
-              f"between distinct layers {_text(mean_off)}, largest jackknife SE {_text(cka.max_se)}. Detected blocks are "
-              "outlined."),
+              f"between distinct layers {_text(mean_off)}, largest jackknife SE {_text(cka.max_se)}. " + _outlined(rep)),
         figures=[figure_from(lambda p: plot_cka(cka, p, rep.blocks), "Within-model CKA")])
     pc1 = rep.pcs.fraction_summary()
     block = Section(
@@ -239,9 +248,19 @@ def render_html(report: ModelReport) -> str:
     return _environment().get_template(TEMPLATE).render(report=report)
 
 
+def report_path(out: str | Path) -> Path:
+    """Where ``--out`` puts the page: a path ending in .html (or .htm) is the file itself; anything else is a folder
+    (the convention of every other command), the page then being ``report.html`` in it."""
+    out = Path(out)
+    return out if out.suffix.lower() in HTML_SUFFIXES and not out.is_dir() else out / REPORT_FILE
+
+
 def write_report(report: ModelReport, path: str | Path) -> Path:
-    """Write the page atomically to ``path``."""
-    path = Path(path)
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise ReportError(f"{path} does not end in .html: the page is HTML, name it NAME.html.", params=("out",))
-    return atomic_write_text(path, render_html(report))
+    """Write the page atomically to ``path``: a NAME.html file, or a folder (created if missing) to hold
+    ``report.html`` (:func:`report_path`). Returns the file written."""
+    file = report_path(path)
+    if file.parent.exists() and not file.parent.is_dir():
+        raise ReportError(f"{file.parent} is a file, so {file} cannot be written: give a folder or a NAME.html file.",
+                          params=("out",))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(file, render_html(report))

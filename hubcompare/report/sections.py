@@ -11,6 +11,7 @@ from ..errors import ProbeError
 from ..probes.deletion import delete_blocks
 from ..probes.linear import probe_layers
 from ..probes.plots import plot_deletion, plot_probes
+from ..probes.summary import accuracy_change, deletion_sentence, probe_fit_text, probe_sentence
 from .page import Context, Section, SectionMaker, Table, figure_from
 
 __all__ = ["default_sections", "deletion_section", "probes_section"]
@@ -36,10 +37,9 @@ def probes_section(ctx: Context) -> Section:
     own = "" if r.model_test_accuracy is None else f" The model's own head: {r.model_test_accuracy:.4f}."
     return Section(
         "probes", "Linear probes",
-        text=(f"A softmax-regression probe per layer on its frozen features, fit on {r.settings['validation']['fit_examples']} "
-              f"training examples (L2 chosen on {r.settings['validation']['validation_examples']} held out), test accuracy "
-              f"on {r.settings['test']['num_examples']} examples. Best: {best['name']} at {best['test_accuracy']:.4f}.{own} "
-              "Inside a block, probe accuracy barely rises (the paper's Section 5)."),
+        text=(f"A softmax-regression probe per layer on its frozen features, {probe_fit_text(r)}, test accuracy on "
+              f"{r.settings['test']['num_examples']} examples. Best: {best['name']} at {best['test_accuracy']:.4f}.{own} "
+              + probe_sentence(r, ctx.blocks.blocks)),
         figures=[figure_from(lambda p: plot_probes(r, p, ctx.blocks.blocks), "Linear probes")],
         pre=[("probe accuracy per layer (CSV)", r.to_csv())], provenance=r.settings)
 
@@ -51,14 +51,16 @@ def deletion_section(ctx: Context) -> Section:
                           on_step=_steps(ctx, "block deletion"), device=ctx.device)
     except ProbeError as e:
         return Section("deletion", "Block deletion", text=f"No deletion curves: {e}")
-    rows = [[str(row["stage"]), str(row["deleted"]), row["first_deleted"] or "-", f"{row['accuracy']:.4f}", f"{row['drop']:+.4f}"]
+    rows = [[str(row["stage"]), str(row["deleted"]), row["first_deleted"] or "-",
+             accuracy_change(r.full_accuracy, row["accuracy"]) if row["deleted"] else f"{row['accuracy']:.4f}"]
             for row in r.rows()]
     return Section(
         "deletion", "Block deletion",
-        text=(f"Full model: {r.full_accuracy:.4f} test accuracy. Each stage's last blocks deleted one by one (the identity "
-              "path kept, no retraining): deleting blocks inside a block structure costs little, outside it a lot."),
+        text=("Each stage's last residual blocks deleted one by one (the identity path kept, no retraining). "
+              + deletion_sentence(r, ctx.blocks.blocks)),
         figures=[figure_from(lambda p: plot_deletion(r, p, ctx.blocks.blocks), "Block deletion")],
-        tables=[Table(["stage", "blocks deleted", "first deleted", "accuracy", "drop"], rows)], provenance=r.settings)
+        tables=[Table(["stage", "blocks deleted", "first deleted", "test accuracy: full model -> after (change)"], rows)],
+        provenance=r.settings)
 
 
 def default_sections() -> list[SectionMaker]:

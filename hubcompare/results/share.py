@@ -3,11 +3,14 @@
 The repo holds the result's files, ``hubcompare-result.json`` (the stored record: kind, key, what the key
 hashes, summary) and a dataset card saying which models at which commits, on which data (name and
 fingerprint), with which settings, and showing the figure. A push is one commit against the current head,
-skipped when the repo already holds identical files. A pull resolves the revision to a commit sha, downloads
-that commit (only the names the record lists, and only the file types a result has: never a pickle),
-checks every file (the key recomputed from its inputs must match; JSON parses; NPZ loads with
-``allow_pickle=False``; images are images) before anything enters the store. Retries and offline behaviour
-are the model client's (``hub/client.py``).
+skipped when the repo already holds identical files; it creates the repo or updates one an earlier result push
+made (its card tagged ``hubcompare-result``), deletes only files that push's record listed, and refuses any other
+repo without writing. A pull resolves the revision to a commit sha, checks the repo's listing against the pull
+limits (``limits.py``) before downloading that commit (only the file types a result has: never a pickle), then
+checks every file again on disk (sizes; the key recomputed from its inputs must match; each JSON document against
+its kind's schema, ``schemas.py``; NPZ members from their headers, then loaded with ``allow_pickle=False``; SVGs
+against an allow-list, ``svg.py``; images are images) before anything enters the store; a refused download is
+removed from the cache. Retries and offline behaviour are the model client's (``hub/client.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from ..errors import (
     InvalidResultReferenceError,
     NotInCacheError,
     PushError,
+    ResultFileMissingError,
+    ResultRepoConflictError,
     SharedResultError,
     short_repr,
 )
@@ -42,7 +47,10 @@ from ..hub.client import PICKLE_PATTERNS, _NoBars, _translate, with_retries
 from ..hub.names import check_repo_id, check_revision
 from ..provenance import git_blob_oid, strict_json
 from .keys import result_key
+from .limits import DEFAULT_LIMITS, PullLimits, check_listing, check_npz, over
+from .schemas import check_document, check_summary, json_depth
 from .store import ResultStore, StoredResult, check_key
+from .svg import svg_problem
 
 __all__ = ["REFERENCE_PREFIX", "RECORD_FILE", "ALLOWED_SUFFIXES", "parse_result_reference", "push_result", "pull_result",
            "build_result_card"]
@@ -52,13 +60,13 @@ RECORD_FILE = "hubcompare-result.json"
 CARD_FILE = "README.md"
 ALLOWED_SUFFIXES = (".json", ".npz", ".csv", ".png", ".pdf", ".svg", ".md")
 IGNORED_REMOTE = (".gitattributes",)
-MAX_RECORD_BYTES = 16 << 20
+MAX_CARD_BYTES = 1 << 20  # a result card is a few KB (its summary and settings)
+RESULT_TAG = "hubcompare-result"  # the card tag that marks a repo as a shared result (push-result updates only those)
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,39}")
 RECORD_FIELDS = {"key": str, "kind": str, "created": str, "seconds": (int, float), "title": str, "request": dict,
                  "key_inputs": dict, "summary": dict, "models": list, "dataset": str, "files": list}
 OPTIONAL_FIELDS = {"source", "path"}  # written by StoredResult.to_json; the pulled copy gets its own
-_SVG_ACTIVE = re.compile(rb"<script|javascript:|<foreignObject|\son[a-z]+\s*=", re.IGNORECASE)
 
 
 def parse_result_reference(reference: str) -> tuple[str, str | None]:
@@ -107,7 +115,7 @@ def _model_rows(stored: StoredResult) -> list[str]:
 
 def build_result_card(stored: StoredResult, repo_id: str) -> DatasetCard:
     """The dataset card: models at commits, the dataset and its fingerprint, settings, headline numbers, the figure."""
-    data = DatasetCardData(pretty_name=stored.title or stored.kind, tags=["hubcompare", "hubcompare-result", stored.kind])
+    data = DatasetCardData(pretty_name=stored.title or stored.kind, tags=["hubcompare", RESULT_TAG, stored.kind])
     dataset = stored.key_inputs.get("dataset")
     dataset = dataset if isinstance(dataset, dict) else {"name": stored.dataset}
     settings = stored.key_inputs.get("settings")
@@ -142,26 +150,94 @@ def _record(stored: StoredResult) -> dict:
     return record
 
 
-def push_result(stored: StoredResult, repo_id: str, *, private: bool = False, api: HfApi | None = None) -> tuple[str, str]:
-    """Publish ``stored`` as the Hub dataset repo ``repo_id`` (created if missing) in one commit; returns (url, commit sha).
-
-    The repo ends up holding exactly this result (files of an earlier result pushed there are deleted in the same
-    commit); pushing it again when nothing changed makes no commit and returns the current sha."""
-    check_repo_id(repo_id)
-    api = api or HfApi()
+def _contents(stored: StoredResult, repo_id: str) -> dict[str, bytes]:
+    """Every file the push writes, read before anything is sent: a result whose folder lost a file is a typed error."""
     contents: dict[str, bytes] = {}
     for name in stored.files:
         if name in (CARD_FILE, RECORD_FILE):
             raise SharedResultError(f"result {stored.key[:12]} has a file named {name}, which a shared result reserves")
-        contents[_check_file_name(name, f"result {stored.key[:12]}")] = stored.file(name).read_bytes()
+        path = stored.file(_check_file_name(name, f"result {stored.key[:12]}"))
+        try:
+            contents[name] = path.read_bytes()
+        except OSError as e:
+            raise ResultFileMissingError(
+                f"result {stored.key[:12]} lists {name}, but {path} cannot be read ({type(e).__name__}: "
+                f"{e.strerror or e}): the stored copy is damaged; remove it (`hubcompare results rm {stored.key[:12]}`) and "
+                "compute it again") from None
     contents[RECORD_FILE] = (json.dumps(strict_json(_record(stored)), indent=2, allow_nan=False) + "\n").encode()
     contents[CARD_FILE] = str(build_result_card(stored, repo_id)).encode()
+    return contents
+
+
+def _small_remote_file(api: HfApi, repo_id: str, sha: str, name: str, size: int | None, limit: int) -> bytes:
+    if size is None or size > limit:
+        raise ResultRepoConflictError(f"{repo_id}: its {name} is {'of unknown size' if size is None else f'{size:,} bytes'}"
+                                      f" (a hubcompare result's is under {limit:,}): not a hubcompare result repo, so "
+                                      "push-result leaves it alone and nothing was written; push to another repo")
+    path = with_retries(lambda: api.hf_hub_download(repo_id, name, repo_type="dataset", revision=sha),
+                        f"read {name} of {repo_id}@{sha}")
+    data = Path(path).read_bytes()
+    if len(data) > limit:
+        raise ResultRepoConflictError(f"{repo_id}: its {name} is {len(data):,} bytes (a hubcompare result's is under "
+                                      f"{limit:,}): not a hubcompare result repo; nothing was written. Push to another repo")
+    return data
+
+
+def _written_by_result_push(api: HfApi, repo_id: str, info) -> set[str]:
+    """The files an earlier result push wrote to the repo at ``info.sha`` (empty for an empty repo). A repo its card does
+    not mark as a hubcompare result, or one holding files no result push wrote, is refused: nothing is changed."""
+    remote = {s.rfilename: s for s in info.siblings or [] if s.rfilename not in IGNORED_REMOTE}
+    if not remote:
+        return set()  # a new (or empty) repo: nothing of anyone's to keep
+    refuse = f"{repo_id} already exists and is not a hubcompare result"
+    fix = "push-result only creates a repo or updates one an earlier push-result made; push to another repo"
+    if CARD_FILE not in remote or RECORD_FILE not in remote:
+        raise ResultRepoConflictError(f"{refuse} (it has no {CARD_FILE if CARD_FILE not in remote else RECORD_FILE}): "
+                                      f"nothing was written. {fix}")
+    card = _small_remote_file(api, repo_id, info.sha, CARD_FILE, remote[CARD_FILE].size, MAX_CARD_BYTES)
+    try:
+        tags = DatasetCard(card.decode("utf-8")).data.tags or []
+    except Exception:  # noqa: BLE001 - any card that does not parse is not one push-result wrote
+        tags = []
+    if not isinstance(tags, list) or RESULT_TAG not in tags:
+        raise ResultRepoConflictError(f"{refuse} (its card is not tagged {RESULT_TAG}): nothing was written. {fix}")
+    record = _small_remote_file(api, repo_id, info.sha, RECORD_FILE, remote[RECORD_FILE].size,
+                                DEFAULT_LIMITS.max_record_bytes)
+    try:
+        files = json.loads(record.decode("utf-8"))["files"]
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+        written = {CARD_FILE, RECORD_FILE, *(_check_file_name(f, repo_id) for f in files)}
+    except (ValueError, KeyError, TypeError, RecursionError, HubcompareError):
+        raise ResultRepoConflictError(f"{refuse}: its {RECORD_FILE} does not list the files a push wrote, so none of them "
+                                      f"can be replaced safely; nothing was written. {fix}") from None
+    foreign = sorted(set(remote) - written)
+    if foreign:
+        raise ResultRepoConflictError(
+            f"{repo_id} holds files no hubcompare result push wrote ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}): push-result would leave a repo no pull accepts, and never deletes "
+            "others' files; nothing was written. Remove them yourself, or push to another repo")
+    return written
+
+
+def push_result(stored: StoredResult, repo_id: str, *, private: bool = False, api: HfApi | None = None) -> tuple[str, str]:
+    """Publish ``stored`` as the Hub dataset repo ``repo_id`` in one commit; returns (url, commit sha).
+
+    The repo is created when missing. An existing one is updated only when it is empty or its card marks it as a
+    hubcompare result (an earlier push-result); anything else is a :class:`ResultRepoConflictError` and nothing is
+    written. The commit deletes only files the previous result push listed in its record; pushing again when nothing
+    changed makes no commit and returns the current sha. The check and the commit are against the same head commit
+    (``parent_commit``), so a repo that changes in between is looked at again."""
+    check_repo_id(repo_id)
+    api = api or HfApi()
+    contents = _contents(stored, repo_id)
     with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True), f"create {repo_id}")
 
     def attempt() -> str:
         info = api.repo_info(repo_id, repo_type="dataset", files_metadata=True)
+        written = _written_by_result_push(api, repo_id, info)
         remote = {s.rfilename: s.blob_id for s in info.siblings or []}
-        stale = [n for n in remote if n not in contents and n not in IGNORED_REMOTE]
+        stale = sorted(n for n in remote if n in written and n not in contents)
         if not stale and all(remote.get(name) == git_blob_oid(data) for name, data in contents.items()):
             return info.sha
         ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in contents.items()]
@@ -199,22 +275,26 @@ def _download(api: HfApi, repo_id: str, revision: str, patterns: list[str], offl
         f"download {repo_id}@{revision}"))
 
 
-def _fetch(repo_id: str, revision: str | None, api: HfApi) -> Path:
-    """The snapshot folder (named by its commit sha) of the repo at ``revision``; online, the repo's file list is
-    checked before anything is downloaded."""
+def _fetch(repo_id: str, revision: str | None, api: HfApi, limits: PullLimits) -> Path:
+    """The snapshot folder (named by its commit sha) of the repo at ``revision``. Online, the repo's file list is checked
+    first (names, the number of files, each size and the total, from the Hub's metadata) and nothing is downloaded
+    when it fails; what arrives is checked again on disk by the caller."""
     rev = revision or "main"
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
         if offline:
             return _download(api, repo_id, rev, [RECORD_FILE, *(f"*{s}" for s in ALLOWED_SUFFIXES)], True)
-        info = with_retries(lambda: api.repo_info(repo_id, repo_type="dataset", revision=rev), f"look up {repo_id}@{rev}")
-        names = [s.rfilename for s in info.siblings or [] if s.rfilename not in IGNORED_REMOTE]
-        for name in names:
-            _check_file_name(name, f"{repo_id}@{info.sha}")
-        if RECORD_FILE not in names:
-            raise SharedResultError(f"{repo_id}@{info.sha} has no {RECORD_FILE}: it is not a shared hubcompare result "
+        info = with_retries(lambda: api.repo_info(repo_id, repo_type="dataset", revision=rev, files_metadata=True),
+                            f"look up {repo_id}@{rev}")
+        where = f"{repo_id}@{info.sha}"
+        sizes = {s.rfilename: s.size for s in info.siblings or [] if s.rfilename not in IGNORED_REMOTE}
+        for name in sizes:
+            _check_file_name(name, where)
+        if RECORD_FILE not in sizes:
+            raise SharedResultError(f"{where} has no {RECORD_FILE}: it is not a shared hubcompare result "
                                     "(publish one with `hubcompare push-result`)")
-        return _download(api, repo_id, rev, names, False)  # by name, so the cache records the branch for offline use
+        check_listing(sizes, where, limits)
+        return _download(api, repo_id, rev, list(sizes), False)  # by name, so the cache records the branch for offline use
     except LocalEntryNotFoundError:
         raise NotInCacheError(f"result repo {repo_id}@{rev} is not in the Hugging Face cache and the Hub cannot be used "
                               "(offline or unreachable): pull it once while online, or unset HF_HUB_OFFLINE.") from None
@@ -222,16 +302,38 @@ def _fetch(repo_id: str, revision: str | None, api: HfApi) -> Path:
         raise _translate(e, repo_id, rev, api.endpoint, "dataset") from None
 
 
-def _load_record(folder: Path, where: str) -> dict:
+def _forget(folder: Path) -> None:
+    """Remove a refused snapshot from the Hugging Face cache: its folder, the blobs no other snapshot of the repo uses,
+    and the refs that point at it (an offline pull must not find it either). Best effort: errors are ignored."""
+    repo_dir, sha = folder.parent.parent, folder.name
+    try:
+        blob_dir = (repo_dir / "blobs").resolve()
+        blobs = {p.resolve() for p in folder.iterdir() if p.is_symlink()}
+        shutil.rmtree(folder, ignore_errors=True)
+        for other in (repo_dir / "snapshots").iterdir():
+            blobs -= {p.resolve() for p in other.iterdir() if p.is_symlink()}
+        for blob in blobs:
+            if blob.parent == blob_dir:
+                blob.unlink(missing_ok=True)
+        for ref in (repo_dir / "refs").rglob("*") if (repo_dir / "refs").is_dir() else ():
+            if ref.is_file() and ref.read_text().strip() == sha:
+                ref.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _load_record(folder: Path, where: str, limits: PullLimits) -> dict:
     path = folder / RECORD_FILE
     if not path.is_file():
         raise SharedResultError(f"{where} has no {RECORD_FILE}: it is not a shared hubcompare result")
-    if path.stat().st_size > MAX_RECORD_BYTES:
-        raise SharedResultError(f"{where}: {RECORD_FILE} is over {MAX_RECORD_BYTES >> 20} MiB; a result record is small")
+    over(limits, "max_record_bytes", path.stat().st_size, f"{where}: {RECORD_FILE}")
     try:
         record = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as e:
         raise SharedResultError(f"{where}: {RECORD_FILE} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise SharedResultError(f"{where}: {RECORD_FILE} is refused (it nests too deeply to read)") from None
+    over(limits, "max_json_depth", json_depth(record), f"{where}: {RECORD_FILE}'s nesting", unit="levels")
     if not isinstance(record, dict):
         raise SharedResultError(f"{where}: {RECORD_FILE} is not a JSON object")
     unknown = set(record) - set(RECORD_FIELDS) - OPTIONAL_FIELDS
@@ -245,8 +347,8 @@ def _load_record(folder: Path, where: str) -> dict:
                                     f"{getattr(types, '__name__', 'number')}")
     if not _KIND.fullmatch(record["kind"]):
         raise SharedResultError(f"{where}: {RECORD_FILE} kind {short_repr(record['kind'])} is not a result kind")
-    if not all(isinstance(m, str) for m in record["models"]) or record["seconds"] < 0:
-        raise SharedResultError(f"{where}: {RECORD_FILE} models must be strings and seconds >= 0")
+    if not all(isinstance(m, str) for m in record["models"]) or not 0 <= record["seconds"] < 1e12:
+        raise SharedResultError(f"{where}: {RECORD_FILE} models must be strings and seconds a finite number >= 0")
     try:
         check_key(record["key"])
         expected = result_key(record["kind"], record["key_inputs"])
@@ -265,16 +367,30 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_content(path: Path, where: str) -> None:
-    """Each file is what its name says (parsed, never executed): a bad one refuses the whole result."""
-    name, data = path.name.lower(), path.read_bytes()
+def _check_npz(path: Path, where: str, limits: PullLimits) -> None:
+    arrays = check_npz(path, where, limits)  # declared sizes and dtypes, before any array is read
+    for name in ("cka", "se", "layers_a", "layers_b"):
+        shape = arrays.get(name, ((),))[0]
+        if shape and max(shape) > limits.max_layers:
+            over(limits, "max_layers", max(shape), f"{where}: {path.name}:{name} (shape {shape})", unit="layers")
+    with np.load(path, allow_pickle=False) as npz:
+        for array_name in npz.files:
+            npz[array_name]  # noqa: B018  (reads each array whole: the sizes are known to be within the limits)
+
+
+def _check_content(path: Path, where: str, kind: str, limits: PullLimits) -> None:
+    """Each file is what its name says (parsed, never executed, within the limits): a bad one refuses the whole result."""
+    name = path.name.lower()
     try:
+        if name.endswith(".npz"):
+            return _check_npz(path, where, limits)
+        data = path.read_bytes()
+        over(limits, "max_file_bytes", len(data), f"{where}: {path.name}")
         if name.endswith(".json"):
-            json.loads(data.decode("utf-8"), parse_constant=lambda c: float(c))  # result JSON may hold NaN (null in strict)
-        elif name.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as npz:
-                for array_name in npz.files:
-                    npz[array_name]  # noqa: B018  (object arrays raise here: they would need a pickle)
+            doc = json.loads(data.decode("utf-8"), parse_constant=lambda c: float(c))  # result JSON may hold NaN
+            depth = json_depth(doc)
+            over(limits, "max_json_depth", depth, f"{where}: {path.name}'s nesting", unit="levels")
+            check_document(kind, path.name, doc, where, limits)
         elif name.endswith((".csv", ".md")):
             data.decode("utf-8")
         elif name.endswith(".png") and not data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -282,22 +398,40 @@ def _check_content(path: Path, where: str) -> None:
         elif name.endswith(".pdf") and not data.startswith(b"%PDF-"):
             raise ValueError("not a PDF")
         elif name.endswith(".svg"):
-            if b"<svg" not in data[:4096] or _SVG_ACTIVE.search(data):
-                raise ValueError("not a plain SVG image (scripts, event handlers and foreign objects are refused)")
+            problem = svg_problem(data)
+            if problem:
+                raise ValueError(f"not a plain SVG image: {problem}")
+    except RecursionError:
+        raise SharedResultError(f"{where}: {path.name} is refused (it nests too deeply to read)") from None
     except (ValueError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, HubcompareError):
+            raise
         raise SharedResultError(f"{where}: {path.name} is refused ({type(e).__name__}: {e})") from None
 
 
-def pull_result(reference: str, store: ResultStore, *, api: HfApi | None = None) -> StoredResult:
-    """Download ``hf-hub-result:OWNER/NAME[@REV]`` at one commit, check every file, and put it into ``store`` with the
-    source ``hf-hub-result:OWNER/NAME@SHA``. A result whose key is stored already is returned as stored."""
+def pull_result(reference: str, store: ResultStore, *, api: HfApi | None = None,
+                limits: PullLimits = DEFAULT_LIMITS) -> StoredResult:
+    """Download ``hf-hub-result:OWNER/NAME[@REV]`` at one commit, check every file against ``limits`` and its kind's
+    schema, and put it into ``store`` with the source ``hf-hub-result:OWNER/NAME@SHA``. A result whose key is stored
+    already is returned as stored. On any refusal the store is unchanged and the download is removed from the cache."""
     repo_id, revision = parse_result_reference(reference)
     api = api or HfApi()
-    folder = _fetch(repo_id, revision, api)
+    folder = _fetch(repo_id, revision, api, limits)
+    try:
+        return _check_and_store(folder, repo_id, store, limits)
+    except HubcompareError:
+        _forget(folder)
+        raise
+
+
+def _check_and_store(folder: Path, repo_id: str, store: ResultStore, limits: PullLimits) -> StoredResult:
     sha = folder.name
     where = f"{repo_id}@{sha}"
-    record = _load_record(folder, where)
-    present = {p.name for p in folder.iterdir()} - {CARD_FILE, RECORD_FILE, *IGNORED_REMOTE}
+    on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name not in IGNORED_REMOTE}
+    check_listing(on_disk, where, limits)  # again, as they arrived (the listing may not have had every size)
+    record = _load_record(folder, where, limits)
+    check_summary(record["kind"], record["summary"], record["files"], where)
+    present = set(on_disk) - {CARD_FILE, RECORD_FILE}
     missing, extra = set(record["files"]) - present, present - set(record["files"])
     if missing or extra:
         raise SharedResultError(f"{where}: the files do not match {RECORD_FILE} (" +
@@ -306,7 +440,7 @@ def pull_result(reference: str, store: ResultStore, *, api: HfApi | None = None)
     for name in record["files"]:
         if not (folder / name).is_file():
             raise SharedResultError(f"{where}: {name} is not a regular file")
-        _check_content(folder / name, where)
+        _check_content(folder / name, where, record["kind"], limits)
     existing = store.get(record["key"])
     if existing is not None:
         return existing

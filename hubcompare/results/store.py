@@ -9,7 +9,13 @@ with many processes writing at once, and with processes killed at any moment:
 - :meth:`ResultStore.put` takes SQLite's write lock (``BEGIN IMMEDIATE``), renames the staging folder to
   ``ROOT/<key>`` and inserts the row, then commits: writers of one key are serialised, the first wins and the
   others get its entry back (their staging discarded); a row always has its folder;
-- a folder without a row (a process killed between the rename and the commit) is never listed, and is swept;
+- each result folder holds its own record (``.record.json``: everything its row says, written before the rename),
+  so the index can be lost: opening a store indexes every folder whose record is whole and whose key is the key of
+  its inputs (a process killed between the rename and the commit leaves exactly such a folder). A read never
+  deletes a result folder; a folder without a readable record (one from before records) is left as it is,
+  unlisted, and only a put of that very key replaces it. Only staging folders are ever swept;
+- a result's ``source`` is its origin: ``computed`` (here) or ``hf-hub-result:OWNER/NAME@SHA`` (pulled), kept in
+  its row and its record; a row or record without one was computed here;
 - WAL journal and a busy timeout: readers never block writers, writers wait for each other.
 """
 
@@ -29,20 +35,23 @@ from typing import Iterator
 
 from ..errors import (
     AmbiguousResultKeyError,
+    HubcompareError,
     InvalidResultKeyError,
     ResultFileError,
     ResultNotFoundError,
     ResultStoreError,
     short_repr,
 )
-from ..provenance import _alive, strict_json
+from ..provenance import _alive, atomic_write_json, strict_json
 from .keys import result_key
 
 __all__ = ["StoredResult", "ResultStore", "default_results_dir", "check_key", "check_key_prefix", "MIN_PREFIX", "INDEX_FILE",
-           "STAGING_DIR"]
+           "STAGING_DIR", "RECORD_FILE", "COMPUTED"]
 
 INDEX_FILE = "index.sqlite"
 STAGING_DIR = ".staging"
+RECORD_FILE = ".record.json"  # in each result folder: its row, so the index can be rebuilt from the folders
+COMPUTED = "computed"  # the source of a result computed in this store (else the hf-hub-result: reference it came from)
 MIN_PREFIX = 6  # hex characters a key prefix needs (16.7 million values: collisions among stored results are rare)
 BUSY_TIMEOUT_S = 60
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -51,6 +60,8 @@ _STAGING_NAME = re.compile(r"(?P<pid>[0-9]+)-[0-9a-f]{8}(?:\.trash)?")
 COLUMNS = ("key", "kind", "created", "seconds", "title", "request", "key_inputs", "summary", "models", "dataset", "files",
            "source")
 _JSON_COLUMNS = ("request", "key_inputs", "summary", "models", "files")
+_RECORD_TYPES = {"key": str, "kind": str, "created": str, "seconds": (int, float), "title": str, "request": dict,
+                 "key_inputs": dict, "summary": dict, "models": list, "dataset": str, "files": list, "source": str}
 
 
 def default_results_dir() -> Path:
@@ -75,8 +86,18 @@ class StoredResult:
     models: list[str]
     dataset: str
     files: list[str] = field(default_factory=list)
-    source: str = "computed"  # or "hf-hub-result:OWNER/NAME@SHA"
+    source: str = COMPUTED  # its origin: computed here, or "hf-hub-result:OWNER/NAME@SHA" (pulled)
     path: Path = Path()
+
+    @property
+    def pulled(self) -> bool:
+        """Whether it was computed elsewhere and pulled in (its numbers are the publisher's, not checked here)."""
+        return self.source != COMPUTED
+
+    @property
+    def origin(self) -> str:
+        """Where it came from, in words: ``computed here`` or ``pulled from hf-hub-result:OWNER/NAME@SHA``."""
+        return f"pulled from {self.source}" if self.pulled else "computed here"
 
     def file(self, name: str) -> Path:
         """The path of one of the result's files; a name that is not one of ``files`` (or holds a path) is refused,
@@ -91,6 +112,11 @@ class StoredResult:
         return {"key": self.key, "kind": self.kind, "created": self.created, "seconds": self.seconds, "title": self.title,
                 "request": self.request, "key_inputs": self.key_inputs, "summary": self.summary, "models": self.models,
                 "dataset": self.dataset, "files": self.files, "source": self.source, "path": str(self.path)}
+
+
+def check_file_name(name: str) -> bool:
+    """Whether ``name`` can be one of a result's files: a plain name in its folder (not its record)."""
+    return bool(name) and not any(c in name for c in "/\\\0") and name not in (".", "..", RECORD_FILE)
 
 
 def check_key(key: str) -> str:
@@ -133,7 +159,7 @@ class ResultStore:
         except (sqlite3.Error, OSError) as e:
             raise self._unusable(e) from None
         self._sweep_staging()
-        self._sweep_orphans()
+        self._index_folders()
 
     # --- SQLite ----------------------------------------------------------------------------------
     @contextmanager
@@ -174,8 +200,9 @@ class ResultStore:
         if isinstance(e, OSError) or "unable to open" in str(e) or "readonly" in str(e):
             return ResultStoreError(f"cannot use the result store {self.root} ({detail}): make it a writable folder, "
                                     "or set HUBCOMPARE_HOME to one")
-        return ResultStoreError(f"the result index {self.index} is not a readable result index ({detail}): move the "
-                                f"folder aside (mv {self.root} {self.root}.bad); results are computed again when asked")
+        return ResultStoreError(f"the result index {self.index} is not a readable result index ({detail}): move it "
+                                f"aside (mv {self.index} {self.index}.bad); the next command rebuilds it from the result "
+                                "folders, each of which holds its record")
 
     def _row(self, row: tuple) -> StoredResult:
         d = dict(zip(COLUMNS, row))
@@ -213,20 +240,61 @@ class ResultStore:
             if match and not _alive(int(match["pid"])):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
-    def _sweep_orphans(self) -> None:
-        """Remove ``ROOT/<key>`` folders without a row: a writer killed between its rename and its commit. Checked
-        again under the write lock (a live writer holds it across rename and commit), so nothing live is touched."""
+    def _index_folders(self) -> None:
+        """Index the ``ROOT/<key>`` folders without a row from their records (a lost or replaced index, or a writer
+        killed between its rename and its commit), and give indexed folders without a record one (folders stored
+        before records). Nothing is deleted: a folder without a readable record stays as it is, unlisted."""
         folders = self._key_folders()
         if not folders:
             return
         with self._connect() as con:
             known = {k for (k,) in con.execute("SELECT key FROM results")}
-        if not folders - known:
+            lacking = [k for k in folders & known if not (self.root / k / RECORD_FILE).is_file()]
+            rows = [con.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE key = ?", (k,)).fetchone()
+                    for k in lacking]
+        for row in filter(None, rows):
+            self._write_record(self.root / row[0], dict(zip(COLUMNS, row)))
+        found = [r for r in map(self._read_record, sorted(folders - known)) if r is not None]
+        if not found:
             return
-        with self._connect(write=True) as con:
+        with self._connect(write=True) as con:  # a live writer holds this lock across its rename and commit
             known = {k for (k,) in con.execute("SELECT key FROM results")}
-            for key in self._key_folders() - known:
-                self._discard(self.root / key)
+            for values in found:
+                if values[0] not in known and (self.root / values[0]).is_dir():
+                    self._insert(con, values)
+
+    def _write_record(self, folder: Path, row: dict) -> None:
+        record = {c: json.loads(row[c]) if c in _JSON_COLUMNS and isinstance(row[c], str) else row[c] for c in COLUMNS}
+        try:
+            atomic_write_json(folder / RECORD_FILE, record)
+        except OSError:
+            pass  # a read-only folder keeps working from the index
+
+    def _read_record(self, key: str) -> list | None:
+        """The row values of ``ROOT/<key>``'s record, or None when it has none, it does not parse, its key is not the
+        key of its inputs, or a file it lists is missing."""
+        folder = self.root / key
+        try:
+            record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        record.setdefault("source", COMPUTED)
+        try:
+            ok = all(isinstance(record.get(c), t) and not isinstance(record.get(c), bool) for c, t in _RECORD_TYPES.items())
+            ok = ok and record["key"] == key and result_key(record["kind"], record["key_inputs"]) == key
+            ok = ok and all(isinstance(f, str) and check_file_name(f) and (folder / f).is_file() for f in record["files"])
+        except (HubcompareError, ValueError):
+            return None
+        if not ok:
+            return None
+        return [json.dumps(strict_json(record[c]), allow_nan=False) if c in _JSON_COLUMNS else record[c] for c in COLUMNS]
+
+    def _insert(self, con: sqlite3.Connection, values: list) -> None:
+        con.execute(f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
+        con.executemany("INSERT OR IGNORE INTO result_models (key, model) VALUES (?, ?)",
+                        [(values[0], str(m)) for m in json.loads(values[COLUMNS.index("models")])])
 
     def _key_folders(self) -> set[str]:
         try:
@@ -255,13 +323,14 @@ class ResultStore:
         staging = Path(staging)
         if staging.parent.resolve() != self.staging_root.resolve() or not staging.is_dir():
             raise ResultStoreError(f"{staging} is not a staging folder of {self.root}: write the files into a folder "
-                                   "from ResultStore.staging() and put() it inside that block")
+                                   "this store's staging gave, and store it inside that block")
         files = self._staged_files(staging)
         row = {"key": key, "kind": kind, "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": float(seconds), "title": str(title), "request": request, "key_inputs": key_inputs,
                "summary": summary, "models": [str(m) for m in models], "dataset": str(dataset or ""), "files": files,
-               "source": str(source)}
+               "source": str(source or COMPUTED)}
         values = [json.dumps(strict_json(row[c]), allow_nan=False) if c in _JSON_COLUMNS else row[c] for c in COLUMNS]
+        atomic_write_json(staging / RECORD_FILE, row)  # the folder's own record: what rebuilds a lost index
         folder = self.root / key
         with self._connect(write=True) as con:
             existing = con.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE key = ?", (key,)).fetchone()
@@ -271,12 +340,14 @@ class ResultStore:
             if existing is not None:  # its folder vanished: this result replaces it
                 con.execute("DELETE FROM results WHERE key = ?", (key,))
                 con.execute("DELETE FROM result_models WHERE key = ?", (key,))
-            self._discard(folder)  # an orphan a killed writer left (no live writer: we hold the lock)
+            elif (found := self._read_record(key)) is not None:  # a whole result whose row was lost: the first wins
+                self._insert(con, found)
+                shutil.rmtree(staging, ignore_errors=True)
+                return self._row(found)
+            self._discard(folder)  # a folder of this key without a readable record: this result replaces it
             os.rename(staging, folder)
             try:
-                con.execute(f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
-                con.executemany("INSERT OR IGNORE INTO result_models (key, model) VALUES (?, ?)",
-                                [(key, m) for m in row["models"]])
+                self._insert(con, values)
             except BaseException:
                 self._discard(folder)
                 raise
@@ -285,6 +356,8 @@ class ResultStore:
     def _staged_files(self, staging: Path) -> list[str]:
         files = []
         for entry in os.scandir(staging):
+            if entry.name == RECORD_FILE:
+                continue  # put() writes it
             if not entry.is_file(follow_symlinks=False):
                 raise ResultStoreError(f"{entry.path} is not a regular file: a stored result holds plain files only "
                                        "(no folders or links)")

@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..comparisons.requests import KINDS
 from ..errors import ServiceRequestError
-from .checks import check_request, http_error, parse_request_body
+from .bounded import LIST_BUDGET
+from .checks import check_registered, check_request, http_error, job_advice, parse_request_body
 from .views import (
     ModelFilters,
     Service,
@@ -115,7 +116,7 @@ def model(request: Request, name: str) -> dict:
     s = service_of(request)
     entry = s.registry().get(name)
     results = model_results(s, entry)
-    return entry_json(entry) | {"card": card_text(entry), "results": [result_json(r) for r in results]}
+    return entry_json(entry) | {"card": card_text(entry), "results": [result_json(r, LIST_BUDGET) for r in results]}
 
 
 @router.get("/results", summary="Stored results, newest first")
@@ -124,7 +125,7 @@ def results(request: Request, kind: str | None = None, model: str | None = None,
     if kind is not None and kind not in KINDS:
         raise ServiceRequestError(f"kind: {kind!r} is not a comparison kind (one of {', '.join(KINDS)})", params=("kind",))
     found = service_of(request).store.list(kind=kind, model=model or None, limit=limit)
-    return {"count": len(found), "results": [result_json(r) for r in found]}
+    return {"count": len(found), "results": [result_json(r, LIST_BUDGET) for r in found]}
 
 
 @router.get("/results/{key}", summary="One stored result (its key or a unique prefix of 6+ hex characters)")
@@ -144,6 +145,7 @@ def result_file(request: Request, key: str, name: str) -> FileResponse:
 async def create_job(request: Request, data: dict = Depends(write_body)) -> JSONResponse:
     s = service_of(request)
     req = check_request(data, s.config)
+    check_registered(req, s.registry())  # a name that is not here is refused now, not in a failed job later
     job, new = s.jobs.submit(req.to_json())
     return JSONResponse({"id": job.id, "url": f"/jobs/{job.id}", "api": f"/api/jobs/{job.id}", "state": job.state, "new": new},
                         status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
@@ -156,9 +158,10 @@ async def create_job(request: Request, data: dict = Depends(write_body)) -> JSON
              openapi_extra=json_body(REGISTRY_SCHEMA),
              responses={201: {"description": "the entry, as GET /api/models/{name} shows it"},
                         404: {"description": "no such repo, revision or timm model"},
-                        409: {"description": "the name is taken (use replace) or is a curated entry"}, **WRITE_ERRORS})
+                        409: {"description": "the name is taken (use replace) or is a curated entry"},
+                        503: {"description": "too many registrations at once: retry after Retry-After seconds"}, **WRITE_ERRORS})
 async def create_entry(request: Request, data: dict = Depends(write_body)) -> JSONResponse:
-    entry = await run_in_threadpool(add_entry, service_of(request), data)
+    entry = await request.app.state.registrations.run(add_entry, service_of(request), data)
     return JSONResponse(entry, status_code=201, headers={"Location": f"/api/models/{entry['name']}"})
 
 
@@ -196,6 +199,7 @@ def job(request: Request, job_id: str) -> dict:
 def job_json(job) -> dict:
     d = job.to_json()
     d["result_url"] = f"/results/{job.result_key}" if job.result_key else None
+    d["advice"] = job_advice(job.error_type) if job.state == "failed" else None  # for the job page: what to do there
     return d
 
 

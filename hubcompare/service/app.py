@@ -34,7 +34,9 @@ from .jobs import JobQueue, Runner
 from .journal import JOURNAL_FILE, JobJournal
 from .ray_jobs import RayJobQueue
 from .runner import run_comparison, worker_settings
+from .redact import scrub_paths
 from .views import Service, status_for
+from .writes import RegistrationGate
 
 __all__ = ["create_app", "status_for"]
 
@@ -157,6 +159,7 @@ def create_app(config: ServiceConfig | None = None, *, runner: Runner | None = N
     app = FastAPI(title="hubcompare", summary="Compare neural networks: the registry, stored results and comparison jobs.",
                   version=_version(), docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.service = service
+    app.state.registrations = RegistrationGate()
     app.state.templates = _templates()
     app.state.static = _static()
     app.include_router(api.router)
@@ -179,7 +182,9 @@ def create_app(config: ServiceConfig | None = None, *, runner: Runner | None = N
     async def typed_error(request: Request, e: HubcompareError) -> Response:
         status = status_for(e)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(request, status, str(e), type(e).__name__, getattr(e, "field", None), headers)
+        if isinstance(getattr(e, "retry_after", None), int):
+            headers = {"Retry-After": str(e.retry_after)}
+        return error_response(request, status, scrub_paths(str(e)), type(e).__name__, getattr(e, "field", None), headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> Response:

@@ -12,8 +12,8 @@ from ..errors import ServiceRequestError, short_repr
 from ..hub.names import NAME
 from .config import ServiceConfig
 
-__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_hub_reference", "check_request", "form_request", "http_error",
-           "names_a_side", "parse_request_body"]
+__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_form_references", "check_hub_reference", "check_registered",
+           "check_request", "form_request", "http_error", "job_advice", "names_a_side", "parse_request_body"]
 
 MAX_SPLITS = 10_000  # agreement/class-diff splits and permutations on this server
 MAX_PASSES = 16
@@ -149,7 +149,63 @@ def check_request(data: dict, config: ServiceConfig) -> ComparisonRequest:
     return req
 
 
-def form_request(form: dict, config: ServiceConfig) -> ComparisonRequest:
+PICK_ADVICE = ("pick a model from the list that opens under the field (the Models page lists them all), or type "
+               "hf-hub:OWNER/NAME for a model on the Hub, timm:NAME for a timm model")
+SIDE_ADVICE = "population:NAME from the list, or models joined by '+'"
+
+
+# failed jobs whose cause is a model the request named: what to do about it on the pages
+MODEL_ERRORS = ("InvalidReferenceError", "ReferenceNotFoundError", "HubRepoNotFoundError", "HubRevisionNotFoundError",
+                "HubFileNotFoundError", "NotInCacheError", "RegistryEntryNotFoundError", "EmptyPopulationError",
+                "PickleWeightsRefusedError")
+JOB_ADVICE = ("A model this request names could not be found or loaded here. On the Compare page, pick the models "
+              "from the list under each field (the Models page lists those registered on this server), or name one on "
+              "this server's Hub as hf-hub:OWNER/NAME.")
+
+
+def job_advice(error_type: str | None) -> str | None:
+    """What a failed job's page suggests doing on the pages (the error itself is the typed error's message)."""
+    return JOB_ADVICE if error_type in MODEL_ERRORS else None
+
+
+API_ADVICE = ("the API lists the models registered here (and their populations) at api/models; or give "
+              "hf-hub:OWNER/NAME for a model on this server's Hub, timm:NAME for a timm model")
+
+
+def check_form_references(fields: dict[str, str], kind: str, names, populations, advice: str = PICK_ADVICE,
+                          pick_population: str = "pick population:NAME from the list under the field") -> None:
+    """The compare form's models (or an API request's ``refs``), before a job is queued: each one a reference this
+    server takes, and a bare name one the registry has (a population one it lists). A refusal says what to do:
+    ``advice`` (on the page, or over the API)."""
+    sides = kind in SIDE_KINDS
+    for field, ref in fields.items():
+        parts = [p.strip() for p in ref.split("+")] if sides and "+" in ref else [ref.strip()]
+        for part in parts:
+            scheme, sep, rest = part.partition(":")
+            what = f"{field}: {short_repr(part)}"
+            if not _reference_form(part, sides):
+                raise ServiceRequestError(f"{what} is not a model this server can compare: {advice}"
+                                          f"{' (a side: ' + SIDE_ADVICE + ')' if sides else ''}", params=(field,))
+            if not sep and part not in names:
+                raise ServiceRequestError(f"{what} is not a model registered on this server: {advice}"
+                                          f"{' (a side: ' + SIDE_ADVICE + ')' if sides else ''}", params=(field,))
+            if sep and scheme == "population" and rest.strip() not in populations:
+                listed = ", ".join(sorted(populations)[:10]) or "none yet"
+                raise ServiceRequestError(f"{what}: no registered model is in the population {short_repr(rest.strip())}: "
+                                          f"{pick_population} (populations here: {listed})",
+                                          params=(field,))
+
+
+def check_registered(req: ComparisonRequest, registry) -> None:
+    """An API request's models, before its job is queued: a bare name must be a registry entry here and a
+    population:NAME must have members, as on the form (a job for a model that is not here would only fail later)."""
+    entries = registry.entries()
+    check_form_references({f"refs[{i}]": r for i, r in enumerate(req.refs)}, req.kind, set(entries),
+                          {p for e in entries.values() for p in e.populations}, API_ADVICE,
+                          "the API lists a population's models at api/models?population=NAME")
+
+
+def form_request(form: dict, config: ServiceConfig, registry=None) -> ComparisonRequest:
     """The compare form's fields (model_a, model_b, kind, dataset, layers, examples) as a checked request. A
     cross-cka of two population sides is an across-seeds comparison (as the CLI's cross-cka); probes train on as
     many examples as they are tested on."""
@@ -164,6 +220,10 @@ def form_request(form: dict, config: ServiceConfig) -> ComparisonRequest:
         raise ServiceRequestError(f"model B is empty: {kind} compares two {'sides' if kind in SIDE_KINDS else 'models'}")
     if kind == "cross-cka" and (names_a_side(a) or names_a_side(b)):
         kind = "across-seeds"  # before the fields below, which differ by kind
+    if registry is not None:
+        entries = registry.entries()
+        check_form_references({"model A": a} | ({} if one else {"model B": b}), kind, set(entries),
+                              {p for e in entries.values() for p in e.populations})
     data: dict = {"kind": kind, "refs": [a] if one else [a, b]}
     dataset = (form.get("dataset") or "").strip()
     if dataset:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import secrets
 import signal
 import threading
@@ -30,7 +31,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 from ..errors import HubcompareError, JobNotFoundError, JournalWriteError, ServiceRequestError
-from .journal import JobJournal
+from .journal import JobJournal, record_types_ok
+from .redact import scrub_paths
 
 __all__ = ["Job", "JobQueue", "Runner", "STATES", "run_job"]
 
@@ -111,22 +113,49 @@ def run_job(job_id: str, request: dict, settings: dict, runner: Runner, send: Ca
               "report it)", "error_type": type(e).__name__})
 
 
+class _ServerGone(BaseException):
+    """The server closed this worker's pipe (it is stopping) or died: the worker ends, quietly. A BaseException, so
+    the job's own ``except Exception`` does not take it for the job's failure."""
+
+
 def _worker_main(conn: Connection, settings: dict, runner: Runner) -> None:
     """A worker process: run each job it is sent, report progress and the outcome as JSON on ``conn``.
-    Ctrl-C in the server's terminal reaches the workers too: they ignore it and stop when the server tells them."""
+    Ctrl-C in the server's terminal reaches the workers too: they ignore it and stop when the server tells them.
+    Stopping is quiet: a server that closes the pipe mid-job, or dies (``kill -9``), ends its workers without a
+    traceback (a running job is left unfinished in the journal, and the next server runs it again)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with(mp.parent_process())
 
     def send(event: dict) -> None:
-        conn.send_bytes(json.dumps(event, allow_nan=False, default=str).encode())
+        try:
+            conn.send_bytes(json.dumps(event, allow_nan=False, default=str).encode())
+        except (OSError, ValueError):  # a broken or closed pipe: the server is stopping or gone
+            raise _ServerGone() from None
 
     while True:
         try:
             message = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):
             return
         if message.get("op") != "run":
             return
-        run_job(message["id"], message["request"], settings, runner, send)
+        try:
+            run_job(message["id"], message["request"], settings, runner, send)
+        except _ServerGone:
+            return
+
+
+def _exit_with(parent) -> None:
+    """A daemon thread that ends this worker as soon as its server process is gone (killed with -9, it cannot stop
+    its workers itself): an orphan must not go on computing a job nobody will collect, nor print into a terminal."""
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hubcompare-worker-watch", daemon=True).start()
 
 
 class _Worker:
@@ -329,8 +358,8 @@ class JobQueue:
                 job.result_key, job.from_store = event["result_key"], event["from_store"]
                 job.notices, job.warnings = [*job.notices, *event["notices"]], event["warnings"]  # kept: "queued again"
                 self._finish(job)
-            elif kind == "failed":
-                self._finish(job, error=event["error"], error_type=event.get("error_type"))
+            elif kind == "failed":  # the message is shown to web clients: no path of the server's
+                self._finish(job, error=scrub_paths(str(event["error"])), error_type=event.get("error_type"))
             else:
                 return False
             self._idle_deaths = 0
@@ -427,16 +456,15 @@ class JobQueue:
 
 
 def _job_from_record(record: dict) -> Job | None:
-    """A job from its journal record, or None when the record is not one (a row is read back, never trusted)."""
+    """A job from its journal record, or None when the record is not one (a row is read back, never trusted): every
+    field is type-checked, as the job table writes it (a result key is a key, an id a short token, counts whole
+    numbers), so an edited or stale row can neither point a page at another path nor break one."""
     fields = Job.__dataclass_fields__
     try:
         job = Job(**{k: v for k, v in record.items() if k in fields and k != "fingerprint"}, fingerprint="")
     except TypeError:
         return None
-    texts = (job.id, job.state, job.stage, job.created)
-    if not all(isinstance(t, str) for t in texts) or job.state not in STATES or not isinstance(job.request, dict):
+    if not record_types_ok(asdict(job), STATES):
         return None
     job.fingerprint = request_fingerprint(job.request)  # derived, never read: a stale row must not join other requests
-    if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (job.notices, job.warnings)):
-        return None
     return job

@@ -13,15 +13,17 @@ unreadable one is a typed error naming it, and a row that does not read back is 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import JournalWriteError, ServiceConfigError
+from ..errors import HubcompareError, JournalWriteError, ServiceConfigError
+from ..results.store import check_key
 
-__all__ = ["JOURNAL_FILE", "JobJournal"]
+__all__ = ["JOURNAL_FILE", "JobJournal", "record_types_ok"]
 
 JOURNAL_FILE = "jobs.sqlite"
 BUSY_TIMEOUT_S = 2  # another process holding the file: a write gives up soon (the jobs go on in memory)
@@ -83,3 +85,38 @@ class JobJournal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_RECORD_TEXT = 10_000  # a stage, an error, a notice: longer is not something this server wrote
+
+
+def _count(v, optional: bool = False) -> bool:
+    return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53)
+
+
+def _text(v, optional: bool = False) -> bool:
+    return (optional and v is None) or (isinstance(v, str) and len(v) <= MAX_RECORD_TEXT)
+
+
+def record_types_ok(job: dict, states: tuple[str, ...]) -> bool:
+    """Whether a job record read back has every field of the type the job table writes: an id a short token, a
+    state one of ``states``, counts whole numbers, texts strings (bounded), a result key a key (never a path), and
+    an outcome that says what it is (a done job names its result, a failed one its error)."""
+    get = job.get
+    if not (isinstance(get("id"), str) and _JOB_ID.fullmatch(get("id")) and get("state") in states
+            and isinstance(get("request"), dict)):
+        return False
+    if not all(_text(get(k)) for k in ("stage", "created")) or not all(_text(get(k), True) for k in (
+            "started", "finished", "error", "error_type")):
+        return False
+    if not (_count(get("done")) and _count(get("total"), True) and isinstance(get("from_store"), bool)):
+        return False
+    if not all(isinstance(get(k), list) and all(_text(i) for i in get(k)) for k in ("notices", "warnings")):
+        return False
+    if get("result_key") is not None:
+        try:
+            check_key(get("result_key"))
+        except HubcompareError:
+            return False
+    return not (get("state") == "done" and get("result_key") is None) and not (get("state") == "failed" and get("error") is None)

@@ -18,8 +18,10 @@ from ..comparisons.requests import KINDS
 from ..data.datasets import DATASETS
 from ..errors import HubcompareError, ServiceRequestError
 from .api import download
+from .bounded import ONE_RESULT_BUDGET, bounded, page_number, page_of
 from .card import render_card
-from .checks import LAYER_KINDS, ONE_MODEL_KINDS, SIZED_KINDS, form_request
+from .checks import LAYER_KINDS, ONE_MODEL_KINDS, SIZED_KINDS, form_request, job_advice
+from .listing import result_rows
 from .views import (
     SETTINGS_KEYS,
     ModelFilters,
@@ -46,6 +48,7 @@ __all__ = ["render", "router"]
 router = APIRouter(include_in_schema=False)
 FORM_FIELDS = ("model_a", "model_b", "kind", "dataset", "layers", "examples")
 DEFAULT_EXAMPLES = 500
+MAX_HEADLINE_ROWS = 300  # a summary's values on its page
 
 
 def service_of(request: Request) -> Service:
@@ -84,7 +87,7 @@ def model_page(request: Request, name: str) -> HTMLResponse:
     results = model_results(service, entry)
     text = card_text(entry)
     return render(request, "model.html", model=entry_json(entry), card=render_card(text) if text is not None else None,
-                  results=results, layer_groups=model_layers(service, results, entry))
+                  results=result_rows(results), layer_groups=model_layers(service, results, entry))
 
 
 @router.get("/results")
@@ -94,7 +97,7 @@ def results_page(request: Request) -> HTMLResponse:
     if kind is not None and kind not in KINDS:
         raise ServiceRequestError(f"kind: {kind!r} is not a comparison kind (one of {', '.join(KINDS)})")
     found = service_of(request).store.list(kind=kind, model=model, limit=500)
-    return render(request, "results.html", results=found, kinds=KINDS, kind=kind, model=model)
+    return render(request, "results.html", results=result_rows(found), kinds=KINDS, kind=kind, model=model)
 
 
 @router.get("/results/{key}")
@@ -120,6 +123,8 @@ async def result_push_submit(request: Request, key: str) -> HTMLResponse:
 
 
 def _result_response(request: Request, key: str, *, status: int = 200, share: dict | None = None) -> HTMLResponse:
+    """A result's page, bounded whatever the store holds: a large heatmap block-averaged, at most ONE_RESULT_BUDGET
+    values of the summary and provenance, long tables ``MAX_TABLE_ROWS`` rows a page (``?page=N``)."""
     service = service_of(request)
     stored = service.result(key)
     pairs = cka_pairs(stored)
@@ -127,19 +132,40 @@ def _result_response(request: Request, key: str, *, status: int = 200, share: di
     if pair is not None and pair not in pairs:
         raise ServiceRequestError(f"pair: {pair!r} is not one of this result's CKA files ({', '.join(pairs) or 'none'})")
     heatmap = heatmap_for(service, stored, pair) if pair else None
-    blocks, classes = [], []
+    number = page_number(request.query_params.get("page"))
+    blocks, classes, cut = page_of([], 1), page_of([], 1), []
     if stored.kind == "blocks" and "blocks.json" in stored.files:
-        blocks = service.read_json(stored, "blocks.json").get("blocks") or []
+        digest = service.digest(stored, "blocks.json")
+        blocks = page_of(digest.get("blocks") or [], number)
+        cut += _cut_rows("blocks.json: blocks", digest, "blocks")
     if stored.kind == "class-diff" and "class_diff.json" in stored.files:
-        classes = service.read_json(stored, "class_diff.json").get("classes") or []
-    figures = [n for n in stored.files if n.endswith(".png")]
-    summary = stored.summary
+        digest = service.digest(stored, "class_diff.json")
+        classes = page_of(digest.get("classes") or [], number)
+        cut += _cut_rows("class_diff.json: classes", digest, "classes")
+    drawn = {"cka.png" if p == "blocks.json" else p[:-len(".json")] + ".png" for p in pairs} if heatmap is not None else set()
+    figures = [n for n in stored.files if n.endswith(".png") and n not in drawn]  # the heatmap is drawn once, as SVG
+    summary, cut_summary = bounded(stored.summary, ONE_RESULT_BUDGET, "summary")
+    key_inputs, cut_inputs = bounded(stored.key_inputs, ONE_RESULT_BUDGET, "key_inputs")
+    asked, cut_request = bounded(stored.request, ONE_RESULT_BUDGET, "request")
+    summary = summary if isinstance(summary, dict) else {}
+    warnings = summary.get("warnings") if isinstance(summary.get("warnings"), list) else []
     settings = [(k, rows) for k, v in summary.items() if k in SETTINGS_KEYS and isinstance(v, dict) for rows in [headline_rows(v)] if rows]
-    skip = SETTINGS_KEYS + (("blocks",) if blocks else ())
-    return render(request, "result.html", status=status, share=share or {}, result=stored, title=result_title(stored), headline=headline_rows(summary, skip=skip),
-                  settings=settings, pair_table=pair_rows(summary), pairs=pairs, pair=pair, heatmap=heatmap, blocks=blocks,
-                  classes=classes, list_tables=list_tables(summary, skip=skip), seed_table=seed_rows(summary),
-                  figures=figures, warnings=list(summary.get("warnings") or []))
+    skip = SETTINGS_KEYS + (("blocks",) if blocks.total else ())
+    headline = headline_rows(summary, skip=skip)
+    if len(headline) > MAX_HEADLINE_ROWS:
+        cut.append(f"summary: the first {MAX_HEADLINE_ROWS:,} of {len(headline):,} values shown")
+        headline = headline[:MAX_HEADLINE_ROWS]
+    tables = [t | {"page": page_of(t["rows"], number)} for t in list_tables(summary, skip=skip)]
+    return render(request, "result.html", status=status, share=share or {}, result=stored, title=result_title(stored), headline=headline,
+                  settings=settings, pair_table=page_of(pair_rows(summary), number), pairs=pairs, pair=pair, heatmap=heatmap,
+                  blocks=blocks, classes=classes, list_tables=tables, seed_table=seed_rows(summary), figures=figures,
+                  warnings=[str(w)[:2000] for w in warnings[:50]],
+                  key_inputs=key_inputs, asked=asked, truncated=cut + cut_summary + cut_inputs + cut_request, page=number)
+
+
+def _cut_rows(what: str, digest: dict, field: str) -> list[str]:
+    total, kept = digest.get(f"{field}_total", 0), len(digest.get(field) or [])
+    return [f"{what}: the first {kept:,} of {total:,} rows shown"] if total > kept else []
 
 
 @router.get("/results/{key}/files/{name}")
@@ -153,9 +179,17 @@ def _compare_context(request: Request, values: dict, error: str | None = None) -
     entries = list(registry.entries().values())
     pops = sorted({p for e in entries for p in e.populations})
     config = service_of(request).config
-    return {"values": values, "error": error, "names": [e.name for e in entries], "populations": pops, "kinds": KINDS,
+    return {"values": values, "error": error, "names": [e.name for e in entries], "choices": [(e.name, _choice_label(e)) for e in entries],
+            "populations": pops, "kinds": KINDS,
             "one_model_kinds": ONE_MODEL_KINDS, "sized_kinds": SIZED_KINDS, "layer_kinds": LAYER_KINDS, "datasets": list(DATASETS),
             "max_examples": config.max_examples}
+
+
+def _choice_label(e) -> str:
+    """What the model picker shows beside a registry name: depth, width, dataset, seed, accuracy."""
+    parts = [f"depth {e.depth}" if e.depth else "", f"width {e.width:g}" if e.width else "", e.dataset or "",
+             f"seed {e.seed}" if e.seed is not None else "", f"acc {e.accuracy:.3f}" if e.accuracy is not None else ""]
+    return " · ".join(p for p in parts if p) or (e.architecture or e.reference)
 
 
 @router.get("/compare")
@@ -174,7 +208,7 @@ async def compare_submit(request: Request) -> Response:
     try:
         check_same_origin(request)
         service.config.check_write(bearer(request) or str(form.get("token") or "") or None)
-        req = form_request(values, service.config)
+        req = form_request(values, service.config, service.registry())
         job, _ = service.jobs.submit(req.to_json())
     except HubcompareError as e:
         return render(request, "compare.html", status=status_for(e), **_compare_context(request, values, str(e)))
@@ -184,7 +218,7 @@ async def compare_submit(request: Request) -> Response:
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str) -> HTMLResponse:
     job = service_of(request).jobs.get(job_id)
-    return render(request, "job.html", job=job)
+    return render(request, "job.html", job=job, advice=job_advice(job.error_type) if job.state == "failed" else None)
 
 
 @router.get("/docs")

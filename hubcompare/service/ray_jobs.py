@@ -80,7 +80,7 @@ class RayJobQueue(JobQueue):
 
     def start(self) -> "RayJobQueue":
         self._restore()  # before Ray: a journal that cannot be read leaves no Ray behind
-        ray, self._owns = connect_ray(self.address, ServiceBackendError)
+        ray, self._owns = connect_ray(self.address, ServiceBackendError)  # keeps the server's signal handlers
         self._ray = ray
         largest = max(ray_node_cpus(ray))
         if self.cpus_per_job > largest:

@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Lock
+from threading import BoundedSemaphore, Lock
 from urllib.parse import urlsplit
 
 from huggingface_hub import try_to_load_from_cache
@@ -22,6 +22,7 @@ from ..hub.names import parse_reference
 from ..hub.registry import Entry, Registry
 from ..results.store import ResultStore, StoredResult, check_key
 from .config import ServiceConfig
+from .bounded import ONE_RESULT_BUDGET, bounded
 from .heatmap import Heatmap, build_heatmap
 from .jobs import JobQueue
 
@@ -29,7 +30,11 @@ __all__ = ["ModelFilters", "Service", "entry_json", "result_json"]
 
 MAX_CARD_BYTES = 200_000
 MAX_JSON_FILE_BYTES = 50_000_000
-CACHE_SIZE = 64  # parsed result files kept (results are immutable: a key names its content)
+SMALL_JSON_BYTES = 1_000_000  # a JSON file over this is parsed in one of PARSE_SLOTS at a time
+PARSE_SLOTS = 1
+CACHE_SIZE = 32  # digests of result files kept (results are immutable: a key names its content); each is bounded
+MAX_DIGEST_ROWS = 10_000  # rows of a result file's table kept for its pages
+_parse_slots = BoundedSemaphore(PARSE_SLOTS)
 
 
 @dataclass
@@ -41,8 +46,9 @@ class Service:
     jobs: JobQueue
 
     def __post_init__(self) -> None:
-        self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._cache_lock = Lock()
+        self._flights: dict[tuple[str, str], Lock] = {}
 
     def registry(self) -> Registry:
         return Registry(self.config.registry_path)  # cheap; re-read per request so edits elsewhere show at once
@@ -62,21 +68,64 @@ class Service:
         return stored
 
     def read_json(self, stored: StoredResult, name: str):
-        """A result's JSON file, parsed (cached: a key's files never change)."""
-        with self._cache_lock:
-            hit = self._cache.get((stored.key, name))
-            if hit is not None:
-                self._cache.move_to_end((stored.key, name))
-                return hit
+        """A result's JSON file, parsed (not cached: pages cache what they show of it, :meth:`digest`). At most
+        ``PARSE_SLOTS`` files over ``SMALL_JSON_BYTES`` are parsed at once, so concurrent views of large results take
+        a bounded amount of memory."""
         path = stored.file(name)
-        if path.stat().st_size > MAX_JSON_FILE_BYTES:
+        size = path.stat().st_size
+        if size > MAX_JSON_FILE_BYTES:
             raise ServiceRequestError(f"{name} of result {stored.key[:12]} is too large to show here: download it")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if size <= SMALL_JSON_BYTES:
+            return json.loads(path.read_text(encoding="utf-8"))
+        with _parse_slots:
+            return json.loads(path.read_text(encoding="utf-8"))
+
+    def digest(self, stored: StoredResult, name: str) -> dict:
+        """What the pages show of one of a result's JSON files (its heatmap, layer names, table rows: bounded in
+        size), computed once per file (concurrent views of one result wait for the first) and cached (a key's
+        files never change)."""
+        cache_key = (stored.key, name)
         with self._cache_lock:
-            self._cache[(stored.key, name)] = data
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return data
+            hit = self._cache.get(cache_key)
+            if hit is not None:
+                self._cache.move_to_end(cache_key)
+                return hit
+            flight = self._flights.setdefault(cache_key, Lock())
+        with flight:
+            with self._cache_lock:
+                hit = self._cache.get(cache_key)
+            if hit is None:
+                hit = file_digest(stored, name, self.read_json(stored, name))
+                with self._cache_lock:
+                    self._cache[cache_key] = hit
+                    while len(self._cache) > CACHE_SIZE:
+                        self._cache.popitem(last=False)
+            with self._cache_lock:
+                self._flights.pop(cache_key, None)
+        return hit
+
+
+def file_digest(s: StoredResult, name: str, data) -> dict:
+    """The bounded part of a result's JSON file the pages show: ``heatmap`` (a CKA file, block-averaged when large),
+    ``layers`` ({"a", "b", "ref_a", "ref_b", "label_a", "label_b"}), ``blocks`` / ``classes`` (table rows, at most
+    ``MAX_DIGEST_ROWS``)."""
+    out: dict = {}
+    if not isinstance(data, dict):
+        return out
+    cka = data.get("cka") if name == "blocks.json" else data
+    if isinstance(cka, dict) and name in cka_pairs(s):
+        blocks = [b for b in data.get("blocks") or [] if isinstance(b, dict)] if name == "blocks.json" else []
+        title = (f"within-model CKA of {cka.get('label_a') or data.get('ref')}" if name == "blocks.json"
+                 else f"{cka.get('label_a')} vs {cka.get('label_b')}")
+        out["heatmap"] = build_heatmap(cka, title=title, blocks=blocks)
+        layers = {side: [str(x) for x in cka.get(f"layers_{side}") or []] for side in ("a", "b")}
+        out["layers"] = layers | {k: str(cka.get(k) or "") for k in ("ref_a", "ref_b", "label_a", "label_b")}
+    for field_name in ("blocks", "classes"):
+        rows = data.get(field_name)
+        if isinstance(rows, list):
+            out[field_name] = [r for r in rows[:MAX_DIGEST_ROWS] if isinstance(r, dict)]
+            out[f"{field_name}_total"] = len(rows)
+    return out
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -170,22 +219,29 @@ def model_layers(service: Service, results: list[StoredResult], e: Entry) -> lis
 
 def _layers_in(service: Service, s: StoredResult, e: Entry) -> list[str]:
     for name in cka_pairs(s):
-        data = service.read_json(s, name)
-        cka = data.get("cka") if s.kind == "blocks" else data
-        if not isinstance(cka, dict):
+        layers = service.digest(s, name).get("layers")
+        if not layers:
             continue
         for side in ("a", "b"):
-            ref = str(cka.get(f"ref_{side}") or "")
-            if e.name in (ref, cka.get(f"label_{side}")) or (ref and ref.split("@")[0] == e.reference.split("@")[0]):
-                return list(cka.get(f"layers_{side}") or [])
+            ref = layers[f"ref_{side}"]
+            if e.name in (ref, layers[f"label_{side}"]) or (ref and ref.split("@")[0] == e.reference.split("@")[0]):
+                return layers[side]
     return []
 
 
 # --- stored results --------------------------------------------------------------------------
-def result_json(s: StoredResult) -> dict:
-    """A stored result for the API: everything but the server's folder, with its files' URLs."""
+def result_json(s: StoredResult, budget: int = ONE_RESULT_BUDGET) -> dict:
+    """A stored result for the API: everything but the server's folder, with its files' URLs. Its summary, key
+    inputs and request show at most ``budget`` values each (``truncated`` names each cut: the files hold it all)."""
     d = s.to_json()
     d.pop("path", None)
+    d["pulled"], d["origin"] = s.pulled, s.origin  # computed here, or pulled from hf-hub-result:OWNER/NAME@SHA
+    cuts: list[str] = []
+    for name in ("summary", "key_inputs", "request"):
+        d[name], cut = bounded(d[name], budget, name)
+        cuts += cut
+    if cuts:
+        d["truncated"] = cuts
     d["urls"] = {"page": f"/results/{s.key}", "files": {n: f"/results/{s.key}/files/{n}" for n in s.files}}
     return d
 
@@ -199,12 +255,8 @@ def cka_pairs(s: StoredResult) -> list[str]:
     return sorted(n for n in s.files if n.startswith("cka-") and n.endswith(".json"))
 
 
-def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap:
-    data = service.read_json(s, name)
-    if s.kind == "blocks":
-        return build_heatmap(data["cka"], title=f"within-model CKA of {data['cka'].get('label_a') or data.get('ref')}",
-                             blocks=data.get("blocks") or [])
-    return build_heatmap(data, title=f"{data.get('label_a')} vs {data.get('label_b')}")
+def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap | None:
+    return service.digest(s, name).get("heatmap")
 
 
 SETTINGS_KEYS = ("batch_plan", "dataset", "criteria", "models", "labels", "pairs", "warnings", "sides")

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 from threading import Lock
 
+import anyio
+import anyio.to_thread
+
 from ..errors import HubcompareError, HubUnavailableError, RegistryConflictError, ServiceRequestError, short_repr
-from ..hub.names import check_name, check_registry_name, check_repo_id
-from ..hub.references import register_reference
+from ..hub.names import check_name, check_registry_name, check_repo_id, parse_reference
+from ..hub.references import fetch_timm_weights, register_reference, resolve_reference
 from ..hub.registry import Registry
 from ..results.share import REFERENCE_PREFIX, push_result
 from .checks import check_hub_reference
 from .views import Service, entry_json
 
-__all__ = ["REGISTRY_ADD_FIELDS", "PUSH_FIELDS", "add_entry", "push_stored_result", "remove_entry"]
+__all__ = ["REGISTRY_ADD_FIELDS", "PUSH_FIELDS", "RegistrationGate", "add_entry", "push_stored_result", "remove_entry"]
 
 REGISTRY_ADD_FIELDS = {"name": str, "reference": str, "replace": bool, "populations": list}
 PUSH_FIELDS = {"repo": str, "private": bool}
 MAX_NAME = 200  # a registry name or population from a request
 MAX_POPULATIONS = 20
-_one_at_a_time = Lock()  # a registration pulls and loads a model in the server process: never several at once
+_one_at_a_time = Lock()  # a registration loads a model in the server process: never several at once (downloads overlap)
+REGISTRATIONS_RUNNING = 2  # registrations downloading or loading at once (each on a thread of the gate's own)
+REGISTRATIONS_WAITING = 8  # more waiting for one of those; beyond, 503
+RETRY_AFTER_S = 5
 
 
 def _fields(data: dict, allowed: dict, required: tuple[str, ...], example: str) -> dict:
@@ -78,15 +84,67 @@ def add_entry(service: Service, data: dict) -> dict:
             raise _as_request_error(e, f"populations[{i}]") from None
     registry = service.registry()
     _refuse_curated(registry, name, "replace")
+    replace = bool(data.get("replace", False))
     try:
-        with _one_at_a_time:
-            entry, _ = register_reference(registry, name, reference, populations=populations,
-                                          replace=bool(data.get("replace", False)))
+        _refuse_taken(registry, name, reference, replace)
+        reference = _download(registry, reference)  # outside the lock: downloads of several registrations overlap
+        with _one_at_a_time:  # loading a model (its memory) one at a time
+            entry, _ = register_reference(registry, name, reference, populations=populations, replace=replace)
     except RegistryConflictError as e:
         raise _status(e, 409) from None
     except HubUnavailableError as e:
         raise _status(e, 502) from None
     return entry_json(entry)
+
+
+def _refuse_taken(registry: Registry, name: str, reference: str, replace: bool) -> None:
+    """A name that already names another model: refused before anything is downloaded (as ``register_reference``
+    refuses it before it pulls)."""
+    existing = registry.entries().get(name)
+    if existing is None or replace:
+        return
+    before, ref = parse_reference(existing.reference), parse_reference(reference)
+    if (before.kind, before.target) != (ref.kind, ref.target):
+        raise RegistryConflictError(f"{name} already names {existing.reference} ({existing.source}); replace it "
+                                    "explicitly or use another name")
+
+
+def _download(registry: Registry, reference: str) -> str:
+    """A Hub model's files into the server's cache (its size checked from the repo's metadata first, within the
+    CLI's default cap) without building it: the reference pinned to the commit it resolved to, which the
+    registration then loads from the cache. A timm reference's weights likewise (checked as the registration checks
+    them); its registration finds them in the cache."""
+    ref = parse_reference(reference)
+    if ref.kind == "timm":
+        fetch_timm_weights(ref)
+        return reference
+    if ref.kind != "hf-hub":
+        return reference
+    resolved = resolve_reference(ref, registry)
+    return str(ref.pinned(resolved.commit_sha))
+
+
+class RegistrationGate:
+    """``POST /api/registry`` runs on threads of its own (``running`` at once), never on the server's shared pool,
+    and at most ``waiting`` more wait for one: a burst of registrations neither takes the threads pages and
+    ``/api/health`` answer on, nor queues without bound (beyond, 503 with Retry-After)."""
+
+    def __init__(self, running: int = REGISTRATIONS_RUNNING, waiting: int = REGISTRATIONS_WAITING):
+        self.limiter = anyio.CapacityLimiter(running)
+        self.most = running + waiting
+        self.pending = 0  # changed on the event loop only
+
+    async def run(self, fn, *args):
+        if self.pending >= self.most:
+            busy = ServiceRequestError(f"{self.pending} registrations are running or waiting, the most this server takes "
+                                       f"at once: retry in a few seconds")
+            busy.http_status, busy.retry_after = 503, RETRY_AFTER_S  # type: ignore[attr-defined]
+            raise busy
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        finally:
+            self.pending -= 1
 
 
 def remove_entry(service: Service, name: str) -> dict:

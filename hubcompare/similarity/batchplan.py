@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .engine import minibatch_plan
+import torch
 
-__all__ = ["BatchPlan", "DEFAULT_BATCH", "MIN_AUTO_BATCH", "MIN_SE_BATCHES", "TARGET_BATCHES", "choose_batch_plan"]
+from .cka import MIN_BATCH
+
+__all__ = ["BatchPlan", "DEFAULT_BATCH", "MIN_AUTO_BATCH", "MIN_SE_BATCHES", "Minibatch", "TARGET_BATCHES", "choose_batch_plan",
+           "minibatch_plan"]
 
 DEFAULT_BATCH = 256  # the paper's minibatch
 MIN_AUTO_BATCH = 32  # below this an automatic choice would trade too much per-batch noise for batches
@@ -51,8 +54,10 @@ class BatchPlan:
 
     def warning(self) -> str | None:
         """What to tell the user when the standard errors are unavailable or rough (None when they are fine)."""
-        fix = (f"use a smaller --batch-size (e.g. {_batch_for(self.num_examples)}) or more examples, or omit --batch-size "
-               "to have one chosen")
+        smaller = _batch_for(self.num_examples)
+        fix = (f"use a smaller --batch-size (e.g. {smaller}) or more examples, or omit --batch-size to have one chosen"
+               if smaller < self.batch_size else  # already the smallest batch the plan would choose: only data helps
+               f"compare more examples (batches below {MIN_AUTO_BATCH} trade too much per-batch noise) or more --passes")
         if self.standard_error == "none":
             return (f"{self.num_batches} minibatch{'es' if self.num_batches != 1 else ''} of {self.batch_size}: the jackknife "
                     f"standard error needs at least {MIN_SE_BATCHES}, so none is reported (n/a); {fix}.")
@@ -70,9 +75,42 @@ def choose_batch_plan(num_examples: int, batch_size: int | None = None, passes: 
     ``TARGET_BATCHES`` minibatches per pass, else a smaller batch that does (never below ``MIN_AUTO_BATCH``)."""
     chosen = "given" if batch_size is not None else "auto"
     size = batch_size if batch_size is not None else _batch_for(num_examples)
-    per_pass = len(minibatch_plan(num_examples, size, 1)) if num_examples > 0 and size > 0 else 0
+    per_pass = _batches_per_pass(num_examples, size) if num_examples > 0 and size > 0 else 0
     return BatchPlan(size, chosen, num_examples, passes, per_pass)
+
+
+def _batches_per_pass(num_examples: int, batch_size: int) -> int:
+    """How many minibatches :func:`~.engine.minibatch_plan` cuts a pass into: a short last slice below the estimator's
+    minimum is merged into the one before it (here without importing the engine, which chooses plans with this)."""
+    starts = math.ceil(num_examples / batch_size)
+    return starts - 1 if starts > 1 and num_examples - (starts - 1) * batch_size < MIN_BATCH else starts
 
 
 def _batch_for(num_examples: int) -> int:
     return max(MIN_AUTO_BATCH, min(DEFAULT_BATCH, math.ceil(num_examples / TARGET_BATCHES)))
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """One minibatch of a comparison: positions ``start:stop`` of pass ``pass_index``'s shuffled order."""
+
+    pass_index: int
+    start: int
+    stop: int
+    indices: torch.Tensor  # example indices into the dataset
+
+
+def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: int = 0) -> list[Minibatch]:
+    """The minibatches :func:`compare` feeds, in order: each pass a fresh shuffle from one generator
+    seeded with ``seed``, cut into ``batch_size`` slices; a short final slice below the estimator's
+    minimum (``MIN_BATCH``) is merged into the one before it."""
+    starts = list(range(0, num_examples, batch_size))
+    if len(starts) > 1 and num_examples - starts[-1] < MIN_BATCH:
+        starts.pop()
+    bounds = list(zip(starts, starts[1:] + [num_examples]))
+    generator = torch.Generator().manual_seed(seed)
+    plan = []
+    for p in range(passes):
+        order = torch.randperm(num_examples, generator=generator)
+        plan += [Minibatch(p, lo, hi, order[lo:hi]) for lo, hi in bounds]
+    return plan

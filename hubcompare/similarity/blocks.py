@@ -198,7 +198,7 @@ def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 
     dev = resolve_device(device)
     with exact_float32(), on_device([model.model], dev):
         spec = InputSpec.from_model(model.model, dataset.image_shape)
-        cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2].to(dev)))
+        cap = LayerCapture(model.model, model.layers, example=spec(dataset.images[:2].to(dev)), name=model.ref)
         n = min(num_examples, len(dataset))
         # the n x n Gram of the centred sample needs all n rows of a layer at once: collect flattened
         # activations layer by layer across chunks in float32, then reduce and drop them
@@ -222,7 +222,7 @@ def pc_analysis(model: CompareModel, dataset: ImageDataset, num_examples: int = 
 def analyze_blocks(
     model: CompareModel,
     dataset: ImageDataset,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     passes: int = 1,
     seed: int = 0,
     num_examples: int | None = None,
@@ -238,8 +238,8 @@ def analyze_blocks(
     :class:`~.distributed.RayShards`' ``compare`` to shard it over workers; the PC analysis runs here."""
     if model.layers is None and hasattr(model.model, "forward_taps"):
         model = CompareModel(model.ref, model.model, model.provenance, list(DEFAULT_BLOCK_LAYERS))
-    comp = compare_fn([model], dataset, batch_size, passes, seed, num_examples, remove_pc1=True, on_batch=on_batch,
-                      device=device)
+    comp = compare_fn([model], dataset, batch_size=batch_size, passes=passes, seed=seed, num_examples=num_examples,
+                      remove_pc1=True, on_batch=on_batch, device=device)
     cka = comp.pair(0, 0)
     pcs = pc_analysis(model, dataset, pc_examples, device=device)
     params = asdict(criteria) | {"pc_examples": pcs.num_examples}

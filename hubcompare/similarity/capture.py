@@ -47,9 +47,11 @@ class LayerCapture:
         patterns: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         example: torch.Tensor | None = None,
+        name: str | None = None,
     ):
         """``example``: a small input batch the model accepts; hook-based capture runs it once to put
-        the selected layers in forward order (default: zeros shaped by the model's pretrained_cfg)."""
+        the selected layers in forward order (default: zeros shaped by the model's pretrained_cfg).
+        ``name``: what errors call the model (its reference; default: its class)."""
         self.model = model.eval()
         self.native = hasattr(model, "forward_taps") and hasattr(model, "taps")
         available = self.available(model)
@@ -59,8 +61,8 @@ class LayerCapture:
             if unmatched:
                 sample = ", ".join(l.name for l in available[:6])
                 raise LayerSelectionError(
-                    f"layer pattern(s) {unmatched} match no layer of {type(model).__name__}; its layers look like "
-                    f"{sample}, ... (LayerCapture.available(model) lists them all; globs like '*.out' work).",
+                    f"layer pattern(s) {unmatched} match no layer of {name or 'the ' + type(model).__name__ + ' model'}; "
+                    f"its layers look like {sample}, ... (globs like '*.out' work).",
                     params=("layers",),
                 )
         else:

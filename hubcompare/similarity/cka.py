@@ -313,7 +313,7 @@ class MinibatchCKA:
 
     def compute(self) -> CKAEstimate:
         if self.num_batches == 0:
-            raise CompareError("no minibatch was accumulated: call update() with at least one batch before compute()")
+            raise CompareError("no minibatch was accumulated: give the estimate at least one batch before asking for its value")
         total = self.total.cpu()
         value = self.normalise(total)
         se = torch.full_like(value, float("nan"))

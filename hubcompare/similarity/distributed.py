@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,6 +40,7 @@ from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..models.devices import describe_device
 from ..training.backends import connect_ray, ray_node_cpus
 from .engine import BatchContribution, CompareModel, Comparison, ComparisonPass
+from .settings import PassSettings
 
 __all__ = ["ModelSource", "RayShards", "compare_sharded", "shard_bounds"]
 
@@ -73,13 +74,14 @@ def shard_bounds(num_batches: int, shards: int) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
-def _run_shard(sources: Sequence[ModelSource], dataset: ImageDataset, indices: Sequence[int], options: dict, threads: int):
+def _run_shard(sources: Sequence[ModelSource], dataset: ImageDataset, indices: Sequence[int], settings: PassSettings,
+               threads: int):
     """A worker's shard (a Ray streaming task): a header describing the worker and its layers, then one
     :class:`BatchContribution` per minibatch at ``indices``, in order."""
     torch.set_num_threads(max(1, threads))
     models = [CompareModel.from_resolved(resolve_reference(s.ref, max_params=s.max_params),
                                          None if s.layers is None else list(s.layers), ref=s.name) for s in sources]
-    with ComparisonPass(models, dataset, **options) as run:
+    with ComparisonPass(models, dataset, settings) as run:
         yield {"layers": run.layer_names, "host": socket.gethostname(), "pid": os.getpid(),
                "device": describe_device(run.dev)}
         for c in run.contributions(indices):
@@ -117,35 +119,20 @@ class RayShards:
             self.ray.shutdown()
         self._owns = False
 
-    def compare(
-        self,
-        models: Sequence[CompareModel],
-        dataset: ImageDataset,
-        batch_size: int = 256,
-        passes: int = 1,
-        seed: int = 0,
-        num_examples: int | None = None,
-        remove_pc1: bool = False,
-        on_batch: Callable[[int, int], None] | None = None,
-        device: str | torch.device = "cpu",
-        pipeline: str = "auto",
-        hsic_products: str | None = None,
-        memory_format: str = "auto",
-        fuse_batchnorm: bool = True,
-    ) -> Comparison:
+    def compare(self, models: Sequence[CompareModel], dataset: ImageDataset, settings: PassSettings | None = None, *,
+                on_batch: Callable[[int, int], None] | None = None, **options) -> Comparison:
         """:func:`~.engine.compare`, its plan sharded over Ray workers: the same arguments and result (see the module
         doc for when it is bit for bit the same); the settings' ``backend`` records the shards and workers."""
         sources = [ModelSource.of(m, self.max_params) for m in models]
-        with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, remove_pc1, device, pipeline,
-                            hsic_products, memory_format, fuse_batchnorm) as run:
+        with ComparisonPass(models, dataset, PassSettings.of(settings, **options)) as run:
             total_cpus = max(1, int(sum(self.node_cpus)))
             bounds = shard_bounds(len(run.plan), self.workers or total_cpus)
             threads = self.threads or max(1, min(total_cpus // len(bounds), int(max(self.node_cpus))))
             gpus = 1 if run.dev.type == "cuda" else 0  # a CUDA comparison: each shard on a GPU of its own
-            options = {"batch_size": batch_size, "passes": passes, "seed": seed, "num_examples": run.n_total,
-                       "remove_pc1": remove_pc1, "device": run.dev.type, "pipeline": run.pipeline,
-                       "hsic_products": run.products, "memory_format": memory_format, "fuse_batchnorm": fuse_batchnorm}
-            headers, got = self._run(run, sources, dataset, bounds, options, threads, gpus, on_batch)
+            # the workers run the plan as the driver resolved it (batch size, examples, device type, pipeline, products)
+            worker = replace(run.settings, batch_size=run.batch_size, num_examples=run.n_total, device=run.dev.type,
+                             pipeline=run.pipeline, hsic_products=run.products)
+            headers, got = self._run(run, sources, dataset, bounds, worker, threads, gpus, on_batch)
             acc = run.accumulators()
             for index in range(len(run.plan)):  # plan order: the additions one process makes
                 run.add(acc, got[index])
@@ -158,13 +145,13 @@ class RayShards:
                 "workers": [{"host": h["host"], "pid": h["pid"], "device": h["device"]} for h in headers],
             })
 
-    def _run(self, run: ComparisonPass, sources, dataset, bounds, options, threads, gpus, on_batch):
+    def _run(self, run: ComparisonPass, sources, dataset, bounds, settings: PassSettings, threads, gpus, on_batch):
         """Submit one streaming task per shard; collect headers (checked) and contributions by plan position."""
         ray = self.ray
         task = ray.remote(_run_shard).options(num_returns="streaming", num_cpus=threads, num_gpus=gpus, max_retries=0,
                                               retry_exceptions=False)
         data = ray.put(dataset)
-        streams = {task.remote(sources, data, list(range(lo, hi)), options, threads): k for k, (lo, hi) in enumerate(bounds)}
+        streams = {task.remote(sources, data, list(range(lo, hi)), settings, threads): k for k, (lo, hi) in enumerate(bounds)}
         headers: dict[int, dict] = {}
         got: dict[int, BatchContribution] = {}
         pending = list(streams)
@@ -232,9 +219,9 @@ def _first_line(e: BaseException) -> str:
     return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
-def compare_sharded(models: Sequence[CompareModel], dataset: ImageDataset, *args, address: str | None = None,
-                    workers: int | None = None, threads: int | None = None, max_params: int = DEFAULT_MAX_PARAMS,
-                    **kwargs) -> Comparison:
+def compare_sharded(models: Sequence[CompareModel], dataset: ImageDataset, settings: PassSettings | None = None, *,
+                    address: str | None = None, workers: int | None = None, threads: int | None = None,
+                    max_params: int = DEFAULT_MAX_PARAMS, **kwargs) -> Comparison:
     """:func:`~.engine.compare` (same arguments) sharded over Ray: :class:`RayShards` for one comparison."""
     with RayShards(address, workers, threads, max_params) as shards:
-        return shards.compare(models, dataset, *args, **kwargs)
+        return shards.compare(models, dataset, settings, **kwargs)

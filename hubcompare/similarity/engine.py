@@ -48,17 +48,22 @@ from ..models.devices import (
     resolve_device,
 )
 from ..models.fusion import fused_inference
-from ..models.inputs import InputSpec
+from ..models.inputs import InputSpec, unlike_training_data
 from ..provenance import package_versions
+from .batchplan import Minibatch, choose_batch_plan, minibatch_plan
 from .capture import LayerCapture
+from .latecheck import LateCheck
 from .cka import HSIC_PRODUCTS, MIN_BATCH, MinibatchCKA, gram, gram_dense, onednn_products, u_center
+from .measures import LinearCKA
+from .measures.base import FLOAT64_GRAM, ROW_STATS, LayerInputs, Measure, MeasureEstimate, double_centre, example_stats
 from .results import CKAResult
+from .settings import PassSettings
 
 if TYPE_CHECKING:
     from ..hub.references import ResolvedModel
 
-__all__ = ["BatchContribution", "CompareModel", "Comparison", "ComparisonPass", "Minibatch", "compare", "comparison_dataset",
-           "minibatch_plan", "remove_top_pc"]
+__all__ = ["BatchContribution", "CompareModel", "Comparison", "ComparisonPass", "Minibatch", "PassSettings", "compare",
+           "comparison_dataset", "minibatch_plan", "remove_top_pc"]
 
 # what a compared model's provenance records from its metadata, beyond what identifies it (SUMMARY_KEYS)
 PROVENANCE_KEYS = ("recipe_hash", "weights_sha256")
@@ -126,6 +131,14 @@ class Comparison:
     settings: dict
     warnings: list[str]
     pc1_removed: list[CKAResult | None]
+    measures: dict[str, MeasureEstimate] = field(default_factory=dict)  # by measure key, over all layers (cka too)
+    measure_specs: dict[str, Measure] = field(default_factory=dict)
+
+    def measure_pair(self, key: str, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Measure ``key``'s value and SE between model i's layers (rows) and model j's."""
+        a, b = slice(self.offsets[i], self.offsets[i + 1]), slice(self.offsets[j], self.offsets[j + 1])
+        est = self.measures[key]
+        return est.value.numpy()[a, b].copy(), est.se.numpy()[a, b].copy()
 
     def pair(self, i: int, j: int) -> CKAResult:
         a, b = slice(self.offsets[i], self.offsets[i + 1]), slice(self.offsets[j], self.offsets[j + 1])
@@ -158,32 +171,6 @@ def remove_top_pc(k: torch.Tensor) -> torch.Tensor:
     return k.to(torch.float64) - evals[-1] * (u1 @ u1.T)
 
 
-@dataclass(frozen=True)
-class Minibatch:
-    """One minibatch of a comparison: positions ``start:stop`` of pass ``pass_index``'s shuffled order."""
-
-    pass_index: int
-    start: int
-    stop: int
-    indices: torch.Tensor  # example indices into the dataset
-
-
-def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: int = 0) -> list[Minibatch]:
-    """The minibatches :func:`compare` feeds, in order: each pass a fresh shuffle from one generator
-    seeded with ``seed``, cut into ``batch_size`` slices; a short final slice below the estimator's
-    minimum (``MIN_BATCH``) is merged into the one before it."""
-    starts = list(range(0, num_examples, batch_size))
-    if len(starts) > 1 and num_examples - starts[-1] < MIN_BATCH:
-        starts.pop()
-    bounds = list(zip(starts, starts[1:] + [num_examples]))
-    generator = torch.Generator().manual_seed(seed)
-    plan = []
-    for p in range(passes):
-        order = torch.randperm(num_examples, generator=generator)
-        plan += [Minibatch(p, lo, hi, order[lo:hi]) for lo, hi in bounds]
-    return plan
-
-
 @dataclass
 class BatchContribution:
     """What one minibatch of the plan adds to a comparison: its position in the plan, its examples, the
@@ -194,27 +181,17 @@ class BatchContribution:
     size: int
     hsic: torch.Tensor
     pc_hsic: list[torch.Tensor] = field(default_factory=list)
+    measures: dict[str, torch.Tensor] = field(default_factory=dict)  # every other measure's contribution, by key
 
     def cpu(self) -> BatchContribution:
-        return BatchContribution(self.index, self.size, self.hsic.cpu(), [h.cpu() for h in self.pc_hsic])
+        return BatchContribution(self.index, self.size, self.hsic.cpu(), [h.cpu() for h in self.pc_hsic],
+                                 {k: h.cpu() for k, h in self.measures.items()})
 
 
-def compare(
-    models: Sequence[CompareModel],
-    dataset: ImageDataset,
-    batch_size: int = 256,
-    passes: int = 1,
-    seed: int = 0,
-    num_examples: int | None = None,
-    remove_pc1: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
-    device: str | torch.device = "cpu",
-    pipeline: str = "auto",
-    hsic_products: str | None = None,
-    memory_format: str = "auto",
-    fuse_batchnorm: bool = True,
-) -> Comparison:
-    """Minibatch CKA between every layer pair of every model (and within each model).
+def compare(models: Sequence[CompareModel], dataset: ImageDataset, settings: PassSettings | None = None, *,
+            on_batch: Callable[[int, int], None] | None = None, **options) -> Comparison:
+    """Minibatch CKA between every layer pair of every model (and within each model), and every other measure in
+    ``measures`` (:mod:`.measures`) in the same pass (``Comparison.measures``, by measure key).
 
     ``passes`` sweeps over the (optionally first ``num_examples``) examples, each in a fresh
     seeded shuffle; all models always see the same minibatch (:func:`minibatch_plan`). With
@@ -227,11 +204,11 @@ def compare(
     float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. ``memory_format``: ``auto`` (channels-last
     for models with convolutions where that is faster: the CPU), ``channels_last`` or ``contiguous`` (NCHW).
     ``fuse_batchnorm``: run conv + BatchNorm (+ ReLU) chains as one convolution for the pass (module doc).
-    All of it is recorded in the settings.
-    The same numbers from several processes: :mod:`hubcompare.similarity.distributed`.
+    All of it is recorded in the settings. ``batch_size`` None: the CLI's choice (:func:`~.batchplan.choose_batch_plan`).
+    The settings come as a :class:`~.settings.PassSettings` (``settings``) and/or as its fields (``options``, which
+    replace the record's). The same numbers from several processes: :mod:`hubcompare.similarity.distributed`.
     """
-    with ComparisonPass(models, dataset, batch_size, passes, seed, num_examples, remove_pc1, device, pipeline,
-                        hsic_products, memory_format, fuse_batchnorm) as run:
+    with ComparisonPass(models, dataset, PassSettings.of(settings, **options)) as run:
         acc = run.accumulators()
         for c in run.contributions(on_batch=on_batch):
             run.add(acc, c)
@@ -244,35 +221,44 @@ class ComparisonPass:
     runs the plan's minibatches (all, or some: a shard) and yields what each adds; :meth:`result` turns
     accumulated contributions into the :class:`Comparison`."""
 
-    def __init__(self, models: Sequence[CompareModel], dataset: ImageDataset, batch_size: int = 256, passes: int = 1,
-                 seed: int = 0, num_examples: int | None = None, remove_pc1: bool = False,
-                 device: str | torch.device = "cpu", pipeline: str = "auto", hsic_products: str | None = None,
-                 memory_format: str = "auto", fuse_batchnorm: bool = True):
-        self.dev = dev = resolve_device(device)
+    def __init__(self, models: Sequence[CompareModel], dataset: ImageDataset, settings: PassSettings | None = None,
+                 **options):
+        self.settings = st = PassSettings.of(settings, **options)
+        batch_size, passes, seed, pipeline, memory_format = st.batch_size, st.passes, st.seed, st.pipeline, st.memory_format
+        self.dev = dev = resolve_device(st.device)
         if pipeline not in PIPELINES:
             raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         if memory_format not in LAYOUTS:
             raise CompareError(f"memory_format must be one of {LAYOUTS}, not {memory_format!r}", params=("memory_format",))
-        self.memory_format, self.fuse_batchnorm = memory_format, fuse_batchnorm
+        self.memory_format, self.fuse_batchnorm = memory_format, st.fuse_batchnorm
         self.pipeline = ("cpu" if dev.type == "cpu" else "accelerator") if pipeline == "auto" else pipeline
-        self.products = hsic_products or ("float64" if fast_float64(dev) else "float32")
+        self.products = st.hsic_products or ("float64" if fast_float64(dev) else "float32")
         if self.products not in HSIC_PRODUCTS:
             raise CompareError(f"hsic_products must be one of {HSIC_PRODUCTS}, not {self.products!r}")
+        if passes < 1:
+            raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
+        self.n_total = len(dataset) if st.num_examples is None else min(st.num_examples, len(dataset))
+        if batch_size is None:  # the CLI's plan: the paper's 256, or smaller for enough minibatches for the SE
+            batch_size = choose_batch_plan(self.n_total, None, passes).batch_size
         if batch_size < MIN_BATCH:
             raise CompareError(
                 f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
                 "(use >= 64; the paper uses 256).",
                 params=("batch_size",),
             )
-        if passes < 1:
-            raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
-        self.n_total = len(dataset) if num_examples is None else min(num_examples, len(dataset))
         if self.n_total < MIN_BATCH:
             raise CompareError(f"{self.n_total} examples are too few for the unbiased estimator (need at least {MIN_BATCH})",
                                params=("num_examples",))
-        self.models, self.dataset, self.remove_pc1 = list(models), dataset, remove_pc1
+        self.models, self.dataset, self.remove_pc1 = list(models), dataset, st.remove_pc1
         self.batch_size, self.passes, self.seed = batch_size, passes, seed
         self.plan = minibatch_plan(self.n_total, batch_size, passes, seed)
+        self.measures = [m for m in st.measures if m.name != "cka"]  # linear CKA is always computed (its own fast path)
+        if len({m.key for m in self.measures}) != len(self.measures):
+            raise CompareError("a measure was given twice with the same parameters", params=("measures",))
+        for m in self.measures:
+            m.check_batch(min(len(mb.indices) for mb in self.plan))
+        self.row_stats = any(ROW_STATS in m.needs for m in self.measures)
+        self.float64_grams = any(FLOAT64_GRAM in m.needs for m in self.measures)
         self.warnings: list[str] = []
         self._context = None
 
@@ -326,7 +312,10 @@ class ComparisonPass:
                     "need the head, so its output layer is left out and hidden layers are compared."
                 )
             spec = InputSpec.from_model(m.model, dataset.image_shape)
-            self.captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(self.images_at[:2].to(dev))))
+            if shift := unlike_training_data(m.ref, m.trained_on, dataset.name, spec, dataset.image_shape):
+                self.warnings.append(shift)  # another dataset than its card's, or images resized / channel-converted
+            self.captures.append(LayerCapture(m.model, m.layers, exclude=exclude, example=spec(self.images_at[:2].to(dev)),
+                                              name=m.ref))
             self.specs.append(spec)
         self.sizes = [len(c.layers) for c in self.captures]
         self.offsets = [0, *np.cumsum(self.sizes).tolist()]
@@ -336,16 +325,20 @@ class ComparisonPass:
         """Each model's captured layers, in forward order."""
         return [c.names for c in self.captures]
 
-    def accumulators(self) -> tuple[MinibatchCKA, list[MinibatchCKA]]:
-        """Empty accumulators for this pass: all layers of all models, and (with ``remove_pc1``) one per model."""
+    def accumulators(self) -> tuple[MinibatchCKA, list[MinibatchCKA], dict]:
+        """Empty accumulators for this pass: all layers of all models, (with ``remove_pc1``) one per model, and one
+        per other measure (by key)."""
         return (MinibatchCKA(self.offsets[-1], products=self.products),
-                [MinibatchCKA(s, products=self.products) for s in self.sizes] if self.remove_pc1 else [])
+                [MinibatchCKA(s, products=self.products) for s in self.sizes] if self.remove_pc1 else [],
+                {m.key: m.accumulator(self.offsets[-1]) for m in self.measures})
 
     @staticmethod
-    def add(acc: tuple[MinibatchCKA, list[MinibatchCKA]], c: BatchContribution) -> None:
+    def add(acc: tuple[MinibatchCKA, list[MinibatchCKA], dict], c: BatchContribution) -> None:
         acc[0].add(c.hsic, c.size)
         for a, h in zip(acc[1], c.pc_hsic):
             a.add(h, c.size)
+        for key, a in acc[2].items():
+            a.add(c.measures[key], c.size)
 
     def _non_finite(self, row: int, mb: Minibatch) -> None:
         offsets, captures = self.offsets, self.captures
@@ -366,13 +359,14 @@ class ComparisonPass:
         at64 = float64_device(dev)  # where U-centring and HSIC run (the CPU for MPS, which has no float64)
         dense = self.pipeline == "accelerator"
         check_each = not dense or remove_pc1  # PC removal reads the Gram back anyway (eigh)
-        late = _LateCheck(dev, self._non_finite)
+        late = LateCheck(dev, self._non_finite)
         todo = range(len(self.plan)) if indices is None else list(indices)
         for done, index in enumerate(todo, 1):
             mb = self.plan[index]
             images = self.images_at[mb.indices.to(self.images_at.device, non_blocking=True)].to(dev, non_blocking=True)
             n = len(mb.indices)
             u_all = torch.empty(offsets[-1], n, n, dtype=torch.float64, device=at64)
+            inputs: list[LayerInputs] = [None] * offsets[-1] if self.measures else []  # type: ignore[list-item]
             pc_hsic = []
             for mi, (cap, spec, layout) in enumerate(zip(self.captures, self.specs, self.layouts)):
                 pc_grams = []
@@ -383,6 +377,9 @@ class ComparisonPass:
                     if check_each and not torch.isfinite(k).all():  # NaN/inf in the activations reaches the Gram
                         self._non_finite(offsets[mi] + li, mb)
                     u_center(k, out=u_all[offsets[mi] + li])
+                    if inputs:  # the other measures: the centred Gram in float64 (and per-example statistics)
+                        g = gram(act, torch.float64).to(at64) if self.float64_grams else double_centre(k.to(at64))
+                        inputs[offsets[mi] + li] = LayerInputs(g, example_stats(act) if self.row_stats else None)
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k.to(at64))))
 
@@ -392,7 +389,8 @@ class ComparisonPass:
                     pc_hsic.append(MinibatchCKA.contribution(torch.stack(pc_grams), products))
             if not check_each:
                 late.push(torch.isfinite(u_all).flatten(1).all(1), mb)
-            yield BatchContribution(index, n, MinibatchCKA.contribution(u_all, products), pc_hsic)
+            extra = {m.key: m.contribution(inputs) for m in self.measures}
+            yield BatchContribution(index, n, MinibatchCKA.contribution(u_all, products), pc_hsic, extra)
             if on_batch:
                 on_batch(done, len(todo))
         late.finish()
@@ -443,7 +441,19 @@ class ComparisonPass:
             "layers": {m.ref: cap.names for m, cap in zip(models, captures)},
             "package_versions": package_versions(),
         }
-        comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [])
+        cka = LinearCKA()
+        estimates = {cka.key: MeasureEstimate(est.value, est.se, est.num_batches, est.num_examples, list(est.undefined))}
+        specs = {cka.key: cka}
+        for m in self.measures:
+            estimates[m.key], specs[m.key] = m.estimate(acc[2][m.key]), m
+            for i in estimates[m.key].undefined:
+                if i not in est.undefined:  # CKA's own warning covers a constant layer
+                    mi = int(np.searchsorted(offsets, i, side="right") - 1)
+                    warnings.append(f"{models[mi].ref}: layer {captures[mi].names[i - offsets[mi]]}: {m.name} is "
+                                    "undefined on it (shown as NaN).")
+        settings["measures"] = [m.describe() for m in specs.values()]
+        comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [],
+                          estimates, specs)
         for mi in range(len(models)):
             if self.remove_pc1:
                 pe = pc_est[mi]
@@ -453,37 +463,3 @@ class ComparisonPass:
             else:
                 comp.pc1_removed.append(None)
         return comp
-
-
-class _LateCheck:
-    """One finiteness check per minibatch without stalling a GPU: its flags are copied back without waiting,
-    and read only after the next minibatch's work is queued (at once on other devices)."""
-
-    def __init__(self, dev: torch.device, on_bad: Callable[[int, Minibatch], None]):
-        self.lag, self.on_bad, self.pending = dev.type == "cuda", on_bad, None
-
-    def push(self, flags: torch.Tensor, mb: Minibatch) -> None:
-        if not self.lag:
-            self._check(flags.cpu(), mb)
-            return
-        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
-        host.copy_(flags, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        previous, self.pending = self.pending, (host, event, mb)
-        if previous is not None:
-            self._wait(previous)
-
-    def finish(self) -> None:
-        previous, self.pending = self.pending, None
-        if previous is not None:
-            self._wait(previous)
-
-    def _wait(self, pending) -> None:
-        host, event, mb = pending
-        event.synchronize()
-        self._check(host, mb)
-
-    def _check(self, flags: torch.Tensor, mb: Minibatch) -> None:
-        if not bool(flags.all()):
-            self.on_bad(int((~flags).nonzero()[0]), mb)

@@ -209,3 +209,24 @@ def plot_block_report(report, path: str | Path) -> Path:
 
 def _blocks(k: int) -> str:
     return "no block" if k == 0 else f"{k} block{'s' if k > 1 else ''}"
+
+
+def plot_measures(panels: Sequence[dict], layers_a: Sequence[str], layers_b: Sequence[str], label_a: str, label_b: str,
+                  caption: str, path: str | Path) -> Path:
+    """One heatmap per measure for one model pair (rows: model A's layers, columns: model B's), side by side, each on
+    its measure's own range. ``panels``: ``{"title", "value" (La, Lb), "range" (lo, hi), "orientation"}`` each."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.6 * cols + 0.6, 4.2 * rows + 0.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, p in zip(axes, panels):
+        lo, hi = p["range"]
+        _heatmap(fig, ax, np.asarray(p["value"], dtype=float), layers_a, layers_b, (), (), f"{label_a}: layer",
+                 f"{label_b}: layer", p["title"], vmin=lo, vmax=hi, cbar_label=p.get("orientation", "similarity"),
+                 max_ticks=10, fontsize=6)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.suptitle(_wrap(f"{label_a} (rows) vs {label_b} (columns), {n} measure{'s' if n != 1 else ''}\n{caption}",
+                       int(11 * fig.get_figwidth())), fontsize=11)
+    return write_figure(fig, path)

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import traceback
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing.connection import wait
@@ -43,7 +44,8 @@ from ..provenance import atomic_write_json
 if TYPE_CHECKING:  # the Ray helpers below are used before any model is loaded: no torch import here
     from .recipes import Recipe
 
-__all__ = ["RunTask", "execute", "LocalPool", "RayPool", "check_ray_address", "connect_ray", "machine_cpus", "ray_node_cpus"]
+__all__ = ["RunTask", "execute", "LocalPool", "RayPool", "check_ray_address", "connect_ray", "keep_loopback", "machine_cpus",
+           "ray_node_cpus"]
 
 Message = tuple[str, str, Any]
 
@@ -77,8 +79,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
-    """Train one run (resuming it when it has resume state); its log goes to ``task.log_file``."""
+def execute(task: RunTask, report: Callable[[dict], None], node: dict | None = None) -> dict:
+    """Train one run (resuming it when it has resume state); its log goes to ``task.log_file``. ``node``: where
+    it runs (default: this machine's host name and the process id), in every progress dict and the result."""
     # torch and the training loop load here, in the worker: the driver (and the Ray connection check the
     # comparison commands run first) never pays for them
     import torch
@@ -86,12 +89,13 @@ def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
     from .loop import train
 
     torch.set_num_threads(max(1, task.threads))
+    node = {"host": socket.gethostname(), "pid": os.getpid(), **(node or {})}
     state = {"kind": "begin", "epoch": 0, "epochs": task.recipe["train"]["epochs"], "resumed_from": 0, "pid": os.getpid(),
-             "token": task.token, "host": socket.gethostname()}
+             "token": task.token, "host": node["host"], "node": node}
     task.log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(task.log_file, "a", encoding="utf-8", buffering=1) as log:
         log.write(f"{_now()} attempt {task.attempt}: {task.name} (recipe {task.recipe.hash}) -> {task.run_dir}; pid {state['pid']} "
-                  f"on {state['host']}, {task.threads} thread(s), device {task.train_kwargs.get('device', 'cpu')}"
+                  f"on {_where(node)}, {task.threads} thread(s), device {task.train_kwargs.get('device', 'cpu')}"
                   f"{', overwrite' if task.overwrite else ''}\n")
         report(dict(state))
 
@@ -102,6 +106,7 @@ def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
             if e.kind == "start":
                 state["resumed_from"] = e.resumed_from
                 log.write(f"{_now()} start: {e.num_train} training examples, {e.steps} steps per epoch"
+                          + (f", {e.threads.describe()}" if e.threads is not None else "")
                           + (f", resuming after epoch {e.resumed_from}" if e.resumed_from else "") + "\n")
             elif e.kind == "epoch":
                 log.write(f"{_now()} epoch {e.epoch}/{e.epochs} loss {e.loss:.4f} train acc {e.accuracy:.4f} lr {e.lr:.5g}\n")
@@ -117,12 +122,17 @@ def execute(task: RunTask, report: Callable[[dict], None]) -> dict:
             log.write(f"{_now()} failed: {type(e).__name__}: {e}\n")
             if not isinstance(e, HubcompareError):  # a typed error's message is the whole story; anything else is a bug
                 log.write(traceback.format_exc())
-            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            return {"ok": False, "error": f"{type(e).__name__}: {e}", "node": node}
         log.write(f"{_now()} done: test accuracy {result.test_accuracy:.4f}, train accuracy {result.train_accuracy:.4f}, "
                   f"{result.wall_time_s:.1f} s of training over all attempts\n")
         return {"ok": True, "test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
                 "wall_time_s": result.wall_time_s, "attempt_s": round(time.perf_counter() - started, 3),
-                "resumed_at": list(result.meta.resumed_at_epochs or [])}
+                "resumed_at": list(result.meta.resumed_at_epochs or []), "node": node}
+
+
+def _where(node: dict) -> str:
+    ray = f" (Ray node {node.get('node_name') or node.get('node_ip')}, {node['node_id'][:12]})" if node.get("node_id") else ""
+    return f"{node['host']}{ray}"
 
 
 # --- local worker processes -------------------------------------------------------------------
@@ -223,7 +233,19 @@ class LocalPool:
 # --- Ray --------------------------------------------------------------------------------------
 def _ray_execute(task: RunTask) -> dict:
     """The Ray task: :func:`execute`, with progress written to the run's progress file."""
-    return execute(task, lambda state: atomic_write_json(task.progress_file, state))
+    return execute(task, lambda state: atomic_write_json(task.progress_file, state), _ray_node())
+
+
+def _ray_node() -> dict:
+    """The Ray node this task runs on: id, IP, name and session folder (two nodes on one machine differ in id and
+    session folder, which lies under the node's --temp-dir)."""
+    import ray  # in a Ray worker: Ray is there
+
+    node_id = ray.get_runtime_context().get_node_id()
+    info = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    socket_path = str(info.get("ObjectStoreSocketName") or "")
+    return {"node_id": node_id, "node_ip": info.get("NodeManagerAddress"), "node_name": info.get("NodeName"),
+            "node_session": str(Path(socket_path).parent.parent) if socket_path.startswith("/") else None}
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
@@ -240,6 +262,24 @@ def _unreachable(error: type[BackendError], address: str | None, e: BaseExceptio
                  "or leave it unset to start a local Ray.", params=("ray_address",))
 
 
+def _is_loopback(host: str) -> bool:
+    return host.strip("[]") in ("127.0.0.1", "::1", "localhost")
+
+
+@contextmanager
+def keep_loopback(ray):
+    """Within this block Ray takes 127.0.0.1 (``--node-ip-address``, a cluster address) as given. Ray itself
+    replaces a loopback address by this machine's network address (so that other machines could reach the
+    node); for a cluster of nodes on one machine that is bound to 127.0.0.1 that is what must not happen."""
+    services = ray._private.services
+    original = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host if host and _is_loopback(host) else original(host)
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original
+
+
 def check_ray_address(address: str | None, error: type[BackendError] = GridBackendError) -> None:
     """Refuse, within seconds, a HOST:PORT Ray address nothing answers at (before any slower work is done)."""
     if address:
@@ -247,6 +287,23 @@ def check_ray_address(address: str | None, error: type[BackendError] = GridBacke
             _reachable(address)
         except (OSError, ValueError) as e:
             raise _unreachable(error, address, e) from None
+
+
+@contextmanager
+def keeping_signal_handlers():
+    """Starting Ray installs its own SIGTERM handler (a native stack dump, then ``sys.exit`` wherever the caller is)
+    over the caller's: put the caller's back, so SIGTERM and Ctrl-C stop a grid, a comparison or the service in
+    their own order. Only the main thread may set handlers; elsewhere there is nothing to keep."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def connect_ray(address: str | None = None, error: type[BackendError] = GridBackendError):
@@ -264,10 +321,14 @@ def connect_ray(address: str | None = None, error: type[BackendError] = GridBack
     if ray.is_initialized():
         return ray, False
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        with keeping_signal_handlers():
+            if address:
+                host = address.removeprefix("ray://").rpartition(":")[0]
+                with keep_loopback(ray) if _is_loopback(host) else nullcontext():  # a cluster on this machine, at 127.0.0.1
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
     except (OSError, RuntimeError, ValueError) as e:
         raise _unreachable(error, address, e) from None
     return ray, True

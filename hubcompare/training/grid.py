@@ -1,7 +1,9 @@
 """Running a training grid: one run per point of a :class:`~hubcompare.training.gridspec.GridSpec`. No printing.
 
 The population folder holds one checkpoint folder per run, ``logs/NAME.log`` (one log per run,
-appended by every attempt) and ``grid.json`` (the points and how each run ended).
+appended by every attempt) and ``grid.json`` (the points and how each run ended). With a fit rule
+(``until_fit``) a run that ends below the rule's train accuracy is trained again from scratch with the
+next epoch count; the under-fit checkpoint is kept in ``underfit/NAME-eEPOCHS/`` (:mod:`.runstate`).
 
 :func:`run_grid` is idempotent and survives faults: a run whose folder holds a finished checkpoint of
 the same recipe hash (which covers seed, dataset and data fraction) is skipped; an interrupted one
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import time
 import uuid
 from collections import deque
@@ -27,10 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import GridBackendError
-from ..models.checkpoint import CONFIG_FILE, RESUME_DIR
 from ..provenance import atomic_write_json
+from ..models.threads import ThreadPolicy
 from .backends import LocalPool, RayPool, RunTask, machine_cpus
-from .gridspec import GridPoint, GridSpec
+from .gridspec import FitRule, GridPoint, GridSpec
+from .runstate import RunState, finished_block, inspect_run, set_aside
 
 __all__ = ["GridEvent", "GridStatus", "RunRecord", "GridResult", "run_grid", "BACKENDS", "MANIFEST"]
 
@@ -38,50 +40,6 @@ BACKENDS = ("local", "ray")
 MANIFEST = "grid.json"
 LOCK_FILE = ".grid.lock"
 POLL_S = 0.2
-
-
-# --- what a run folder holds ------------------------------------------------------------------
-def _finished(run_dir: Path) -> dict | None:
-    """config.json's hubcompare block when the folder holds a finished checkpoint (config.json is written last)."""
-    try:
-        block = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("hubcompare")
-    except (OSError, ValueError, AttributeError):
-        return None if not (run_dir / CONFIG_FILE).exists() else {}
-    return block if isinstance(block, dict) else {}
-
-
-def _resume_hash(run_dir: Path) -> str | None:
-    """The recipe hash in the resume state's safetensors header ('' when unreadable, None when there is none)."""
-    path = run_dir / RESUME_DIR / "state.safetensors"
-    if not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(min(n, 1 << 24)))
-        return str(header.get("__metadata__", {}).get("recipe_hash", ""))
-    except (OSError, ValueError, struct.error, AttributeError):
-        return ""
-
-
-def _inspect(point: GridPoint, run_dir: Path) -> tuple[str, str]:
-    """(state, why): finished | resume | new | stale (the folder holds another recipe's run)."""
-    block = _finished(run_dir)
-    if block is not None:
-        if block.get("recipe_hash") == point.recipe.hash:
-            return "finished", ""
-        what = f"of another recipe (hash {block['recipe_hash']}, this run's is {point.recipe.hash})" if block.get("recipe_hash") \
-            else f"whose {CONFIG_FILE} is unreadable or not a hubcompare run's"
-        return "stale", (f"{run_dir} holds a finished checkpoint {what}: retrain it with overwrite=True, delete it, or choose "
-                         "another population folder")
-    resume = _resume_hash(run_dir)
-    if resume is None:
-        return "new", ""
-    if resume == point.recipe.hash:
-        return "resume", ""
-    what = "unreadable resume state" if resume == "" else f"resume state of another recipe (hash {resume})"
-    return "stale", (f"{run_dir} holds {what}: start it over with overwrite=True, delete {run_dir / RESUME_DIR}, or choose "
-                     "another population folder")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -94,19 +52,27 @@ class RunRecord:
     recipe_hash: str
     run_dir: Path
     log_file: Path
-    epochs: int
+    epochs: int  # the epochs of the rung it trains (when finished: the epochs it finally got)
     status: str = "pending"
     attempts: int = 0
+    rung: int = 0  # with a fit rule: 0 (the recipe's epochs), 1 (the rule's first epoch count), ...
     epoch: int = 0  # last epoch known finished (saved in the resume state)
     session_epochs: int = 0  # epochs trained by this invocation (for the ETA)
     pid: int | None = None
     test_accuracy: float | None = None
+    train_accuracy: float | None = None  # the last epoch's (what the fit rule reads)
     wall_time_s: float | None = None
     resumed_at: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    rungs: list[dict] = field(default_factory=list)  # each rung trained: rung, epochs, train/test accuracy, kept (folder)
+    # each attempt: attempt, grid_session, host, pid (Ray: node_*); earlier invocations' entries are carried over
+    ran_on: list[dict] = field(default_factory=list)
+    grid_session: str = ""  # this invocation's id, in each ran_on entry it adds
+    rung_attempts: int = 0  # attempts before this rung began (retries are counted per rung)
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in ("pid", "session_epochs")}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()
+                if k not in ("pid", "session_epochs", "rung_attempts", "grid_session")}
 
 
 @dataclass(frozen=True)
@@ -123,7 +89,10 @@ class GridStatus:
 
 @dataclass(frozen=True)
 class GridEvent:
-    """kind: plan | skip | start | epoch | evaluate | done | retry | failed | finish (``run`` None for plan/finish)."""
+    """kind: plan | skip | start | epoch | evaluate | done | refit | retry | failed | finish (``run`` None for plan/finish).
+
+    ``refit``: a finished rung did not fit (``accuracy`` is its train accuracy); it was kept aside and the run
+    trains again for ``epochs``."""
 
     kind: str
     status: GridStatus
@@ -207,7 +176,8 @@ def run_grid(
     ``threads`` torch threads (default: the CPUs split between min(runs in the grid, CPUs) workers).
     ``backend="ray"``: Ray tasks of ``cpus_per_run`` CPUs (default ``threads``, else the cluster's CPUs split the
     same way, at most one node's) and ``gpus_per_run`` GPUs, on the cluster at ``ray_address`` or a local Ray;
-    a run's thread count is ``threads``, else its CPUs. The same seed and thread count give the same weights
+    a run's thread count is ``threads``, else its CPUs (1 for a small model, whatever the load:
+    :class:`~hubcompare.models.threads.ThreadPolicy` with ``by_load=False``). The same seed and thread count give the same weights
     on either backend (each checkpoint records its ``torch_threads``). ``overwrite``: start over runs whose
     folder holds another recipe's checkpoint or resume state (finished runs of the same recipe are still
     skipped). ``device``
@@ -226,7 +196,13 @@ def run_grid(
     started = time.perf_counter()
     records = {p.name: RunRecord(p.name, p.values, p.recipe.hash, out / p.name, out / "logs" / f"{p.name}.log",
                                  p.recipe["train"]["epochs"]) for p in spec.points}
+    rule = spec.until_fit
     points = {p.name: p for p in spec.points}
+    session = uuid.uuid4().hex[:8]
+    for r, before in _earlier_attempts(out / MANIFEST, records):
+        r.ran_on = before
+    for r in records.values():
+        r.grid_session = session
 
     def status() -> GridStatus:
         count = {s: sum(r.status == s for r in records.values()) for s in ("done", "skipped", "running", "pending", "failed")}
@@ -242,19 +218,21 @@ def run_grid(
 
     with _locked(out):
         todo: deque[str] = deque()
+        refits: list[tuple[RunRecord, dict]] = []
         for r in records.values():
-            state, why = _inspect(points[r.name], r.run_dir)
-            if state == "finished":
-                _mark_skipped(r)
-            elif state == "stale" and not overwrite:
-                r.status, r.errors = "failed", [why]
+            st = _settle(r, points[r.name], rule, out, lambda r, kept: refits.append((r, kept)))
+            if st.state == "finished":
+                _mark_skipped(r, st)
+            elif st.state == "stale" and not overwrite:
+                r.status, r.errors = "failed", [st.why]
             else:
                 todo.append(r.name)
         event("plan")
+        for r, kept in refits:
+            event("refit", r, accuracy=kept["train_accuracy"])
         for r in records.values():
             if r.status in ("skipped", "failed"):
                 event("skip" if r.status == "skipped" else "failed", r, accuracy=r.test_accuracy, error=(r.errors or [None])[-1])
-        session = uuid.uuid4().hex[:8]
         cores = machine_cpus()
         pool = None
         try:
@@ -267,13 +245,16 @@ def run_grid(
                 else:
                     pool = RayPool(ray_address, cpus_per_run if cpus_per_run is not None else threads, gpus_per_run, len(records))
                     per_run = threads or max(1, int(pool.cpus_per_run))
+                # no --threads: at most that share, 1 for a small model (hubcompare.models.threads), never by the
+                # load of the moment (a rerun must get the same count)
+                run_kwargs = {"threads": threads or ThreadPolicy(at_most=per_run, by_load=False), **train_kwargs}
             inflight: set[str] = set()
 
             def fail(r: RunRecord, error: str) -> None:
                 inflight.discard(r.name)
                 r.errors.append(error)
                 r.pid = None
-                if r.attempts <= max_retries:
+                if r.attempts - r.rung_attempts <= max_retries:
                     r.status = "pending"
                     todo.append(r.name)
                     event("retry", r, error=error)
@@ -284,16 +265,18 @@ def run_grid(
             while todo or inflight:
                 while todo and len(inflight) < pool.slots:
                     r = records[todo.popleft()]
-                    state, why = _inspect(points[r.name], r.run_dir)  # again: an earlier attempt may have got further
+                    # again: an earlier attempt may have got further, or finished a rung that does not fit
+                    st = _settle(r, points[r.name], rule, out, lambda r, kept: event("refit", r, accuracy=kept["train_accuracy"]))
+                    state = st.state
                     if state == "finished":
-                        _mark_skipped(r, done=True)
+                        _mark_skipped(r, st, done=True)
                         event("done", r, accuracy=r.test_accuracy)
                         continue
                     r.attempts += 1
-                    pool.submit(RunTask(r.name, points[r.name].recipe, r.run_dir, r.log_file,
+                    pool.submit(RunTask(r.name, points[r.name].ladder[r.rung], r.run_dir, r.log_file,
                                         out / "logs" / f"{r.name}.progress.json", r.attempts, f"{session}-{r.attempts}", per_run,
                                         Path(data_dir).expanduser().resolve() if data_dir else None,
-                                        overwrite and state == "stale", dict(train_kwargs)))
+                                        overwrite and state == "stale", dict(run_kwargs)))
                     inflight.add(r.name)
                 for kind, name, payload in pool.poll(POLL_S):
                     r = records[name]
@@ -303,11 +286,20 @@ def run_grid(
                         _progress(r, payload, event)
                     elif kind == "result" and payload.get("ok"):
                         inflight.discard(name)
-                        r.status, r.pid = "done", None
-                        r.epoch = r.epochs
+                        _note_node(r, payload.get("node"))
+                        r.pid, r.epoch = None, r.epochs
                         r.test_accuracy, r.wall_time_s = payload["test_accuracy"], payload["wall_time_s"]
-                        r.resumed_at = payload.get("resumed_at", [])
-                        event("done", r, accuracy=r.test_accuracy)
+                        r.train_accuracy, r.resumed_at = payload.get("train_accuracy"), payload.get("resumed_at", [])
+                        if rule is not None and r.rung < len(points[name].ladder) - 1 and not rule.fits(r.train_accuracy):
+                            r.status = "pending"  # the next rung: the submit loop above sets this one aside
+                            todo.appendleft(name)
+                        else:
+                            r.status = "done"
+                            r.rungs = [*r.rungs, {"rung": r.rung, "epochs": r.epochs, "recipe_hash": points[name].ladder[r.rung].hash,
+                                                  "train_accuracy": r.train_accuracy, "test_accuracy": r.test_accuracy, "kept": None}]
+                            event("done", r, accuracy=r.test_accuracy)
+                        _write_manifest(spec, GridResult(spec.population, out, backend, list(records.values()),
+                                                         time.perf_counter() - started, out / MANIFEST))  # as each run ends
                     else:
                         fail(r, payload["error"] if kind == "result" else payload)
                     if kind != "progress":
@@ -332,6 +324,7 @@ def _progress(r: RunRecord, state: dict, event) -> None:
     first = r.status != "running"
     r.status, r.pid = "running", state.get("pid")
     if first:
+        _note_node(r, state.get("node"))
         event("start", r)
     kind, epoch, resumed = state.get("kind"), int(state.get("epoch") or 0), int(state.get("resumed_from") or 0)
     if kind != "begin" and resumed > r.epoch:  # where training picked up: trained before, not now
@@ -344,13 +337,54 @@ def _progress(r: RunRecord, state: dict, event) -> None:
         event("evaluate", r)
 
 
-def _mark_skipped(r: RunRecord, done: bool = False) -> None:
-    block = _finished(r.run_dir) or {}
+def _settle(r: RunRecord, point: GridPoint, rule: FitRule | None, out: Path, on_refit) -> RunState:
+    """Where ``r`` stands (its folder read again); a finished rung that does not fit is set aside first, so the
+    state returned is what to do next: finished, resume or new (at ``r.rung``), or stale."""
+    while True:
+        st = inspect_run(point, r.run_dir, rule, out)
+        if st.state != "underfit":
+            break
+        kept = set_aside(point, r.run_dir, out, st)
+        nxt = point.ladder[st.rung + 1]["train"]["epochs"]
+        acc = kept["train_accuracy"]
+        acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "(unknown)"
+        _log(r.log_file, f"{kept['epochs']} epochs ended at train accuracy {acc}, below the fit rule's "
+                         f"{rule.train_accuracy:g}: kept in {kept['kept']}; training again from scratch for {nxt} epochs")
+        r.rung, r.epochs, r.epoch, r.rung_attempts = st.rung + 1, nxt, 0, r.attempts
+        on_refit(r, kept)
+    r.rung, r.epochs, r.rungs = st.rung, point.ladder[st.rung]["train"]["epochs"], list(st.kept)
+    return st
+
+
+def _note_node(r: RunRecord, node: dict | None) -> None:
+    """Where this attempt runs (once per attempt of this invocation)."""
+    if node and not any(n.get("attempt") == r.attempts and n.get("grid_session") == r.grid_session for n in r.ran_on):
+        r.ran_on.append({"attempt": r.attempts, "grid_session": r.grid_session, **node})
+
+
+def _earlier_attempts(manifest: Path, records: dict[str, RunRecord]):
+    """(record, where its earlier attempts ran) from the population's previous grid.json, for runs of the same recipe:
+    a rerun that finds a run finished keeps the record of the node that trained it."""
+    try:
+        runs = json.loads(manifest.read_text(encoding="utf-8")).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return
+    for old in runs if isinstance(runs, list) else []:
+        r = records.get(old.get("name")) if isinstance(old, dict) else None
+        if r is not None and old.get("recipe_hash") == r.recipe_hash and isinstance(old.get("ran_on"), list):
+            yield r, [n for n in old["ran_on"] if isinstance(n, dict)]
+
+
+def _mark_skipped(r: RunRecord, st: RunState, done: bool = False) -> None:
+    block = st.block or {}
     r.status = "done" if done else "skipped"
+    r.epochs = block.get("epochs") or r.epochs
     r.epoch = r.epochs
-    r.test_accuracy = block.get("test_accuracy")
+    r.test_accuracy, r.train_accuracy = block.get("test_accuracy"), block.get("train_accuracy")
     r.wall_time_s = block.get("wall_time_s")
     r.resumed_at = list(block.get("resumed_at_epochs") or [])
+    r.rungs = [*st.kept, {"rung": st.rung, "epochs": r.epochs, "recipe_hash": block.get("recipe_hash"),
+                          "train_accuracy": r.train_accuracy, "test_accuracy": r.test_accuracy, "kept": None}]
 
 
 def _log(path: Path, line: str) -> None:
@@ -361,7 +395,8 @@ def _log(path: Path, line: str) -> None:
 def _write_manifest(spec: GridSpec, result: GridResult) -> None:
     atomic_write_json(result.manifest, {
         "population": spec.population, "source": spec.source, "description": spec.description, "recipe": spec.recipe,
-        "overrides": spec.overrides, "axes": spec.axes, "backend": result.backend, "pid": os.getpid(),
+        "overrides": spec.overrides, "axes": spec.axes, "exclude": list(spec.exclude),
+        "until_fit": spec.until_fit.to_dict() if spec.until_fit else None, "backend": result.backend, "pid": os.getpid(),
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_time_s": round(result.wall_time_s, 2),
         "runs": [r.to_dict() for r in result.runs],
     })

@@ -43,6 +43,7 @@ from ..models.devices import describe_device, resolve_device
 from ..models.metadata import ModelMeta
 from ..models.predictions import predict
 from ..models.resnet import ARCHITECTURE
+from ..models.threads import ThreadChoice, ThreadPolicy, choose_threads, forward_macs
 from ..models.weights import write_checkpoint
 from ..provenance import atomic_write_bytes, package_versions
 from .recipes import Recipe
@@ -75,6 +76,7 @@ class TrainEvent:
     lr: float | None = None
     resumed_from: int = 0
     num_train: int = 0
+    threads: ThreadChoice | None = None  # start: the torch threads this run trains with, and why
 
 
 @dataclass
@@ -262,6 +264,22 @@ def _device_settings(dev: torch.device):
         torch.backends.cudnn.benchmark = saved
 
 
+def _threads(threads: int | ThreadPolicy | None, resumed: int | None, macs: float | None,
+             check_only: bool = False) -> ThreadChoice | None:
+    """The run's thread count: as asked, else the one the interrupted run chose, else the rule's."""
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        if threads < 1:
+            raise TrainingError(f"threads must be at least 1, not {threads}", params=("threads",))
+        return ThreadChoice(threads, "as asked")
+    if check_only:
+        if threads is not None and not isinstance(threads, ThreadPolicy):
+            raise TrainingError(f"threads must be a count or a ThreadPolicy, not {threads!r}", params=("threads",))
+        return None
+    if resumed:
+        return ThreadChoice(int(resumed), "as the run chose when it started")
+    return choose_threads(macs, threads)
+
+
 def _device_record(dev: torch.device, devices: list[str]) -> dict:
     """The device a run trained on; with every device it ran on when a resume moved it (``segments``)."""
     record = describe_device(dev)
@@ -277,12 +295,26 @@ def train(
     on_event: Callable[[TrainEvent], None] | None = None,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    threads: int | ThreadPolicy | None = None,
 ) -> TrainResult:
     """Train ``recipe`` into the checkpoint folder ``out``, resuming from ``out/.resume`` if present.
 
     ``device``: where to train (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; see
     :func:`~hubcompare.models.devices.resolve_device`); the checkpoint records it.
+    ``threads``: torch CPU threads; None or a :class:`~hubcompare.models.threads.ThreadPolicy`: chosen by
+    :func:`~hubcompare.models.threads.choose_threads` from the model's work per step (and the cores idle now),
+    except that a resumed run keeps the count it started with. The checkpoint records it (``torch_threads``);
+    torch's count is restored afterwards.
     """
+    previous = torch.get_num_threads()
+    try:
+        return _train(recipe, out, data_dir, on_event, overwrite, device, threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(recipe: Recipe, out, data_dir, on_event, overwrite: bool, device, threads) -> TrainResult:
+    _threads(threads, None, None, check_only=True)
     dev = resolve_device(device)
     out = Path(out)
     _check_out(out)
@@ -293,8 +325,8 @@ def train(
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if (out / CONFIG_FILE).exists():
-        raise TrainingError(f"{out} already holds a finished checkpoint: retrain it with overwrite=True, or choose another "
-                            "output folder.", params=("overwrite", "out"))
+        raise TrainingError(f"{out} already holds a finished checkpoint: retrain it (overwrite), or choose another "
+                            "output folder (out).", params=("overwrite", "out"))
 
     t, aug, seed = recipe["train"], recipe["augment"], recipe["train"]["seed"]
     dataset = recipe["data"]["dataset"]
@@ -309,7 +341,9 @@ def train(
     # channels_last is ~1.4x faster for these convolutions on CPU (oneDNN) and what GPU tensor cores want;
     # the model is initialised on the CPU (same weights on every device); weights are saved contiguous
     with _fits_in_memory(recipe):
-        model = build_model(recipe, train_data).to(dev, memory_format=torch.channels_last)
+        model = build_model(recipe, train_data)
+        macs = forward_macs(model, train_data.image_shape) * t["batch_size"] if dev.type == "cpu" else None
+        model = model.to(dev, memory_format=torch.channels_last)
         images, labels = train_data.images.to(dev), train_data.labels.to(dev)
     optimizer = torch.optim.SGD(
         _param_groups(model, float(t["weight_decay"]), t["weight_decay_on"]), lr=float(t["lr"]), momentum=float(t["momentum"]), nesterov=t["nesterov"]
@@ -321,11 +355,15 @@ def train(
         state = _load_resume(resume_path, model, optimizer, generator, recipe, scaler)
         state["resumed_at"].append(state["epochs_done"])
     state.setdefault("devices", []).append(str(dev))
+    choice = _threads(threads, state.get("threads"), macs)
+    torch.set_num_threads(choice.threads)
+    state["threads"] = choice.threads
 
     n, bs, epochs = len(train_data), t["batch_size"], t["epochs"]
     steps = math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a trailing batch of 1 would break batch norm
     sync_every = SYNC_STEPS.get(dev.type, ACCELERATOR_SYNC_STEPS)
-    emit(TrainEvent("start", state["epochs_done"], epochs, steps=steps, resumed_from=state["epochs_done"], num_train=n))
+    emit(TrainEvent("start", state["epochs_done"], epochs, steps=steps, resumed_from=state["epochs_done"], num_train=n,
+                    threads=choice))
 
     with _device_settings(dev):
         for epoch in range(state["epochs_done"], epochs):
@@ -430,12 +468,12 @@ def _load_resume(path: Path, model, optimizer, generator: torch.Generator, recip
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         state = json.loads(meta["state"])
     except Exception as e:  # any unreadable state means we cannot resume safely
-        raise TrainingError(f"cannot resume from {path} ({e}): delete {path.parent} or start over with overwrite=True.",
+        raise TrainingError(f"cannot resume from {path} ({e}): delete {path.parent} or start over (overwrite).",
                             params=("overwrite",)) from e
     if meta.get("recipe_hash") != recipe.hash:
         raise TrainingError(
             f"{path.parent} belongs to a run with a different recipe (hash {meta.get('recipe_hash')} vs {recipe.hash}): "
-            "resume with the same recipe and overrides, start over with overwrite=True, or choose another output folder.",
+            "resume with the same recipe and overrides, start over (overwrite), or choose another output folder (out).",
             params=("overwrite", "out"),
         )
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})

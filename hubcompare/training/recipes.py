@@ -7,6 +7,7 @@ dict and its hash go into the checkpoint so a run can be reproduced exactly.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -59,6 +60,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
 }
 SEED_MAX = 2**63 - 1
+POSITIVE = ("epochs", "batch_size", "eval_batch_size")  # an override below 1 is refused as the override, not the file
 SCHEDULES = ("cosine", "constant")
 LR_UPDATES = ("epoch", "step")
 PAD_MODES = ("reflect", "constant", "replicate")
@@ -81,6 +83,7 @@ class Recipe:
     description: str
     sections: dict[str, dict[str, Any]]
     source: str = ""
+    notes: tuple[str, ...] = ()  # what the overrides changed beyond what they name (a warm-up shortened to fit the epochs)
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]
@@ -100,15 +103,25 @@ class Recipe:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Apply ``{"model.depth": 56, "train.seed": 3, ...}`` (None values are ignored)."""
-        raw = self.to_dict()
-        for dotted, value in overrides.items():
-            if value is None:
-                continue
+        raw, notes = self.to_dict(), list(self.notes)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for dotted, value in given.items():
             section, _, key = dotted.partition(".")
             if section not in SCHEMA or key not in SCHEMA[section]:
                 raise RecipeError(f"unknown recipe override {dotted!r}")
+            if key in POSITIVE and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise RecipeError(f"{key} = {value}: give a whole number >= 1", params=(key,))
             raw[section][key] = value
-        return _validate(raw, self.source)
+        t = raw["train"]
+        epochs, warmup = t.get("epochs"), t.get("warmup_epochs")
+        if ("train.epochs" in given and "train.warmup_epochs" not in given and isinstance(epochs, int)
+                and isinstance(warmup, int) and 0 < epochs <= warmup):
+            t["warmup_epochs"] = epochs // 2  # at most half of a run this short warms up
+            notes.append(f"{epochs} epoch{'s' * (epochs != 1)} asked for, and the recipe warms up for {warmup}: warm-up "
+                         f"shortened to {t['warmup_epochs']} epoch{'s' * (t['warmup_epochs'] != 1)} (recorded as "
+                         "train.warmup_epochs in the run's recipe)")
+        recipe = _validate(raw, self.source)
+        return Recipe(recipe.name, recipe.description, recipe.sections, recipe.source, tuple(notes))
 
 
 def find_recipe(name_or_path: str | Path) -> Path | Traversable:
@@ -121,7 +134,15 @@ def find_recipe(name_or_path: str | Path) -> Path | Traversable:
         if candidate.is_file():
             return candidate
     bundled = sorted(q.name.removesuffix(".yaml") for q in RECIPE_DIR.iterdir() if q.name.endswith(".yaml"))
-    raise RecipeError(f"recipe {str(name_or_path)!r} not found: give a YAML path or one of {bundled or '(none bundled)'}.")
+    names = ", ".join(bundled) or "(none bundled)"
+    if p.suffix.lower() in (".yaml", ".yml") or len(p.parts) > 1:  # meant as a file
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise RecipeError(f"recipe file {str(name_or_path)} not found: {p.resolve()} {what}; check the path, or name a "
+                          f"bundled recipe ({names}).")
+    close = difflib.get_close_matches(str(name_or_path), bundled, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise RecipeError(f"recipe {str(name_or_path)!r} not found{hint}: give a recipe file (.yaml) or a bundled recipe "
+                      f"name ({names}).")
 
 
 def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:

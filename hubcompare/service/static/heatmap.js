@@ -5,7 +5,9 @@
     var a = cell.getAttribute("data-a"), b = cell.getAttribute("data-b");
     var cka = parseFloat(cell.getAttribute("data-cka")), se = parseFloat(cell.getAttribute("data-se"));
     var value = isNaN(cka) ? "undefined" : cka.toFixed(4);
-    return a + " \u00d7 " + b + ": CKA " + value + (isNaN(se) ? "" : " \u00b1 " + se.toFixed(4));
+    var n = cell.getAttribute("data-n");  // a downsampled cell: the mean of n layer pairs
+    var block = n ? " (mean of " + n + " pairs, " + cell.getAttribute("data-min") + " \u2026 " + cell.getAttribute("data-max") + ")" : "";
+    return a + " \u00d7 " + b + ": CKA " + value + (isNaN(se) ? "" : " \u00b1 " + se.toFixed(4)) + block;
   }
   function ready() {
     var svg = document.getElementById("heatmap"), hover = document.getElementById("hover");

@@ -14,6 +14,8 @@
       if (job.total) { bar.max = job.total; bar.value = job.done; }
       if (job.state === "failed") {  // the failure, not where the bar stopped
         error.textContent = job.error || "the job failed"; error.hidden = false;
+        var advice = document.getElementById("advice");
+        if (advice && job.advice) { advice.firstChild.textContent = job.advice + " "; advice.hidden = false; }
         progress.hidden = true; bar.hidden = true;
       }
       if (job.state === "done" && job.result_key) { window.location.assign("/results/" + job.result_key); return true; }

@@ -1,0 +1,73 @@
+"""Subspace measures through the Grams: SVCCA and linear regression R^2.
+
+Both read each layer's principal directions from its centred Gram (:meth:`~.base.LayerInputs.spectrum`, computed in
+float64 products): the span of the centred features' columns, as seen by the examples, is the span of the Gram's
+eigenvectors. Where a layer has as many features as examples or more, that span is (almost) every direction the
+minibatch has, so CCA-type and regression measures approach 1 whatever the layers compute: with p >= n - 1 the
+centred features span every centred direction and a least-squares fit is exact. Read them with batches well larger
+than the layers' ranks (or on layers narrower than the batch), as the literature does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import FLOAT64_GRAM, LayerInputs, Measure, Param, symmetric_pairs
+
+__all__ = ["LinearRegression", "SVCCA", "principal_basis"]
+
+
+def principal_basis(x: LayerInputs, variance: float = 1.0) -> torch.Tensor | None:
+    """An orthonormal basis (n, k) of the examples' coordinates on the fewest principal directions that explain
+    ``variance`` of the layer's variance (1.0: all of its numerical rank); None for a constant layer."""
+    evals, evecs = x.spectrum()
+    if evals.numel() == 0:
+        return None
+    if variance >= 1.0:
+        return evecs
+    share = torch.cumsum(evals, 0) / evals.sum()
+    k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype))) + 1
+    return evecs[:, : min(k, evals.numel())]
+
+
+class SVCCA(Measure):
+    """Mean canonical correlation between two layers after keeping each one's top principal directions."""
+
+    name = "svcca"
+    listing = 5
+    definition = ("SVCCA: keep each layer's top principal directions explaining `keep` of its variance, then the mean "
+                  "of the canonical correlations between the two reduced layers")
+    citation = "Raghu, Gilmer, Yosinski & Sohl-Dickstein 2017 (NeurIPS)"
+    params = (Param("keep", 0.99, 0.01, 1.0, "the share of each layer's variance its kept directions explain"),)
+    needs = frozenset({FLOAT64_GRAM})
+
+    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+        n = layers[0].gram.shape[0]
+        bases = [principal_basis(x, self.values["keep"]) for x in layers]
+        # canonical correlations: the singular values of Q_x^T Q_y
+        return symmetric_pairs(bases, lambda bi, bj: torch.linalg.svdvals(bi.T @ bj).clamp(max=1.0).mean()) * n
+
+
+class LinearRegression(Measure):
+    """R^2 of predicting one layer's features from another's by least squares (asymmetric)."""
+
+    name = "linreg"
+    listing = 6
+    definition = ("linear regression R^2: the share of the column layer's centred feature variance that a least-squares "
+                  "fit from the row layer's features explains (asymmetric: row predicts column)")
+    citation = "Kornblith, Norouzi, Lee & Hinton 2019 (ICML), as a baseline; Klabunde et al. 2025 (ICLR, ReSi)"
+    symmetric = False
+    needs = frozenset({FLOAT64_GRAM})
+
+    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+        n = layers[0].gram.shape[0]
+        bases = [principal_basis(x) for x in layers]
+        out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
+        for j, y in enumerate(layers):
+            total = float(y.gram.diagonal().sum())
+            if not total > 0:
+                continue
+            for i, bi in enumerate(bases):
+                if bi is not None:  # ||P_X Yc||_F^2 / ||Yc||_F^2 = tr(U^T K_y U) / tr(K_y)
+                    out[i, j] = (bi * (y.gram @ bi)).sum() / total
+        return out * n
