@@ -36,6 +36,7 @@ LEVELS = {
     "probes": 5,  # what a block does: linear probes, block deletion (uses similarity's blocks)
     "report": 6,  # one model's figures on one page
     "comparisons": 6,  # a comparison request run (or found in the store): what the CLI and the service both call
+    "grounding": 6,  # which measure to trust: sanity tests scored on a population of seeds (uses populations' sides)
     "service": 7,  # `hubcompare serve`: web pages, JSON API, job queue
     "cli": 8,
     "hubcompare": 9,
@@ -263,3 +264,20 @@ def test_no_module_is_too_long():
     long = [f"{m.rel}:{MAX_LINES + 1}: {m.lines} lines, over {MAX_LINES}; split it" for m in modules().values() if m.lines > MAX_LINES]
     if long:
         pytest.fail("\n".join(long), pytrace=False)
+
+
+def test_the_command_starts_without_torch():
+    """`hubcompare --version` (the console script, its own process) imports no torch: commands that run no model start
+    in a fraction of a second, and a command module imports its model code inside the command."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("hubcompare")
+    if not script.is_file():
+        pytest.skip("the console script is not installed beside this python")
+    p = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in loaded and "hubcompare.models.resnet" not in loaded, sorted(m for m in loaded if "hubcompare" in m)

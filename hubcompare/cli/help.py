@@ -34,6 +34,8 @@ EXAMPLES = {
     "compare": ["hubcompare compare runs/a runs/b --batch-size 500 --measure rsa --measure mknn",
                 "hubcompare compare A B --measure all --param rbf-cka.frac=0.5 --json"],
     "measures": ["hubcompare measures", "hubcompare measures --json"],
+    "grounding": ["hubcompare grounding @seeds.txt @shuffled.txt",
+                  "hubcompare grounding 'runs/s0+runs/s1+runs/s2+runs/s3+runs/s4' --measure rsa"],
     "cka": ["hubcompare cka runs/digits-d14-w1-s1", "hubcompare cka timm-resnet18-a1 --dataset cifar10 --examples 1000"],
     "blocks": ["hubcompare blocks runs/digits-d56-w1-s0"],
     "probes": ["hubcompare probes runs/digits-d56-w1-s0 --layers '*.out'"],

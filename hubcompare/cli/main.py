@@ -14,6 +14,7 @@ from ..hub.names import check_endpoint_parses
 from ..install import torch_pair_problem
 from . import compare as _compare
 from . import grid as _grid
+from . import grounding as _grounding
 from . import hub as _hub
 from . import measures as _measures
 from . import population as _population
@@ -107,6 +108,7 @@ app.command("layers", cls=HubcompareCommand)(_compare.layers)
 app.command("cross-cka", cls=HubcompareCommand)(_compare.cross_cka)
 app.command("compare", cls=HubcompareCommand)(_measures.compare)
 app.command("measures", cls=HubcompareCommand)(_measures.measures)
+app.command("grounding", cls=HubcompareCommand)(_grounding.grounding)
 app.command("cka", cls=HubcompareCommand)(_compare.cka)
 app.command("blocks", cls=HubcompareCommand)(_compare.blocks)
 app.command("probes", cls=HubcompareCommand)(_probes.probes)

@@ -52,7 +52,7 @@ def measures(json_out: Json = False) -> None:
     progress_console(False).print(t)
 
 
-def _params(given: list[str] | None) -> dict[str, dict]:
+def measure_params(given: list[str] | None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for item in given or []:
         head, eq, value = item.partition("=")
@@ -107,7 +107,7 @@ def compare(
     if label and len(label) != len(refs):
         raise typer.BadParameter("give --label once per model, in the order of the models (or not at all).",
                                  param_hint="'--label'")
-    chosen = parse_measures(measure, _params(param))
+    chosen = parse_measures(measure, measure_params(param))
     set_threads(threads)
     dev = pick_device(device)
     con = progress_console(json_out)

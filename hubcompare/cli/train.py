@@ -41,6 +41,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(min=0, callback=seed_range, help="Seed for initialisation, data order, augmentation and the subset draw.")] = None,
     data_fraction: Annotated[Optional[str], typer.Option("--data-fraction", callback=fraction, help="Share of the training split: 1, 1/4, 1/16, ...")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Number of epochs (a recipe warm-up as long is shortened, with a note).")] = None,
+    shuffle_labels: Annotated[Optional[float], typer.Option("--shuffle-labels", min=0.0, max=1.0, help="Share of the training labels to permute (seeded by --seed), e.g. 1 for a random-label control population.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset: digits, cifar10, cifar10-jpeg, cifar100, imagefolder.")] = None,
     data_dir: DataDir = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain even if --out holds a checkpoint or a resumable run.")] = False,
@@ -57,14 +58,17 @@ def train(
         width = int(width)
     r = load_recipe(recipe, {
         "model.depth": depth, "model.width": width, "train.seed": seed, "data.fraction": data_fraction,
-        "train.epochs": epochs, "data.dataset": dataset,
+        "train.epochs": epochs, "data.dataset": dataset, "data.shuffle_labels": shuffle_labels,
     })
     warn(list(r.notes))
     m = r["model"]
-    out = out or Path("runs") / f"{r.name}-d{m['depth']}-w{m['width']:g}-s{r['train']['seed']}"
+    shuffled = r["data"]["shuffle_labels"]
+    out = out or Path("runs") / (f"{r.name}-d{m['depth']}-w{m['width']:g}-s{r['train']['seed']}"
+                                 + (f"-shuffled{shuffled:g}" if shuffled else ""))
     console.print(
         f"[bold]Training[/] ResNet-{m['depth']} ({m['width']:g}x) on {r['data']['dataset']} "
-        f"(fraction {r['data']['fraction']}, seed {r['train']['seed']}, {plural(r['train']['epochs'], 'epoch')}) "
+        f"(fraction {r['data']['fraction']}, seed {r['train']['seed']}, {plural(r['train']['epochs'], 'epoch')}"
+        + (f", {shuffled:.0%} of the labels shuffled" if shuffled else "") + ") "
         f"-> {out} on {device_label(dev)}  [dim]recipe {r.name} {r.hash}[/]"
     )
     # Every column but the bar has a fixed width, and the bar takes what is left, so the line fits 80 columns

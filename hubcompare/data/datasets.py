@@ -27,6 +27,7 @@ __all__ = [
     "load_dataset",
     "stratified_subset",
     "parse_fraction",
+    "shuffle_labels",
     "default_data_root",
 ]
 
@@ -146,6 +147,22 @@ def stratified_subset(ds: ImageDataset, fraction: float | str, seed: int) -> Ima
         chosen.append(rng.permutation(members)[:k])
     idx = np.sort(np.concatenate(chosen))
     return ds.subset(torch.from_numpy(idx), tag=f"fraction={Fraction(frac).limit_denominator(1000)},seed={seed}")
+
+
+def shuffle_labels(ds: ImageDataset, fraction: float, seed: int) -> ImageDataset:
+    """``ds`` with the labels of a seeded draw of ``fraction`` of its examples permuted among those examples (Zhang et
+    al. 2017's partially random labels): a control population for grounding tests. The class counts are kept; the
+    split's tag and fingerprint record the change."""
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 <= fraction <= 1:
+        raise DatasetError(f"shuffled label fraction {fraction!r} must be a number in [0, 1]: e.g. 0 (none) or 1 (all).")
+    if fraction == 0:
+        return ds
+    rng = np.random.default_rng([seed, 0x5EED])  # a stream of its own: the subset draw with the same seed is unchanged
+    chosen = np.sort(rng.permutation(len(ds))[: int(round(fraction * len(ds)))])
+    labels = ds.labels.clone()
+    labels[torch.from_numpy(chosen)] = ds.labels[torch.from_numpy(rng.permutation(chosen))]
+    return ImageDataset(name=ds.name, split=f"{ds.split}[shuffled_labels={fraction:g},seed={seed}]", images=ds.images,
+                        labels=labels, classes=ds.classes, ids=ds.ids, source=ds.source, parent_fingerprint=ds.fingerprint)
 
 
 # --- loaders ----------------------------------------------------------------------------------

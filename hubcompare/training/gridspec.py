@@ -395,6 +395,8 @@ def run_name(recipe: Recipe, extra_keys: list[str] = ()) -> str:
     """``DATASET-dDEPTH-wWIDTH-fFRACTION-sSEED`` (as population repos are named), then ``-KEYVALUE`` per extra axis."""
     m, d = recipe["model"], recipe["data"]
     name = f"{d['dataset']}-d{m['depth']}-w{m['width']:g}-f{parse_fraction(d['fraction']):g}-s{recipe['train']['seed']}"
+    if d["shuffle_labels"] and "data.shuffle_labels" not in extra_keys:  # a control population is named as one
+        name += f"-shuffled{d['shuffle_labels']:g}"
     for key in extra_keys:
         section, _, k = key.partition(".")
         v = recipe[section][k]

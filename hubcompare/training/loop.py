@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..data.augment import pad_crop_flip, to_float
-from ..data.datasets import ImageDataset, load_dataset, parse_fraction, stratified_subset
+from ..data.datasets import ImageDataset, load_dataset, parse_fraction, shuffle_labels, stratified_subset
 from ..errors import TrainingError
 from ..models.checkpoint import CONFIG_FILE, RESUME_DIR
 from ..models.devices import describe_device, resolve_device
@@ -334,7 +334,8 @@ def _train(recipe: Recipe, out, data_dir, on_event, overwrite: bool, device, thr
     test = load_dataset(dataset, "test", data_dir)
     if train_full.classes != test.classes or train_full.image_shape != test.image_shape:
         raise TrainingError(f"{dataset}: train and test splits disagree on classes or image shape")
-    train_data = stratified_subset(train_full, recipe["data"]["fraction"], seed)
+    train_data = shuffle_labels(stratified_subset(train_full, recipe["data"]["fraction"], seed),
+                                recipe["data"]["shuffle_labels"], seed)
 
     precision = resolve_precision(t["precision"], dev)  # bf16/fp16: autocast (fp32 master weights)
     torch.manual_seed(seed)

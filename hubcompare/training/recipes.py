@@ -36,7 +36,11 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "bn_momentum": ((int, float), BN_MOMENTUM),  # PyTorch convention (Keras 0.99 = 0.01)
         "bn_eps": ((int, float), BN_EPS),
     },
-    "data": {"dataset": (str, None), "fraction": ((int, float, str), 1)},
+    "data": {
+        "dataset": (str, None),
+        "fraction": ((int, float, str), 1),
+        "shuffle_labels": ((int, float), 0),  # share of training labels permuted (seeded by train.seed): a control
+    },
     "augment": {
         "pad": (int, 0),
         "pad_mode": (str, "reflect"),
@@ -71,7 +75,7 @@ DECAY_TARGETS = ("kernels", "all")
 # existing recipe hashes (and resumable runs) stay valid
 LATER_KEYS = (
     ("model", "init"), ("model", "bn_momentum"), ("model", "bn_eps"), ("train", "weight_decay_on"), ("train", "lr_update"),
-    ("augment", "offsets"),
+    ("augment", "offsets"), ("data", "shuffle_labels"),
 )
 
 
@@ -194,6 +198,9 @@ def _validate(raw: Any, source: str) -> Recipe:
     if sections["data"]["dataset"] not in DATASETS:
         raise RecipeError(f"{where}: unknown dataset {sections['data']['dataset']!r}; choose one of {', '.join(DATASETS)}")
     parse_fraction(sections["data"]["fraction"])
+    if not 0 <= sections["data"]["shuffle_labels"] <= 1:
+        raise RecipeError(f"{where}: 'data.shuffle_labels' = {sections['data']['shuffle_labels']!r} must be in [0, 1] "
+                          "(the share of training labels to permute: 0 = none, 1 = all)")
     t = sections["train"]
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if t[key] < 1:
