@@ -28,9 +28,12 @@ class HubcompareError(Exception):
 
     ``params``: the names of the arguments whose values the message asks to change (e.g.
     ``("data_dir",)``), so a front end can name its own spelling of them; empty when none.
+    ``http_status``: what a web front end answers with, declared by the class (None: 404 for what is not there, a
+    ``LookupError``, else 400).
     """
 
     params: tuple[str, ...] = ()
+    http_status: int | None = None
 
     def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
         super().__init__(*args)
@@ -136,6 +139,8 @@ class HubFileNotFoundError(HubError, FileNotFoundError):
 class HubUnavailableError(HubError, ConnectionError):
     """The Hub did not answer (timeouts, connection errors, 5xx) after every retry."""
 
+    http_status = 502  # a server that relayed the request to the Hub: the gateway's answer
+
 
 class NotInCacheError(HubError, FileNotFoundError):
     """Offline (HF_HUB_OFFLINE=1 or no connection) and the model is not in the local Hugging Face cache."""
@@ -163,6 +168,8 @@ class RegistryEntryNotFoundError(RegistryError, LookupError):
 
 class RegistryConflictError(RegistryError, ValueError):
     """An entry of that name exists with another reference, or a curated entry would be changed."""
+
+    http_status = 409
 
 
 class RegistryCorruptError(RegistryError):
@@ -277,6 +284,8 @@ class ResultNotFoundError(ResultStoreError, LookupError):
 class AmbiguousResultKeyError(ResultStoreError, LookupError):
     """A key prefix that starts several stored results; ``candidates`` holds their keys."""
 
+    http_status = 400  # found too much, not nothing: the request needs more of the key
+
     def __init__(self, message: str, candidates: list[str] | None = None):
         super().__init__(message)
         self.candidates = candidates or []
@@ -331,6 +340,23 @@ class ServiceRequestError(ServiceError, ValueError):
     """A request the server refuses before any work: over its size limits, malformed JSON, a field it does not accept."""
 
 
+class RequestMediaTypeError(ServiceRequestError):
+    """A request body in another format than the JSON an endpoint takes (its Content-Type)."""
+
+    http_status = 415
+
+
+class ServiceBusyError(ServiceRequestError):
+    """The server takes no more of this work now (its queue or its registrations are full): retry after
+    ``retry_after`` seconds (None: when some have finished)."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ServiceBackendError(ServiceError, BackendError):
     """`hubcompare serve --backend ray` cannot run jobs: Ray is not installed, or nothing answers at --ray-address."""
 
@@ -340,7 +366,15 @@ class JournalWriteError(ServiceError, OSError):
 
 
 class WriteNotAllowedError(ServiceError, PermissionError):
-    """A write (queueing a job) without the server's token, with a wrong one, or from another site's page."""
+    """A write (queueing a job) without the server's token, or with a wrong one."""
+
+    http_status = 401
+
+
+class CrossSiteWriteError(WriteNotAllowedError):
+    """A write a browser sent from another site's page (its Origin names another host): refused whatever the token."""
+
+    http_status = 403
 
 
 class JobNotFoundError(ServiceError, LookupError):

@@ -605,6 +605,33 @@ def test_bad_registry_writes_are_refused_and_record_nothing(client, home, hub_mo
     assert client.post("/api/registry", content=b'{"name": "x"}', headers={"content-type": "text/plain"}).status_code == 415
 
 
+def test_a_dead_hub_behind_a_registration_is_a_bad_gateway(client, home, monkeypatch):
+    from huggingface_hub import constants
+
+    from helpers import free_port
+
+    before = user_entries(home)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    r = client.post("/api/registry", json={"name": "gone", "reference": "hf-hub:svc/digits-r8"})
+    assert r.status_code == 502, r.text
+    assert r.json()["type"] == "HubUnavailableError" and "did not answer" in r.json()["error"]
+    assert user_entries(home) == before
+
+
+def test_each_error_class_declares_its_http_status():
+    from hubcompare.errors import (AmbiguousResultKeyError, CrossSiteWriteError, HubUnavailableError,
+                                   RegistryConflictError, RequestMediaTypeError, ResultNotFoundError, ServiceBusyError,
+                                   WriteNotAllowedError)
+    from hubcompare.service.views import status_for
+
+    expected = {WriteNotAllowedError("x"): 401, CrossSiteWriteError("x"): 403, ResultNotFoundError("x"): 404,
+                AmbiguousResultKeyError("x", ["a", "b"]): 400, RegistryConflictError("x"): 409,
+                RequestMediaTypeError("x"): 415, HubUnavailableError("x"): 502, ServiceBusyError("x", 5): 503,
+                ServiceRequestError("x"): 400, ServiceConfigError("x"): 400}
+    assert {type(e).__name__: status_for(e) for e in expected} == {type(e).__name__: s for e, s in expected.items()}
+    assert ServiceBusyError("x", retry_after=5).retry_after == 5
+
+
 def test_a_result_pushed_through_the_api_pulls_into_another_store(client, done_job, hub, tmp_path):
     from hubcompare.results.share import pull_result
 

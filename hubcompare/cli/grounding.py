@@ -17,7 +17,7 @@ from .compare import Layers
 from .measures import MeasureNames, MeasureParams, measure_params
 from .options import (DataDir, Device, FigureFormat, MaxParams, Threads, pick_device, progress_console, set_threads, slug,
                       warn, writable_folder, wrote)
-from .output import Json, add_column, print_json, table
+from .output import Json, print_json, table
 from .passes import Dataset, Seed
 from .stored import Live
 

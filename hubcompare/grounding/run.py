@@ -202,7 +202,7 @@ def ground(real: str, control: str | None = None, *, dataset: str | ImageDataset
 
     L, offsets = len(names[0]), comp.offsets
     last = L - 1
-    real_idx, control_idx = range(len(real_refs)), range(len(real_refs), len(refs))
+    real_idx = range(len(real_refs))
     pair_list = [(i, j) for i in range(len(refs)) for j in range(i + 1, len(refs))]
     kind = {p: "real" if p[1] < len(real_refs) else ("control" if p[0] >= len(real_refs) else "mixed") for p in pair_list}
     agreement = np.array([float((predicted[i] == predicted[j]).mean()) for i, j in pair_list])

@@ -14,9 +14,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..comparisons.requests import KINDS
-from ..errors import ServiceRequestError
+from ..errors import RequestMediaTypeError, ServiceRequestError
 from .bounded import LIST_BUDGET
-from .checks import check_registered, check_request, http_error, job_advice, parse_request_body
+from .checks import check_registered, check_request, job_advice, parse_request_body
 from .views import (
     ModelFilters,
     Service,
@@ -85,7 +85,7 @@ async def write_access(request: Request) -> None:
 async def write_body(request: Request, _: None = Depends(write_access)) -> dict:
     """A write's body: allowed (:func:`write_access`) first, then JSON only, a strict JSON object."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise http_error(415, "send the request as JSON (Content-Type: application/json)")
+        raise RequestMediaTypeError("send the request as JSON (Content-Type: application/json)")
     return parse_request_body(await request.body())
 
 

@@ -13,20 +13,13 @@ from ..hub.names import NAME
 from .config import ServiceConfig
 
 __all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_form_references", "check_hub_reference", "check_registered",
-           "check_request", "form_request", "http_error", "job_advice", "names_a_side", "parse_request_body"]
+           "check_request", "form_request", "job_advice", "names_a_side", "parse_request_body"]
 
 MAX_SPLITS = 10_000  # agreement/class-diff splits and permutations on this server
 MAX_PASSES = 16
 
 
 # --- comparison requests -------------------------------------------------------------------------
-def http_error(status: int, message: str) -> ServiceRequestError:
-    """A ServiceRequestError answered with ``status`` (e.g. 415, 503) instead of 400."""
-    e = ServiceRequestError(message)
-    e.http_status = status  # type: ignore[attr-defined]
-    return e
-
-
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 

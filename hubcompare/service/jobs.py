@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from ..errors import HubcompareError, JobNotFoundError, JournalWriteError, ServiceRequestError
+from ..errors import HubcompareError, JobNotFoundError, JournalWriteError, ServiceBusyError, ServiceRequestError
 from .journal import JobJournal, record_types_ok
 from .redact import scrub_paths
 
@@ -255,10 +255,8 @@ class JobQueue:
             if same is not None:
                 return self._jobs[same], False
             if len(self._active) >= self.max_pending:
-                busy = ServiceRequestError(f"{len(self._active)} jobs are queued or running, the most this server takes: "
-                                           "retry when some have finished")
-                busy.http_status = 503  # type: ignore[attr-defined]
-                raise busy
+                raise ServiceBusyError(f"{len(self._active)} jobs are queued or running, the most this server takes: "
+                                       "retry when some have finished")
             job = Job(id=secrets.token_hex(8), request=request, fingerprint=fingerprint)
             self._jobs[job.id] = job
             self._active[fingerprint] = job.id

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from huggingface_hub import try_to_load_from_cache
 
-from ..errors import AmbiguousResultKeyError, ResultNotFoundError, ServiceRequestError, WriteNotAllowedError, short_repr
+from ..errors import CrossSiteWriteError, ResultNotFoundError, ServiceRequestError, short_repr
 from ..hub.names import parse_reference
 from ..hub.registry import Entry, Registry
 from ..results.store import ResultStore, StoredResult, check_key
@@ -356,15 +356,12 @@ def seed_rows(summary: dict) -> list[dict]:
 
 
 def status_for(e: Exception) -> int:
-    """The HTTP status of a typed error: 401 without the token, 404 for what is not there, 400 for the rest."""
-    explicit = getattr(e, "http_status", None)
-    if isinstance(explicit, int):
-        return explicit
-    if isinstance(e, WriteNotAllowedError):
-        return 401
-    if isinstance(e, LookupError) and not isinstance(e, AmbiguousResultKeyError):
-        return 404
-    return 400
+    """The HTTP status of a typed error: the one its class declares (``HubcompareError.http_status``), else 404 for
+    what is not there and 400 for the rest."""
+    declared = getattr(type(e), "http_status", None)
+    if isinstance(declared, int):
+        return declared
+    return 404 if isinstance(e, LookupError) else 400
 
 
 # --- writes ------------------------------------------------------------------------------------
@@ -382,7 +379,5 @@ def check_same_origin(request) -> None:
         return  # not a browser's cross-site request (curl, scripts)
     host = (request.headers.get("host") or "").lower()
     if origin == "null" or urlsplit(origin).netloc.lower() != host:
-        refused = WriteNotAllowedError(f"a write sent from another site's page ({short_repr(origin)}) is refused: use "
-                                       "this server's own compare form")
-        refused.http_status = 403  # type: ignore[attr-defined]
-        raise refused
+        raise CrossSiteWriteError(f"a write sent from another site's page ({short_repr(origin)}) is refused: use this "
+                                  "server's own compare form")

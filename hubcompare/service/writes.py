@@ -14,7 +14,7 @@ from threading import Lock
 import anyio
 import anyio.to_thread
 
-from ..errors import HubcompareError, HubUnavailableError, RegistryConflictError, ServiceRequestError, short_repr
+from ..errors import HubcompareError, RegistryConflictError, ServiceBusyError, ServiceRequestError, short_repr
 from ..hub.names import check_name, check_registry_name, check_repo_id, parse_reference
 from ..hub.references import fetch_timm_weights, register_reference, resolve_reference
 from ..hub.registry import Registry
@@ -51,11 +51,6 @@ def _fields(data: dict, allowed: dict, required: tuple[str, ...], example: str) 
     return data
 
 
-def _status(e: HubcompareError, status: int) -> HubcompareError:
-    e.http_status = status  # type: ignore[attr-defined]
-    return e
-
-
 def _as_request_error(e: HubcompareError, field: str) -> ServiceRequestError:
     return ServiceRequestError(f"{field}: {e}", params=(field,))
 
@@ -85,15 +80,10 @@ def add_entry(service: Service, data: dict) -> dict:
     registry = service.registry()
     _refuse_curated(registry, name, "replace")
     replace = bool(data.get("replace", False))
-    try:
-        _refuse_taken(registry, name, reference, replace)
-        reference = _download(registry, reference)  # outside the lock: downloads of several registrations overlap
-        with _one_at_a_time:  # loading a model (its memory) one at a time
-            entry, _ = register_reference(registry, name, reference, populations=populations, replace=replace)
-    except RegistryConflictError as e:
-        raise _status(e, 409) from None
-    except HubUnavailableError as e:
-        raise _status(e, 502) from None
+    _refuse_taken(registry, name, reference, replace)
+    reference = _download(registry, reference)  # outside the lock: downloads of several registrations overlap
+    with _one_at_a_time:  # loading a model (its memory) one at a time
+        entry, _ = register_reference(registry, name, reference, populations=populations, replace=replace)
     return entry_json(entry)
 
 
@@ -136,10 +126,8 @@ class RegistrationGate:
 
     async def run(self, fn, *args):
         if self.pending >= self.most:
-            busy = ServiceRequestError(f"{self.pending} registrations are running or waiting, the most this server takes "
-                                       f"at once: retry in a few seconds")
-            busy.http_status, busy.retry_after = 503, RETRY_AFTER_S  # type: ignore[attr-defined]
-            raise busy
+            raise ServiceBusyError(f"{self.pending} registrations are running or waiting, the most this server takes at "
+                                   "once: retry in a few seconds", retry_after=RETRY_AFTER_S)
         self.pending += 1
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -162,9 +150,9 @@ def _refuse_curated(registry: Registry, name: str, what: str) -> None:
     """A curated entry is the server's shared configuration: a request never removes, replaces or shadows one."""
     curated = registry.curated().get(name)
     if curated is not None:
-        raise _status(RegistryConflictError(
+        raise RegistryConflictError(
             f"{name} is a curated entry (from {entry_json(curated)['source'].removeprefix('curated: ')}): a request cannot "
-            f"{what} it; whoever runs the server edits that file. Pick another name for a new entry"), 409)
+            f"{what} it; whoever runs the server edits that file. Pick another name for a new entry")
 
 
 def push_stored_result(service: Service, key: str, data: dict) -> dict:
@@ -176,8 +164,5 @@ def push_stored_result(service: Service, key: str, data: dict) -> dict:
     except HubcompareError as e:
         raise _as_request_error(e, "repo") from None
     stored = service.result(key)
-    try:
-        url, sha = push_result(stored, repo, private=bool(data.get("private", False)))
-    except HubUnavailableError as e:
-        raise _status(e, 502) from None
+    url, sha = push_result(stored, repo, private=bool(data.get("private", False)))
     return {"key": stored.key, "repo_id": repo, "url": url, "commit_sha": sha, "reference": f"{REFERENCE_PREFIX}{repo}@{sha}"}
