@@ -265,6 +265,7 @@ def second_run(tmp_path_factory):
 def test_cli_compare_on_digits_equals_the_definitions_in_float64(trained_run, second_run, tmp_path):
     import json
 
+    from helpers import own_home_env
     from typer.testing import CliRunner
 
     from hubcompare.cli.main import app
@@ -276,12 +277,12 @@ def test_cli_compare_on_digits_equals_the_definitions_in_float64(trained_run, se
     args = ["compare", str(trained_run), str(second_run), "--batch-size", "500", "--measure", "rsa", "--measure",
             "procrustes", "--measure", "rbf-cka", "--measure", "mknn", "--out", str(tmp_path / "out"), "--json",
             *[x for n in names for x in ("--layers", n)]]
-    r = CliRunner().invoke(app, args)
+    r = CliRunner().invoke(app, args, env=own_home_env(tmp_path))
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert list(doc["measures"]) == ["rsa", "procrustes", "rbf-cka", "mknn"]
     assert doc["measures"]["rbf-cka"]["params"] == {"frac": 0.8} and doc["measures"]["mknn"]["params"] == {"k": 10}
-    assert json.loads((tmp_path / "out" / "measures.json").read_text())["measures"] == doc["measures"]
+    assert json.loads((tmp_path / "out" / "measures.json").read_text())["pairs"][0]["measures"] == doc["measures"]
     assert (tmp_path / "out" / doc["pairs"][0]["figure"].split("/")[-1]).is_file()
     ds = load_dataset("digits", "test")
     assert doc["settings"]["num_batches"] == 1 and doc["settings"]["num_examples"] == len(ds) <= 500  # one batch: exact

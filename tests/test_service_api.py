@@ -605,6 +605,35 @@ def test_bad_registry_writes_are_refused_and_record_nothing(client, home, hub_mo
     assert client.post("/api/registry", content=b'{"name": "x"}', headers={"content-type": "text/plain"}).status_code == 415
 
 
+def test_a_compare_job_stores_every_measure_and_its_page_draws_each(client):
+    body = {"kind": "compare", "refs": ["digits-a", "digits-b"], "examples": 128, "batch_size": 128,
+            "options": {"measures": ["rsa", "rbf-cka(frac=0.5)"]}}
+    r = client.post("/api/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    key = job["result_key"]
+    stored = client.get(f"/api/results/{key}").json()
+    assert stored["kind"] == "compare" and stored["key_inputs"]["options"] == {"measures": ["rsa", "rbf-cka(frac=0.5)"]}
+    doc = client.get(f"/results/{key}/files/measures.json").json()
+    assert list(doc["pairs"][0]["measures"]) == ["rsa", "rbf-cka"]
+    page = client.get(f"/results/{key}")
+    assert page.status_code == 200 and 'data-measure="rsa"' in page.text  # the first measure's heatmap, hoverable
+    assert "measures:rbf-cka" in page.text  # a link to the other one
+    other = client.get(f"/results/{key}", params={"pair": "measures:rbf-cka.json"})
+    assert other.status_code == 200 and 'data-measure="rbf-cka(frac=0.5)"' in other.text
+    cells = CELL.findall(other.text)
+    value = doc["pairs"][0]["measures"]["rbf-cka"]["value"]
+    assert len(cells) == len(value) * len(value[0])  # every layer pair drawn, from the stored numbers
+    listed = client.get("/api/measures").json()
+    assert [m["name"] for m in listed["measures"]][:3] == ["cka", "rbf-cka", "rsa"]
+    bad = client.post("/api/jobs", json=body | {"options": {"measures": ["rsa", "cca"]}})
+    assert bad.status_code == 400 and bad.json()["field"] == "options.measures[1]", bad.text
+    assert "'cca' is not a measure" in bad.json()["error"]
+    page = client.get("/compare")
+    assert 'id="measures"' in page.text and "procrustes" in page.text  # the form's field, with the names it takes
+
+
 def test_a_dead_hub_behind_a_registration_is_a_bad_gateway(client, home, monkeypatch):
     from huggingface_hub import constants
 
@@ -612,7 +641,7 @@ def test_a_dead_hub_behind_a_registration_is_a_bad_gateway(client, home, monkeyp
 
     before = user_entries(home)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    r = client.post("/api/registry", json={"name": "gone", "reference": "hf-hub:svc/digits-r8"})
+    r = client.post("/api/registry", json={"name": "gone", "reference": "hf-hub:svc/never-pulled"})  # not cached
     assert r.status_code == 502, r.text
     assert r.json()["type"] == "HubUnavailableError" and "did not answer" in r.json()["error"]
     assert user_entries(home) == before

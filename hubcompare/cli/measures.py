@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
@@ -14,10 +12,10 @@ from rich.markup import escape
 
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .compare import Labels, Layers, Out
-from .options import DataDir, Device, FigureFormat, MaxParams, Threads, pick_device, progress_console, slug, warn, wrote
-from .output import Json, plural, print_json, table
+from .options import DataDir, Device, FigureFormat, MaxParams, Threads, progress_console, slug, warn, wrote
+from .output import Json, print_json, table
 from .passes import BatchSize, Dataset, Examples, Passes, Seed, Split
-from .stored import Live
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 MeasureNames = Annotated[list[str], typer.Option(
     "--measure", help="A measure to compute (repeatable; 'all' = every one; `hubcompare measures` lists them). All run "
@@ -28,16 +26,9 @@ MeasureParams = Annotated[Optional[list[str]], typer.Option(
 
 def measures(json_out: Json = False) -> None:
     """Every similarity measure `compare` computes: definition, orientation, range, parameters and citation."""
-    from ..similarity.measures import measure_class, measure_names
+    from ..similarity.measures import measure_info, measure_names
 
-    rows = []
-    for name in measure_names():
-        cls = measure_class(name)
-        rows.append({"name": name, "definition": cls.definition, "orientation": cls.orientation,
-                     "range": list(cls.value_range), "symmetric": cls.symmetric, "estimator": cls.estimator,
-                     "params": {p.name: {"default": p.default, "min": p.low, "max": p.high, "help": p.help,
-                                         "integer": p.integer} for p in cls.params},
-                     "citation": cls.citation})
+    rows = [measure_info(name) for name in measure_names()]
     if json_out:
         print_json({"measures": rows})
         return
@@ -71,10 +62,6 @@ def _array(rows: list) -> np.ndarray:
     return np.array([[np.nan if x is None else x for x in row] for row in rows], dtype=float)
 
 
-def _matrix(a) -> list:
-    return [[None if not math.isfinite(float(v)) else float(v) for v in row] for row in a]
-
-
 def compare(
     refs: Annotated[list[str], typer.Argument(help="Two or more model references; every pair is compared in one pass.")],
     measure: MeasureNames = ["cka"],  # noqa: B006 (typer reads the default)
@@ -93,14 +80,16 @@ def compare(
     device: Device = "auto",
     label: Labels = None,
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Compare models with several similarity measures in one pass (each model runs once per minibatch): per pair of
-    models, every measure's layer-by-layer matrix with jackknife SEs, in one JSON file and one figure."""
-    from ..comparisons.library import compare as compare_models
+    models, every measure's layer-by-layer matrix with jackknife SEs, in one JSON file and one figure. Stored like
+    every result (the measures and their parameters in its key)."""
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export
     from ..similarity.measures import parse_measures
-    from ..similarity.plots import plot_measures
-    from .options import set_threads
 
     if len(refs) < 2:
         raise typer.BadParameter("compare needs at least two models.", param_hint="REFS")
@@ -108,66 +97,25 @@ def compare(
         raise typer.BadParameter("give --label once per model, in the order of the models (or not at all).",
                                  param_hint="'--label'")
     chosen = parse_measures(measure, measure_params(param))
-    set_threads(threads)
-    dev = pick_device(device)
     con = progress_console(json_out)
-    with Live(con) as live:
-        result = compare_models(refs, dataset, split=split, data_dir=data_dir, layers=layers, batch_size=batch_size,
-                                passes=passes, seed=seed, examples=examples, labels=label, device=dev,
-                                max_params=max_params, on_progress=live, measures=chosen)
-    warn(result.warnings)
-    comp = result.comparison
-    out = out or _default_out(refs, chosen, result.settings, label)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs, files = [], []
-    settings = dict(result.settings)
-    for i in range(len(refs)):
-        for j in range(i + 1, len(refs)):
-            doc = {}
-            for m in chosen:  # the measures asked for (linear CKA is computed in every pass, and kept if asked)
-                key = m.key
-                value, se = comp.measure_pair(key, i, j)
-                entry = {"key": key, "value": _matrix(value), "se": _matrix(se), "layers_a": comp.captures[i].names,
-                         "layers_b": comp.captures[j].names, "orientation": m.orientation, "range": list(m.value_range),
-                         "params": dict(m.values), "symmetric": m.symmetric}
-                for name, extra in m.derived(comp.measures[key].value).items():
-                    a, b = slice(comp.offsets[i], comp.offsets[i + 1]), slice(comp.offsets[j], comp.offsets[j + 1])
-                    entry[name] = _matrix(extra.numpy()[a, b])
-                doc[m.name] = entry
-            stem = f"{slug(result.labels[i])}-vs-{slug(result.labels[j])}"
-            pair = {"a": refs[i], "b": refs[j], "label_a": result.labels[i], "label_b": result.labels[j], "measures": doc}
-            figure = plot_measures([{"title": e["key"], "value": _array(e["value"]), "range": e["range"],
-                                     "orientation": e["orientation"]} for e in doc.values()],
-                                   doc[chosen[0].name]["layers_a"], doc[chosen[0].name]["layers_b"], result.labels[i],
-                                   result.labels[j], _caption(settings), out / f"{stem}.{fmt}")
-            pairs.append(pair | {"figure": str(figure)})
-            files.append(figure)
-    document = {"command": "compare", "models": [{"ref": r, "label": n} for r, n in zip(refs, result.labels)],
-                "measures": pairs[0]["measures"] if len(pairs) == 1 else None, "pairs": pairs, "warnings": result.warnings,
-                "settings": settings}
-    path = out / "measures.json"
-    path.write_text(json.dumps(document, indent=1, default=str) + "\n")
-    files.insert(0, path)
+    req = ComparisonRequest("compare", tuple(refs), dataset, split, tuple(layers) if layers else None, batch_size, passes,
+                            seed, examples, options={"measures": [m.key for m in chosen]},
+                            labels=tuple(label) if label else None, fmt=fmt)
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads,
+                         max_params=max_params, device=device)
+    warn(outcome.warnings)
+    out = out or default_out("compare-" + "-vs-".join(slug(r) for r in refs), outcome, req)
+    files = export(outcome, req, out)
+    document = json.loads((out / "measures.json").read_text())
+    pairs = document["pairs"]
+    for pair, figure in zip(pairs, files[1:]):
+        pair["figure"] = str(figure)
     if json_out:
-        print_json(document | {"files": [str(f) for f in files]})
+        print_json(document | {"measures": pairs[0]["measures"] if len(pairs) == 1 else None,
+                               "files": [str(f) for f in files]} | stored_json(outcome))
     else:
         _summary(con, pairs, chosen)
     wrote(files, json_out)
-
-
-def _default_out(refs, chosen, settings: dict, labels) -> Path:
-    """``results/compare-A-vs-B-TAG``, TAG a digest of everything the result depends on (models, measures and their
-    parameters, data, plan, layers, labels): another request never writes into this one's folder."""
-    what = {"refs": list(refs), "measures": [m.key for m in chosen], "labels": labels,
-            **{k: settings.get(k) for k in ("dataset", "num_examples", "batch_size", "passes", "seed", "layers")}}
-    tag = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path("results") / f"compare-{'-vs-'.join(slug(r) for r in refs)}-{tag}"
-
-
-def _caption(settings: dict) -> str:
-    d = settings.get("dataset", {})
-    return (f"{d.get('name', '?')} {d.get('split', '')}, {settings.get('num_examples')} examples, batch "
-            f"{settings.get('batch_size')}, {plural(settings.get('num_batches') or 0, 'minibatch', 'minibatches')}")
 
 
 def _summary(con, pairs: list[dict], chosen) -> None:

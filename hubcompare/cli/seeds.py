@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..hub.sidespec import is_local_folder, names_many_models
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .options import (
     DataDir,
@@ -39,7 +39,6 @@ from .passes import (
 from .population import LabelOpt, Out, SideArg
 from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
-SIDE_SCHEMES = ("population", "registry", "hf-tag", "collection")
 MaxMemory = Annotated[float, typer.Option(
     "--max-memory", min=0.01, callback=finite,
     help="GiB one pass may hold (every model's Grams per minibatch + the jackknife's per-minibatch matrices; each Ray "
@@ -49,10 +48,7 @@ PcExamples = Annotated[int, typer.Option("--pc-examples", min=2, help="Fixed sam
 
 def names_sides(refs: list[str]) -> bool:
     """Whether any argument is a many-model side (population:, registry:, hf-tag:, collection:, @FILE, A+B)."""
-    def side(r: str) -> bool:
-        r = r.strip()
-        return r.startswith("@") or r.partition(":")[0] in SIDE_SCHEMES or ("+" in r and not Path(r).expanduser().is_dir())
-    return any(side(r) for r in refs)
+    return any(names_many_models(r, is_local_folder) for r in refs)
 
 
 def cross_cka_sides(refs: list[str], label: list[str] | None = None, **options: Any) -> None:

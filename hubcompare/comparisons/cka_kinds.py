@@ -36,7 +36,7 @@ from .requests import ComparisonRequest, Prepared
 
 __all__ = ["BLOCKS", "CKA", "CROSS_CKA", "KINDS", "PassState", "batch_plan_from_json", "block_report_from_json",
            "cka_result_from_json", "copy_file", "device_text", "finish_pair", "labels_for", "model_identity", "model_records",
-           "pass_state", "plan_warnings", "run_pass", "tapped_layers"]
+           "pass_state", "prepare_pass", "plan_warnings", "run_pass", "tapped_layers"]
 
 LABEL_KEYS = ("architecture", "depth", "width", "seed", "data_fraction", "dataset")  # what default labels are made of
 
@@ -312,3 +312,4 @@ KINDS = (CROSS_CKA, CKA, BLOCKS)
 model_identity, tapped_layers, device_text, model_records = _identity, _tapped, _where, _model_records
 plan_warnings, copy_file = _plan_warnings, _copy
 pass_state, run_pass, finish_pair = _pass_state, _run_pass, _finish  # the Python API's pass is the CLI's (library.py)
+prepare_pass = _prepare_pass  # compare (measure_kinds) keys its pass as cross-cka does

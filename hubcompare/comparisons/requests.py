@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.datasets import DATASETS, SPLITS
-from ..errors import InvalidNameError, InvalidReferenceError, InvalidRequestError, short_repr
+from ..errors import InvalidNameError, InvalidReferenceError, InvalidRequestError, MeasureError, short_repr
 from ..hub.names import check_collection_slug, parse_reference
+from ..hub.sidespec import FILE_PREFIX, is_local_folder, side_items
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..similarity.cka import MIN_BATCH
+from ..similarity.measures import measure_from_key, measure_names
 
-__all__ = ["CKA_KINDS", "FIGURE_FORMATS", "KINDS", "OPTION_SPECS", "POPULATION_KINDS", "PROBE_KINDS", "SIDE_KINDS", "SIDE_SCHEMES",
+__all__ = ["CKA_KINDS", "FIGURE_FORMATS", "KINDS", "OPTION_SPECS", "POPULATION_KINDS", "PROBE_KINDS", "SIDE_KINDS",
            "ComparisonRequest", "Context", "Prepared", "Progress"]
 
-KINDS = ("cross-cka", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
-CKA_KINDS = ("cross-cka", "cka", "blocks")  # a pass over minibatches: layers, batch size, passes, examples apply
+KINDS = ("cross-cka", "compare", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
+CKA_KINDS = ("cross-cka", "compare", "cka", "blocks")  # a pass over minibatches: layers, batch size, passes, examples apply
 POPULATION_KINDS = ("agreement", "class-diff")  # two sides' predictions: refs are two side specs
 SIDE_KINDS = POPULATION_KINDS + ("across-seeds",)  # refs are two side specs (population:NAME, A+B, @FILE, ...)
 PROBE_KINDS = ("probes", "delete-blocks")  # one model on the test split; minibatches of any size, no CKA estimator
@@ -38,9 +40,9 @@ NOT_APPLICABLE: dict[str, dict[str, Any]] = {
     "delete-blocks": {"split": "test", "layers": None, "passes": 1, "seed": 0, "labels": None},
 }
 FIGURE_FORMATS = ("png", "pdf", "svg")
-SIDE_SCHEMES = ("population", "registry", "hf-tag", "collection")  # side specs naming models without a path
 
-MAX_MODELS = 32  # cross-cka: models in one pass
+MAX_MODELS = 32  # cross-cka, compare: models in one pass
+MAX_MEASURES = 16  # compare: measures in one pass
 MAX_REF_CHARS = 1000
 MAX_LABEL_CHARS = 200
 MAX_GLOBS = 32
@@ -55,6 +57,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # kind -> option -> (type, low, high) or (str, choices): every kind-specific setting a request may carry
 OPTION_SPECS: dict[str, dict[str, tuple]] = {
     "cross-cka": {},
+    "compare": {"measures": ("measures", 1, MAX_MEASURES)},  # measure keys: rsa, rbf-cka(frac=0.5), ... (default: cka)
     "cka": {},
     "blocks": {
         "pc_examples": (int, 2, 1_000_000),
@@ -204,7 +207,7 @@ class ComparisonRequest:
             raise _bad("refs", f"{short_repr(self.refs)} is not a list of references", "give model references as strings")
         n = len(self.refs)
         want = {"cka": (1, 1), "blocks": (1, 1), "probes": (1, 1), "delete-blocks": (1, 1),
-                "cross-cka": (2, MAX_MODELS)}.get(self.kind, (2, 2))
+                "cross-cka": (2, MAX_MODELS), "compare": (2, MAX_MODELS)}.get(self.kind, (2, 2))
         if not want[0] <= n <= want[1]:
             what = "side specs" if self.kind in SIDE_KINDS else "model references"
             count = str(want[0]) if want[0] == want[1] else f"{want[0]} to {want[1]}"
@@ -222,7 +225,9 @@ class ComparisonRequest:
                 raise _bad(f"options.{name}", f"{self.kind} has no option {short_repr(name)}", f"its options are: {allowed}")
             rule = spec[name]
             where = f"options.{name}"
-            if rule[0] is bool:
+            if rule[0] == "measures":
+                self._check_measures(where, v, rule[1], rule[2])
+            elif rule[0] is bool:
                 if not isinstance(v, bool):
                     raise _bad(where, f"{short_repr(v)} is not true or false", "give true or false")
             elif rule[0] is list:
@@ -244,6 +249,23 @@ class ComparisonRequest:
                 if not ok:
                     raise _bad(where, f"{short_repr(v)} is not a number in [{rule[1]}, {rule[2]}]",
                                f"give a finite number from {rule[1]} to {rule[2]}")
+
+    @staticmethod
+    def _check_measures(where: str, v: Any, low: int, high: int) -> None:
+        """A list of ``low`` to ``high`` measure keys (``rsa``, ``rbf-cka(frac=0.5)``), each a known measure with
+        parameters in range, none twice."""
+        if not isinstance(v, (list, tuple)) or not low <= len(v) <= high or not all(isinstance(k, str) for k in v):
+            raise _bad(where, f"{short_repr(v)} is not a list of {low} to {high} measure names",
+                       f"give measures such as ['rsa', 'rbf-cka(frac=0.5)'] ({', '.join(measure_names())})")
+        keys = []
+        for i, text in enumerate(v):
+            _text(f"{where}[{i}]", text, MAX_GLOB_CHARS)
+            try:
+                keys.append(measure_from_key(text).key)
+            except MeasureError as e:
+                raise _bad(f"{where}[{i}]", str(e), "see `hubcompare measures` (api/measures) for names and ranges") from None
+        if len(set(keys)) != len(keys):
+            raise _bad(where, f"{short_repr(v)} names a measure twice", "name each measure (with its parameters) once")
 
     # --- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -298,18 +320,20 @@ class ComparisonRequest:
         """A model reference (or, for population kinds, a side spec) that parses; a path on this machine only when
         ``allow_paths``."""
         if self.kind in SIDE_KINDS:
-            if ref.startswith("@"):
+            if ref.startswith(FILE_PREFIX):
                 if not allow_paths:
                     raise _bad(where, f"{short_repr(ref)} names a file on the server", _NO_PATHS)
                 return
-            if not _is_path(ref) and "+" in ref:
-                for token in ref.split("+"):
-                    self._check_reference(where, token.strip(), allow_paths)
+            items = side_items(ref, is_local_folder)
+            if len(items) > 1:
+                for item in items:
+                    self._check_reference(where, item.text, allow_paths)
                 return
-            if ref.partition(":")[0] in SIDE_SCHEMES and ref.partition(":")[2]:
-                if ref.startswith("collection:"):  # a slug is a Hub path: the name rules, before any request
+            item = items[0]
+            if item.scheme is not None and item.rest:
+                if item.scheme == "collection":  # a slug is a Hub path: the name rules, before any request
                     try:
-                        check_collection_slug(ref.partition(":")[2])
+                        check_collection_slug(item.rest)
                     except InvalidNameError as e:
                         raise _bad(where, str(e), "a slug names one collection, never another Hub path") from None
                 return
@@ -324,13 +348,6 @@ class ComparisonRequest:
 
 _NO_PATHS = ("the service does not open paths: use hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name "
              "(population sides: population:NAME, registry:KEY=VALUE, hf-tag:TAG, collection:SLUG, joined by '+')")
-
-
-def _is_path(ref: str) -> bool:
-    try:
-        return Path(ref).expanduser().is_dir()
-    except (OSError, ValueError):
-        return False
 
 
 # --- what a kind's prepare takes and returns (here, not in run.py, which imports the kinds) -----------------

@@ -40,7 +40,7 @@ from ..errors import InvalidRequestError
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..results.keys import result_key
 from ..results.store import ResultStore, StoredResult
-from . import cka_kinds, population_kinds, probe_kinds, seed_kinds
+from . import cka_kinds, measure_kinds, population_kinds, probe_kinds, seed_kinds
 from .requests import ComparisonRequest, Context, Prepared, Progress
 
 __all__ = ["Context", "Kind", "Outcome", "Prepared", "TRUST_PULLED_ENV", "export", "kind_for", "neutral", "run_request",
@@ -77,8 +77,8 @@ class Outcome:
         return self.stored.key
 
 
-_KINDS: dict[str, Kind] = {k.name: k for k in (*cka_kinds.KINDS, *population_kinds.KINDS, *seed_kinds.KINDS,
-                                                *probe_kinds.KINDS)}
+_KINDS: dict[str, Kind] = {k.name: k for k in (*cka_kinds.KINDS, *measure_kinds.KINDS, *population_kinds.KINDS,
+                                                *seed_kinds.KINDS, *probe_kinds.KINDS)}
 
 
 def kind_for(name: str) -> Kind:

@@ -28,6 +28,7 @@ from ..errors import (
 from ..hub.endpoint import hub_api, listed_reference, listed_repo_id, with_retries
 from ..hub.names import check_collection_slug
 from ..hub.references import resolve_reference
+from ..hub.sidespec import FILE_PREFIX, SideItem, is_local_folder, side_items
 from ..hub.registry import Registry, default_registry_path
 from ..models.checkpoint import DEFAULT_MAX_PARAMS, WEIGHTS_FILE
 from ..models.devices import resolve_device
@@ -191,8 +192,8 @@ def expand_side(spec: str, registry=None, api=None) -> list[str]:
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidReferenceError(f"an empty side.\n{SIDE_FORMS}")
     spec = spec.strip()
-    if spec.startswith("@"):
-        path = Path(spec[1:]).expanduser()
+    if spec.startswith(FILE_PREFIX):
+        path = Path(spec[len(FILE_PREFIX):]).expanduser()
         if not path.is_file():
             raise InvalidReferenceError(f"{spec}: no file {path} listing the side's models.\n{SIDE_FORMS}")
         try:
@@ -204,10 +205,8 @@ def expand_side(spec: str, registry=None, api=None) -> list[str]:
             raise InvalidReferenceError(f"{spec}: cannot read {path} ({e.strerror or e}).") from None
         lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
         refs = [r for ln in lines if ln for r in expand_side(ln, registry, api)]
-    elif Path(spec).expanduser().is_dir() or "+" not in spec:
-        refs = _expand_token(spec, registry, api)
     else:
-        refs = [r for token in spec.split("+") for r in _expand_token(token, registry, api)]
+        refs = [r for item in side_items(spec, is_local_folder) for r in _expand_item(item, registry, api)]
     if not refs:
         raise EmptyPopulationError(f"{spec} names no model.\n{SIDE_FORMS}")
     dupes = sorted({r for r in refs if refs.count(r) > 1})
@@ -216,12 +215,11 @@ def expand_side(spec: str, registry=None, api=None) -> list[str]:
     return refs
 
 
-def _expand_token(token: str, registry, api) -> list[str]:
-    token = token.strip()
-    if not token:
+def _expand_item(item: SideItem, registry, api) -> list[str]:
+    if not item.text:
         raise InvalidReferenceError(f"an empty item in a side ('+' at the start, end, or twice).\n{SIDE_FORMS}")
-    scheme, sep, rest = token.partition(":")
-    if sep and scheme in ("population", "registry", "hf-tag", "collection"):
+    scheme, rest = item.scheme, item.rest
+    if scheme is not None:
         if not rest:
             raise InvalidReferenceError(f"nothing follows '{scheme}:'.\n{SIDE_FORMS}")
         if scheme in ("population", "registry"):
@@ -231,7 +229,7 @@ def _expand_token(token: str, registry, api) -> list[str]:
             check_collection_slug(rest)  # before any client is made or request sent
         api = api or hub_api()
         return _hub_tag(rest, api) if scheme == "hf-tag" else _collection(rest, api)
-    return [token]
+    return [item.text]
 
 
 # --- predictions --------------------------------------------------------------------------------

@@ -187,6 +187,35 @@ def _probes_document(limits: PullLimits) -> Check:
     return check
 
 
+def _measures_document(limits: PullLimits) -> Check:
+    """``measures.json`` of a compare result: every pair, each measure's value and SE matrices over its layers."""
+    top = obj({"command": literal("compare"), "models": list_of(obj({"ref": _str, "label": _str})), "measure_keys": _STRS,
+               "pairs": _list, "warnings": _STRS, "settings": _dict})
+    pair = obj({"a": _str, "b": _str, "label_a": _str, "label_b": _str, "index_a": _int, "index_b": _int, "stem": _str,
+                "measures": _dict})
+    entry = obj({"key": _str, "value": list_of(_NUMS), "se": list_of(_NUMS), "layers_a": _STRS, "layers_b": _STRS,
+                 "orientation": _str, "range": _NUMS}, {"params": _dict, "symmetric": _bool})
+
+    def check(value: Any, path: str) -> None:
+        top(value, path)
+        n = len(value["models"])
+        for i, p in enumerate(value["pairs"]):
+            where = f"pairs[{i}]"
+            pair(p, where)
+            if not (0 <= p["index_a"] < n and 0 <= p["index_b"] < n) or not re.fullmatch(r"measures(-.+-vs-.+)?", p["stem"]):
+                raise _Bad(f"{where} names a model outside the {n} models or a figure that is not its own")
+            for name, e in p["measures"].items():
+                at = f"{where}.measures.{name}"
+                obj({"layers_a": _list, "layers_b": _list, "value": _list, "se": _list})(e, at)
+                na, nb = len(e["layers_a"]), len(e["layers_b"])
+                over(limits, "max_layers", max(na, nb), f"{at}: layers_a x layers_b ({na} x {nb})", unit="layers")
+                for m in ("value", "se"):
+                    if len(e[m]) != na or any(not isinstance(row, list) or len(row) != nb for row in e[m]):
+                        raise _Bad(f"{at}.{m} is not a {na} x {nb} matrix")
+                entry(e, at)
+    return check
+
+
 _POPULATION = {"side_a": _str, "side_b": _str, "summary": _dict, "warnings": _STRS, "provenance": _dict}
 _CLASS_ROW = obj({"class": one_of(_str, _int, what="a class name"), "index": _int, "mean_a": _num, "mean_b": _num,
                   "difference": _num, "p": _num, "q": _num, "significant": _bool})
@@ -200,6 +229,7 @@ def document_spec(kind: str, limits: PullLimits) -> dict[str, Check] | None:
                  "provenance": _dict})
     return {
         "cross-cka": {"cka.json": cka, "cka-*-vs-*.json": cka},
+        "compare": {"measures.json": _measures_document(limits)},
         "cka": {"cka.json": cka},
         "blocks": {"blocks.json": _blocks_document(limits)},
         "agreement": {"agreement.json": obj({"kind": literal("agreement"), **_POPULATION})},
@@ -213,8 +243,8 @@ def document_spec(kind: str, limits: PullLimits) -> dict[str, Check] | None:
     }.get(kind)
 
 
-KIND_DOCUMENTS = ("cross-cka", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
-REQUIRED = {"cka": ("cka.json",), "blocks": ("blocks.json",), "agreement": ("agreement.json",),
+KIND_DOCUMENTS = ("cross-cka", "compare", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
+REQUIRED = {"compare": ("measures.json",), "cka": ("cka.json",), "blocks": ("blocks.json",), "agreement": ("agreement.json",),
             "class-diff": ("class_diff.json",), "across-seeds": ("across_seeds.json",), "probes": ("probes.json",),
             "delete-blocks": ("deletion.json",)}
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..comparisons.requests import KINDS
 from ..errors import RequestMediaTypeError, ServiceRequestError
+from ..similarity.measures import measure_info, measure_names
 from .bounded import LIST_BUDGET
 from .checks import check_registered, check_request, job_advice, parse_request_body
 from .views import (
@@ -101,6 +102,12 @@ def health(request: Request) -> dict:
             "backend": c.backend, "worker_restarts": s.jobs.restarts, "broken": s.jobs.broken, "writes_need_token": c.writes_need_token,
             "journal": {"path": str(s.jobs.journal.path) if s.jobs.journal else None, "problem": s.jobs.journal_problem},
             "limits": {"max_examples": c.max_examples, "max_models": c.max_models, "max_body_bytes": c.max_body_bytes}}
+
+
+@router.get("/measures", summary="The similarity measures a compare request may name (options.measures)")
+def measures() -> dict:
+    return {"measures": [measure_info(name) for name in measure_names()],
+            "key_form": "NAME or NAME(PARAM=NUMBER,...), e.g. rbf-cka(frac=0.5)"}
 
 
 @router.get("/models", summary="Registry entries matching the filters")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import re
 
-from ..comparisons.requests import CKA_KINDS, KINDS, PROBE_KINDS, SIDE_KINDS, SIDE_SCHEMES, ComparisonRequest
+from ..comparisons.requests import CKA_KINDS, KINDS, PROBE_KINDS, SIDE_KINDS, ComparisonRequest
+from ..hub.sidespec import SIDE_SCHEMES, names_many_models, side_items
 from ..errors import ServiceRequestError, short_repr
 from ..hub.names import NAME
 from .config import ServiceConfig
@@ -56,8 +57,7 @@ LAYER_KINDS = CKA_KINDS + ("across-seeds", "probes")  # layer globs apply
 def names_a_side(ref: str) -> bool:
     """A many-model side (population:NAME, A+B, ...) rather than one model: what turns cross-cka into across-seeds,
     as the CLI's cross-cka does."""
-    ref = ref.strip()
-    return ref.partition(":")[0] in SIDE_SCHEMES or "+" in ref
+    return names_many_models(ref)  # the service opens no paths: no folder is one model
 
 
 def check_references(data: dict) -> None:
@@ -71,7 +71,7 @@ def check_references(data: dict) -> None:
     for i, ref in enumerate(refs):
         if not isinstance(ref, str):
             continue
-        parts = [p.strip() for p in ref.split("+")] if sides and "+" in ref else [ref.strip()]
+        parts = [item.text for item in side_items(ref)] if sides else [ref.strip()]
         for part in parts:
             if not _reference_form(part, sides):
                 raise ServiceRequestError(f"refs[{i}]: {short_repr(ref)} is not a reference this server takes: give "
@@ -172,7 +172,7 @@ def check_form_references(fields: dict[str, str], kind: str, names, populations,
     ``advice`` (on the page, or over the API)."""
     sides = kind in SIDE_KINDS
     for field, ref in fields.items():
-        parts = [p.strip() for p in ref.split("+")] if sides and "+" in ref else [ref.strip()]
+        parts = [item.text for item in side_items(ref)] if sides else [ref.strip()]
         for part in parts:
             scheme, sep, rest = part.partition(":")
             what = f"{field}: {short_repr(part)}"
@@ -233,4 +233,7 @@ def form_request(form: dict, config: ServiceConfig, registry=None) -> Comparison
             raise ServiceRequestError(f"examples: {short_repr(examples)} is not a whole number", params=("examples",)) from None
         if kind == "probes" and data["examples"] is not None:
             data["options"] = {"train_examples": data["examples"]}
+    if kind == "compare":
+        measures = [m.strip() for m in re.split(r",(?![^(]*\))", form.get("measures") or "") if m.strip()]
+        data["options"] = {"measures": measures or ["cka"]}
     return check_request(data, config)

@@ -88,6 +88,7 @@ class Heatmap:
     plot_w: float = 0.0
     plot_h: float = 0.0
     layers: tuple[int, int] = (0, 0)  # the matrix's layers (rows, columns), whatever is drawn
+    measure: str = "CKA"  # what the values are (the hover text and the figure's label say it)
     per_cell: tuple[int, int] = (1, 1)  # layers a cell stands for (rows, columns): (1, 1) unless downsampled
 
     @property
@@ -137,9 +138,16 @@ def _num(v) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
-def build_heatmap(cka_json: dict, *, title: str = "", blocks: list[dict] | None = None) -> Heatmap:
-    """The heatmap of a ``CKAResult.to_json()`` dict; ``blocks``: ``BlockReport.to_json()["blocks"]`` to outline.
+def build_heatmap(cka_json: dict, *, title: str = "", blocks: list[dict] | None = None, measure: str = "CKA",
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> Heatmap:
+    """The heatmap of a ``CKAResult.to_json()`` dict (or any measure's matrix in its ``cka`` field: ``measure`` names
+    it, ``value_range`` spans the colour scale); ``blocks``: ``BlockReport.to_json()["blocks"]`` to outline.
     Over ``MAX_CELLS`` layers a side it is block-averaged (see the module's doc)."""
+    lo, hi = (float(value_range[0]), float(value_range[1])) if value_range[1] > value_range[0] else (0.0, 1.0)
+
+    def colour(v: float | None) -> str:
+        return magma(None if v is None else (v - lo) / (hi - lo))
+
     layers_a, layers_b = [str(x) for x in cka_json["layers_a"]], [str(x) for x in cka_json["layers_b"]]
     n_a, n_b = len(layers_a), len(layers_b)
     values = _matrix(cka_json["cka"], n_a, n_b, "CKA")
@@ -162,7 +170,7 @@ def build_heatmap(cka_json: dict, *, title: str = "", blocks: list[dict] | None 
         for i, a in enumerate(layers_a):
             for j, b in enumerate(layers_b):
                 v, se = _num(values[i, j]), _num(errors[i, j])
-                cells.append(Cell(round(left + j * size, 3), round(y_of(i), 3), a, b, v, se, magma(v)))
+                cells.append(Cell(round(left + j * size, 3), round(y_of(i), 3), a, b, v, se, colour(v)))
     elif rows and cols:
         mean, low, high = (_pool(values, starts_a, starts_b, how) for how in ("mean", "min", "max"))
         worst_se = _pool(errors, starts_a, starts_b, "max")
@@ -173,7 +181,7 @@ def build_heatmap(cka_json: dict, *, title: str = "", blocks: list[dict] | None 
                 j1 = min(int(j0) + k_b, n_b) - 1
                 b = f"{layers_b[j0]} … {layers_b[j1]}" if j1 > j0 else layers_b[j0]
                 v = _num(mean[r, c])
-                cells.append(Cell(round(left + j0 * unit, 3), round(y_of(i1), 3), a, b, v, _num(worst_se[r, c]), magma(v),
+                cells.append(Cell(round(left + j0 * unit, 3), round(y_of(i1), 3), a, b, v, _num(worst_se[r, c]), colour(v),
                                   pairs=(i1 - i0 + 1) * (j1 - j0 + 1), low=_num(low[r, c]), high=_num(high[r, c])))
     every_a, every_b = _tick_every(rows), _tick_every(cols)
     ticks_a = [(round(y_of(min(int(i) + k_a, n_a) - 1) + (min(k_a, n_a - int(i)) * unit_h) / 2, 3), _short(layers_a[i]))
@@ -194,14 +202,14 @@ def build_heatmap(cka_json: dict, *, title: str = "", blocks: list[dict] | None 
         span = stop - start + 1
         outlined.append({"x": round(left + start * unit, 3), "y": round(y_of(stop), 3), "w": round(span * unit, 3),
                          "h": round(span * unit_h, 3), "label": f"block {start}-{stop} ({span} layers, mean CKA {mean_cka:.3f})"})
-    legend = [(k / 10, magma(k / 10)) for k in range(11)]
+    legend = [(lo + (hi - lo) * k / 10, magma(k / 10)) for k in range(11)]
     return Heatmap(title=title, label_a=str(cka_json.get("label_a") or cka_json.get("ref_a") or "A"),
                    label_b=str(cka_json.get("label_b") or cka_json.get("ref_b") or "B"), size=round(size, 3),
                    size_h=round(size_h, 3),
                    width=left + plot_w + MARGIN_RIGHT + 70, height=top + plot_h + MARGIN_BOTTOM, cells=cells,
                    ticks_a=ticks_a, ticks_b=ticks_b, lines_a=lines_a, lines_b=lines_b, blocks=outlined, legend=legend,
                    left=left, top=top, plot_w=round(plot_w, 3), plot_h=round(plot_h, 3), layers=(n_a, n_b),
-                   per_cell=(k_a, k_b))
+                   per_cell=(k_a, k_b), measure=measure)
 
 
 def _boundaries(found, n: int) -> list[int]:

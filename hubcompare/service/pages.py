@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..comparisons.requests import KINDS
 from ..data.datasets import DATASETS
 from ..errors import HubcompareError, ServiceRequestError
+from ..similarity.measures import measure_names
 from .api import download
 from .bounded import ONE_RESULT_BUDGET, bounded, page_number, page_of
 from .card import render_card
@@ -46,7 +47,7 @@ from .writes import push_stored_result
 __all__ = ["render", "router"]
 
 router = APIRouter(include_in_schema=False)
-FORM_FIELDS = ("model_a", "model_b", "kind", "dataset", "layers", "examples")
+FORM_FIELDS = ("model_a", "model_b", "kind", "dataset", "layers", "examples", "measures")
 DEFAULT_EXAMPLES = 500
 MAX_HEADLINE_ROWS = 300  # a summary's values on its page
 
@@ -182,7 +183,7 @@ def _compare_context(request: Request, values: dict, error: str | None = None) -
     return {"values": values, "error": error, "names": [e.name for e in entries], "choices": [(e.name, _choice_label(e)) for e in entries],
             "populations": pops, "kinds": KINDS,
             "one_model_kinds": ONE_MODEL_KINDS, "sized_kinds": SIZED_KINDS, "layer_kinds": LAYER_KINDS, "datasets": list(DATASETS),
-            "max_examples": config.max_examples}
+            "max_examples": config.max_examples, "measure_names": measure_names()}
 
 
 def _choice_label(e) -> str:

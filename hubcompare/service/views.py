@@ -19,6 +19,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from ..errors import CrossSiteWriteError, ResultNotFoundError, ServiceRequestError, short_repr
 from ..hub.names import parse_reference
+from ..comparisons.measure_kinds import MEASURES_FILE
 from ..hub.registry import Entry, Registry
 from ..results.store import ResultStore, StoredResult, check_key
 from .config import ServiceConfig
@@ -34,6 +35,7 @@ SMALL_JSON_BYTES = 1_000_000  # a JSON file over this is parsed in one of PARSE_
 PARSE_SLOTS = 1
 CACHE_SIZE = 32  # digests of result files kept (results are immutable: a key names its content); each is bounded
 MAX_DIGEST_ROWS = 10_000  # rows of a result file's table kept for its pages
+MAX_MEASURE_HEATMAPS = 64  # a compare result's pairs x measures the page offers (measures.json holds them all)
 _parse_slots = BoundedSemaphore(PARSE_SLOTS)
 
 
@@ -112,6 +114,9 @@ def file_digest(s: StoredResult, name: str, data) -> dict:
     out: dict = {}
     if not isinstance(data, dict):
         return out
+    if s.kind == "compare" and name == MEASURES_FILE:
+        out["heatmaps"] = _measure_heatmaps(data)
+        return out
     cka = data.get("cka") if name == "blocks.json" else data
     if isinstance(cka, dict) and name in cka_pairs(s):
         blocks = [b for b in data.get("blocks") or [] if isinstance(b, dict)] if name == "blocks.json" else []
@@ -125,6 +130,27 @@ def file_digest(s: StoredResult, name: str, data) -> dict:
         if isinstance(rows, list):
             out[field_name] = [r for r in rows[:MAX_DIGEST_ROWS] if isinstance(r, dict)]
             out[f"{field_name}_total"] = len(rows)
+    return out
+
+
+def _measure_heatmaps(doc: dict) -> dict[str, Heatmap]:
+    """Each pair's each measure of a compare result's ``measures.json``, by ``STEM:MEASURE.json``, on the measure's
+    own range."""
+    out: dict[str, Heatmap] = {}
+    for pair in doc.get("pairs") or []:
+        if not isinstance(pair, dict) or not isinstance(pair.get("measures"), dict):
+            continue
+        for name, e in pair["measures"].items():
+            if not isinstance(e, dict):
+                continue
+            low, high = (e.get("range") or [0.0, 1.0])[:2]
+            values = {"layers_a": e.get("layers_a") or [], "layers_b": e.get("layers_b") or [], "cka": e.get("value"),
+                      "se": e.get("se"), "label_a": pair.get("label_a"), "label_b": pair.get("label_b")}
+            out[f"{pair.get('stem')}:{name}.json"] = build_heatmap(
+                values, title=f"{e.get('key', name)}: {pair.get('label_a')} vs {pair.get('label_b')}",
+                measure=str(e.get("key", name)), value_range=(float(low), float(high)))
+            if len(out) >= MAX_MEASURE_HEATMAPS:
+                return out
     return out
 
 
@@ -247,7 +273,13 @@ def result_json(s: StoredResult, budget: int = ONE_RESULT_BUDGET) -> dict:
 
 
 def cka_pairs(s: StoredResult) -> list[str]:
-    """The CKA JSON files of a result whose heatmaps the page can show, in order."""
+    """The heatmaps the page can show, in order, by name: a result's CKA JSON files; for a compare result, each pair's
+    each measure from ``measures.json``, named ``STEM:MEASURE.json``."""
+    if s.kind == "compare":
+        stems = [p.get("stem") for p in s.summary.get("pairs") or [] if isinstance(p, dict)]
+        names = [str(k).split("(")[0] for k in s.summary.get("measures") or []]
+        found = [f"{stem}:{name}.json" for stem in stems for name in names] if MEASURES_FILE in s.files else []
+        return found[:MAX_MEASURE_HEATMAPS]
     if s.kind == "blocks":
         return ["blocks.json"] if "blocks.json" in s.files else []
     if "cka.json" in s.files:
@@ -256,6 +288,8 @@ def cka_pairs(s: StoredResult) -> list[str]:
 
 
 def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap | None:
+    if s.kind == "compare":
+        return service.digest(s, MEASURES_FILE).get("heatmaps", {}).get(name)
     return service.digest(s, name).get("heatmap")
 
 

@@ -1,5 +1,5 @@
 // The compare form: model B only for two-sided kinds, layers/examples only for the kinds they apply to (the server
-// lists them on the kind's <select>: data-one, data-sized, data-layers).
+// lists them on the kind's <select>: data-one, data-sized, data-layers, data-measures).
 (function () {
   "use strict";
   function ready() {
@@ -10,6 +10,7 @@
       document.getElementById("model_b_label").hidden = listed("one");
       document.getElementById("layers_label").hidden = !listed("layers");
       document.getElementById("examples_label").hidden = !listed("sized");
+      document.getElementById("measures_label").hidden = !listed("measures");
     }
     kind.addEventListener("change", update);
     update();

@@ -4,7 +4,8 @@ Importing this package registers every measure below, in the order ``hubcompare 
 
 from __future__ import annotations
 
-from .base import LayerInputs, Measure, MeasureEstimate, Param, make_measure, measure_class, measure_names, parse_measures
+from .base import (LayerInputs, Measure, MeasureEstimate, Param, make_measure, measure_class, measure_from_key, measure_info,
+                   measure_names, parse_measures)
 from .kernels import RBFCKA, LinearCKA
 from .cca import SVCCA, LinearRegression
 from .neighbours import MutualKNN
@@ -12,4 +13,4 @@ from .procrustes import Procrustes
 from .rsa import RSA
 
 __all__ = ["LayerInputs", "LinearCKA", "LinearRegression", "SVCCA", "Measure", "MeasureEstimate", "MutualKNN", "Param", "Procrustes", "RBFCKA", "RSA",
-           "make_measure", "measure_class", "measure_names", "parse_measures"]
+           "make_measure", "measure_class", "measure_from_key", "measure_info", "measure_names", "parse_measures"]

@@ -27,7 +27,7 @@ from ...errors import MeasureError, short_repr
 from ..cka import GRAM_CHUNK_ELEMENTS, flat_features
 
 __all__ = ["BatchMean", "LayerInputs", "double_centre", "example_stats", "symmetric_pairs", "Measure", "MeasureEstimate", "Param", "measure_names", "make_measure",
-           "measure_class", "parse_measures", "FLOAT64_GRAM", "ROW_STATS"]
+           "measure_class", "measure_from_key", "measure_info", "parse_measures", "FLOAT64_GRAM", "ROW_STATS"]
 
 ROW_STATS = "row_stats"  # what a measure may declare in ``needs`` beyond the centred Gram
 FLOAT64_GRAM = "float64_gram"  # the Gram's products in float64 (a float32 Gram's rounding swamps small eigenvalues)
@@ -253,6 +253,17 @@ def measure_names() -> list[str]:
     return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].listing, n))
 
 
+def measure_info(name: str) -> dict:
+    """What ``hubcompare measures`` and the service's ``api/measures`` say of measure ``name``: its definition,
+    orientation, range, estimator, parameters (default and range) and citation."""
+    cls = measure_class(name)
+    return {"name": name, "definition": cls.definition, "orientation": cls.orientation, "range": list(cls.value_range),
+            "symmetric": cls.symmetric, "estimator": cls.estimator,
+            "params": {p.name: {"default": p.default, "min": p.low, "max": p.high, "help": p.help, "integer": p.integer}
+                       for p in cls.params},
+            "citation": cls.citation}
+
+
 def measure_class(name: str) -> type[Measure]:
     try:
         return _REGISTRY[name]
@@ -264,6 +275,29 @@ def measure_class(name: str) -> type[Measure]:
 def make_measure(name: str, **params: object) -> Measure:
     """The measure ``name`` with ``params`` checked (defaults for the rest)."""
     return measure_class(name)(**params)
+
+
+def measure_from_key(key: str) -> Measure:
+    """The measure a key names (:attr:`Measure.key`: ``rsa``, ``rbf-cka(frac=0.5)``, ``mknn(k=20)``), its parameters
+    checked: how a stored request or an API call names a measure with its parameters in one string."""
+    text = key.strip() if isinstance(key, str) else ""
+    name, paren, rest = text.partition("(")
+    values: dict[str, float | int] = {}
+    if paren:
+        if not rest.endswith(")"):
+            raise MeasureError(f"{short_repr(key)} is not a measure key: write NAME or NAME(PARAM=NUMBER,...), e.g. "
+                               "rbf-cka(frac=0.5)", params=("measures",))
+        for item in filter(None, (part.strip() for part in rest[:-1].split(","))):
+            param, eq, number = item.partition("=")
+            try:
+                value = float(number)
+            except ValueError:
+                value = None
+            if not eq or not param.strip() or value is None:
+                raise MeasureError(f"{short_repr(key)}: {short_repr(item)} is not PARAM=NUMBER (e.g. rbf-cka(frac=0.5))",
+                                   params=("measures",))
+            values[param.strip()] = int(value) if value.is_integer() and "." not in number and "e" not in number.lower() else value
+    return make_measure(name.strip(), **values)
 
 
 def parse_measures(names: list[str] | tuple[str, ...], params: dict[str, dict] | None = None) -> list[Measure]:
