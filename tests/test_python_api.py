@@ -85,3 +85,24 @@ def test_store_is_opt_in_and_the_cli_shares_its_results(trained_run, tmp_path, m
     assert len(store.list()) == 1  # nothing stored without store=
     hubcompare.compare(refs, layers=["stem"], device="cpu")
     assert len(store.list()) == 1
+
+
+def test_other_measures_are_stored_as_the_cli_compare_stores_them(trained_run, tmp_path):
+    refs = [str(trained_run), f"local-dir:{trained_run}"]
+    store = ResultStore(tmp_path / "home" / "results")
+    fresh = hubcompare.compare(refs, layers=LAYERS, device="cpu", measures=["rsa", "linreg"], store=store)
+    live = hubcompare.compare(refs, layers=LAYERS, device="cpu", measures=["rsa", "linreg"])  # nothing stored
+    assert not fresh.from_store and [s.kind for s in store.list()] == ["compare"]
+    for name in ("rsa", "linreg"):
+        assert np.array_equal(fresh.measure(name, 0, 1)[0], live.measure(name, 0, 1)[0], equal_nan=True)
+    cli = _cli(own_home_env(tmp_path), "compare", *refs, "--measure", "rsa", "--measure", "linreg", "--layers", "stem",
+               "--layers", "*.out", "--out", str(tmp_path / "cli"))
+    assert cli["from_store"] is True and cli["result_key"] == fresh.key  # the CLI's compare is the same request
+    again = hubcompare.compare(refs, layers=LAYERS, device="cpu", measures=["rsa", "linreg"], store=store)
+    assert again.from_store and np.array_equal(again.measure("rsa", 1, 0)[0], live.measure("rsa", 1, 0)[0], equal_nan=True)
+    with pytest.raises(InvalidRequestError, match="asymmetric"):
+        again.measure("linreg", 1, 0)  # stored: model 0's layers predicting model 1's
+    with pytest.raises(InvalidRequestError, match="not in this stored result"):
+        again.measure("procrustes", 0, 1)
+    with pytest.raises(InvalidRequestError, match="read them with measure"):
+        again.pair(0, 1)

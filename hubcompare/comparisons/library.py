@@ -12,7 +12,7 @@ uses (``hubcompare results list`` shows it, and the CLI's same request answers f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,6 +37,7 @@ from .cka_kinds import (
     plan_warnings,
     run_pass,
 )
+from .measure_kinds import MEASURES_FILE
 from .requests import ComparisonRequest
 from .run import Outcome, run_request
 
@@ -57,6 +58,7 @@ class Compared:
     comparison: Comparison | None = None
     outcome: Outcome | None = None
     _pairs: dict[tuple[int, int], CKAResult] = field(default_factory=dict, repr=False)
+    _measures: dict | None = field(default=None, repr=False)  # a stored compare result's measures.json
 
     @property
     def key(self) -> str | None:
@@ -70,9 +72,11 @@ class Compared:
 
     def measure(self, name: str, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Measure ``name``'s (or key's, ``rbf-cka(frac=0.5)``) value and SE, model i's layers (rows) by model j's."""
+        if self._measures is not None:
+            return _stored_measure(self._measures, name, i, j)
         if self.comparison is None:
-            raise InvalidRequestError("a stored result keeps linear CKA only: compare without the store for other measures",
-                                      "measures", params=("measures",))
+            raise InvalidRequestError("a stored cross-cka keeps linear CKA only: ask for the measures (measures=[...]) to "
+                                      "store them", "measures", params=("measures",))
         keys = [k for k, m in self.comparison.measure_specs.items() if name in (k, m.name)]
         if not keys:
             raise InvalidRequestError(f"{name!r} was not computed in this comparison (it has "
@@ -85,6 +89,9 @@ class Compared:
             n = len(self.labels)
             if not (0 <= i < n and 0 <= j < n):
                 raise IndexError(f"pair ({i}, {j}): this comparison has {n} model{'s' if n != 1 else ''} (0 to {n - 1})")
+            if self._measures is not None:
+                raise InvalidRequestError(f"pair ({i}, {j}): a stored compare result holds its measures: read them with "
+                                          "measure(name, i, j) (CKA too, when it was asked for)", "measures")
             if self.comparison is None:
                 stored = ", ".join(f"({a}, {b})" for a, b in self._pairs)
                 raise InvalidRequestError(f"pair ({i}, {j}) is not in the stored result (it holds {stored}): a stored "
@@ -108,7 +115,8 @@ def compare(models: Sequence[str | CompareModel], dataset: str | ImageDataset | 
     up and store it (the models as references, the dataset by name); ``recompute``, ``trust_pulled`` as the CLI's
     ``--recompute``/``--trust-pulled``. ``on_progress(stage, done, total)``: live progress. ``measures``: names (or
     measure objects with parameters, :mod:`..similarity.measures`) computed in the same pass, read with
-    ``Compared.measure(name, i, j)``; the store keeps linear CKA only (for now), so other measures need ``store`` None."""
+    ``Compared.measure(name, i, j)``; with ``store``, measures other than CKA are stored as ``hubcompare compare`` stores
+    them (the measures and their parameters in the key; read them with ``measure``, not ``pair``)."""
     chosen = [m if isinstance(m, Measure) else parse_measures([m])[0] for m in measures]
     models = list(models)
     refs = tuple(m if isinstance(m, str) else m.ref for m in models)
@@ -118,14 +126,16 @@ def compare(models: Sequence[str | CompareModel], dataset: str | ImageDataset | 
                             labels=tuple(labels) if labels else None)
     progress = on_progress or (lambda stage, done, total: None)
     if store is not None and store is not False:
-        if any(m.name != "cka" for m in chosen):
-            raise InvalidRequestError("measures: the result store keeps linear CKA only so far; compare without the store "
-                                      "for other measures", "measures", params=("measures",))
         if isinstance(dataset, ImageDataset):
             raise InvalidRequestError("dataset: a stored result names its dataset; give its name (e.g. 'digits'), or "
                                       "compare without store=", "dataset", params=("dataset",))
-        return _stored(req, ResultStore() if store is True else store, recompute=recompute, trust_pulled=trust_pulled,
-                       data_dir=data_dir, max_params=max_params, device=device, on_progress=progress)
+        kwargs = dict(recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, max_params=max_params, device=device,
+                      on_progress=progress)
+        target = ResultStore() if store is True else store
+        if [m.key for m in chosen] != ["cka"] and len(refs) > 1:  # other measures: the compare kind (they are in its key)
+            return _stored_measures(replace(req, kind="compare", options={"measures": [m.key for m in chosen]}), target,
+                                    **kwargs)
+        return _stored(req, target, **kwargs)
     built = [CompareModel.from_resolved(resolve_reference(m, max_params=max_params), req.layers, ref=m)
              if isinstance(m, str) else (CompareModel(m.ref, m.model, m.provenance, list(req.layers)) if req.layers else m)
              for m in models]
@@ -135,6 +145,39 @@ def compare(models: Sequence[str | CompareModel], dataset: str | ImageDataset | 
     comp = run_pass(req, st, progress, None, measures=chosen)
     settings = {k: v for k, v in comp.settings.items()} | {"batch_plan": st.plan.to_json()}
     return Compared(st.names, st.plan, list(dict.fromkeys(comp.warnings + plan_warnings(st.plan))), settings, comp)
+
+
+def _stored_measures(req: ComparisonRequest, store: ResultStore, **kwargs) -> Compared:
+    """``req`` (a compare) through :func:`run_request`; its measures read back from the stored ``measures.json``."""
+    outcome = run_request(req, store=store, **kwargs)
+    stored = outcome.stored
+    doc = json.loads(stored.file(MEASURES_FILE).read_text())
+    names = labels_for(stored, req)
+    settings = {k: v for k, v in doc["settings"].items()}
+    return Compared(names, batch_plan_from_json(stored.summary["batch_plan"]), list(dict.fromkeys(outcome.warnings)),
+                    settings, None, outcome, _measures=doc)
+
+
+def _stored_measure(doc: dict, name: str, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Measure ``name`` (or its key) between models i and j from a stored ``measures.json`` (rows: model i)."""
+    n = len(doc["models"])
+    if not (0 <= i < n and 0 <= j < n) or i == j:
+        raise IndexError(f"pair ({i}, {j}): a stored compare result holds the pairs of its {n} models across models "
+                         f"(0 to {n - 1}, i != j)")
+    pair = next(p for p in doc["pairs"] if {p["index_a"], p["index_b"]} == {i, j})
+    entry = next((e for key, e in pair["measures"].items() if name in (key, e["key"])), None)
+    if entry is None:
+        raise InvalidRequestError(f"{name!r} is not in this stored result (it has {', '.join(doc['measure_keys'])}): ask "
+                                  "for it in the measures", "measures", params=("measures",))
+    value, se = (np.array([[np.nan if v is None else v for v in row] for row in entry[k]], dtype=float)
+                 for k in ("value", "se"))
+    if pair["index_a"] == i:
+        return value, se
+    if not entry.get("symmetric", True):
+        raise InvalidRequestError(f"{entry['key']} is asymmetric and the stored result holds model {pair['index_a']}'s "
+                                  f"layers (rows) against model {pair['index_b']}'s: ask for ({pair['index_a']}, "
+                                  f"{pair['index_b']})", "measures", params=("measures",))
+    return value.T.copy(), se.T.copy()
 
 
 def _stored(req: ComparisonRequest, store: ResultStore, **kwargs) -> Compared:
