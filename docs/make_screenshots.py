@@ -115,6 +115,9 @@ def main() -> None:
                 "probes": queue(service, {"kind": "probes", "refs": [b], "examples": args.examples,
                                           "options": {"train_examples": args.examples}}),
                 "delete-blocks": queue(service, {"kind": "delete-blocks", "refs": [b], "examples": args.examples}),
+                "compare": queue(service, {"kind": "compare", "refs": [a, b], "examples": args.examples,
+                                           "batch_size": args.examples,
+                                           "options": {"measures": ["rsa", "procrustes", "rbf-cka(frac=0.5)"]}}),
             }
             print(f"results stored in {time.monotonic() - t0:.0f} s")
             driver = new_browser(WIDTH, VIEW_HEIGHT)
@@ -132,6 +135,7 @@ def take_all(driver, service, keys: dict, out: Path, a: str, b: str) -> None:
              ("result-agreement", f"/results/{keys['agreement']}"), ("result-class-diff", f"/results/{keys['class-diff']}"),
              ("result-across-seeds", f"/results/{keys['across-seeds']}"), ("result-probes", f"/results/{keys['probes']}"),
              ("result-delete-blocks", f"/results/{keys['delete-blocks']}"),
+             ("result-compare-rsa", f"/results/{keys['compare']}"),
              ("compare", "/compare"), ("api-docs", "/docs"), ("not-found", "/results/0123456789abcdef")]
     for name, path in pages:
         driver.get(service.url(path))

@@ -158,7 +158,7 @@ def _result_response(request: Request, key: str, *, status: int = 200, share: di
         headline = headline[:MAX_HEADLINE_ROWS]
     tables = [t | {"page": page_of(t["rows"], number)} for t in list_tables(summary, skip=skip)]
     return render(request, "result.html", status=status, share=share or {}, result=stored, title=result_title(stored), headline=headline,
-                  settings=settings, pair_table=page_of(pair_rows(summary), number), pairs=pairs, pair=pair, heatmap=heatmap,
+                  settings=settings, pair_table=page_of(pair_rows(summary) if stored.kind != "compare" else [], number), pairs=pairs, pair=pair, heatmap=heatmap,
                   blocks=blocks, classes=classes, list_tables=tables, seed_table=seed_rows(summary), figures=figures,
                   warnings=[str(w)[:2000] for w in warnings[:50]],
                   key_inputs=key_inputs, asked=asked, truncated=cut + cut_summary + cut_inputs + cut_request, page=number)
