@@ -248,6 +248,9 @@ def test_mknn_refuses_minibatches_no_larger_than_k():
     with pytest.raises(CompareError, match="needs minibatches of more than k examples"):
         compare([CompareModel("A", make_resnet(0), layers=LAYERS)], ds, batch_size=8,
                 measures=parse_measures(["mknn"]))
+    with pytest.raises(CompareError, match="last minibatch holds the 8 examples left over from batches of 16"):
+        compare([CompareModel("A", make_resnet(0), layers=LAYERS)], ds, batch_size=16,  # 16 + 16 + 8
+                measures=parse_measures(["mknn"]))
 
 
 # ---- the command line: `hubcompare compare A B --measure ...` on digits equals the definitions ----------------------

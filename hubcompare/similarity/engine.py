@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import ImageDataset, load_dataset
-from ..errors import CompareError, DatasetChoiceError
+from ..errors import CompareError, DatasetChoiceError, MeasureError
 from ..models.devices import (
     MEMORY_FORMATS,
     channels_last_helps,
@@ -255,8 +255,16 @@ class ComparisonPass:
         self.measures = [m for m in st.measures if m.name != "cka"]  # linear CKA is always computed (its own fast path)
         if len({m.key for m in self.measures}) != len(self.measures):
             raise CompareError("a measure was given twice with the same parameters", params=("measures",))
+        smallest = min(len(mb.indices) for mb in self.plan)
         for m in self.measures:
-            m.check_batch(min(len(mb.indices) for mb in self.plan))
+            try:
+                m.check_batch(smallest)
+            except MeasureError as e:
+                if smallest == batch_size:
+                    raise
+                raise MeasureError(f"{e} (the plan's last minibatch holds the {smallest} examples left over from batches "
+                                   f"of {batch_size}: choose a batch size that divides the {self.n_total} examples, or "
+                                   "more examples)", params=e.params) from None
         self.row_stats = any(ROW_STATS in m.needs for m in self.measures)
         self.float64_grams = any(FLOAT64_GRAM in m.needs for m in self.measures)
         self.warnings: list[str] = []
