@@ -756,6 +756,7 @@ def test_every_kind_hubcompare_computes_is_pushed_and_pulled_back_whole(hub, tra
         (folder / CONFIG_FILE).write_text(json.dumps(config))
     run, pass_args = str(trained_run), ["--examples", "64", "--batch-size", "32"]
     commands = [["cka", run, *pass_args], ["cross-cka", run, str(m[0]), str(m[1]), *pass_args], ["blocks", run, *pass_args],
+                ["compare", run, str(m[0]), str(m[1]), "--measure", "rsa", "--measure", "procrustes", *pass_args],
                 ["agreement", f"{m[0]}+{m[1]}", f"{m[2]}+{m[3]}", "--splits", "20", "--permutations", "20"],
                 ["class-diff", f"{m[0]}+{m[1]}", f"{m[2]}+{m[3]}", "--splits", "20"],
                 ["across-seeds", f"{m[0]}+{m[1]}", str(m[2]), *pass_args],
