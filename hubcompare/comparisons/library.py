@@ -153,7 +153,7 @@ def _stored_measures(req: ComparisonRequest, store: ResultStore, **kwargs) -> Co
     stored = outcome.stored
     doc = json.loads(stored.file(MEASURES_FILE).read_text())
     names = labels_for(stored, req)
-    settings = {k: v for k, v in doc["settings"].items()}
+    settings = dict(doc["settings"])
     return Compared(names, batch_plan_from_json(stored.summary["batch_plan"]), list(dict.fromkeys(outcome.warnings)),
                     settings, None, outcome, _measures=doc)
 
