@@ -634,6 +634,25 @@ def test_a_compare_job_stores_every_measure_and_its_page_draws_each(client):
     assert 'id="measures"' in page.text and "procrustes" in page.text  # the form's field, with the names it takes
 
 
+def test_api_kinds_lists_each_kinds_spec_and_the_request_schema(client):
+    """What a script needs to build a request for any kind: its arity, its typed options, its files; the schema
+    POST /api/jobs validates against is the same one (openapi.json carries it)."""
+    from hubcompare.comparisons.kinds import kind_names
+
+    listed = client.get("/api/kinds").json()
+    kinds = {k["name"]: k for k in listed["kinds"]}
+    assert list(kinds) == list(kind_names())
+    assert kinds["agreement"]["refs"] == {"min": 2, "max": 2, "of": "sides"} and kinds["cka"]["refs"]["of"] == "models"
+    assert kinds["agreement"]["options"]["null_side"]["enum"] == ["a", "b", "auto"]
+    assert kinds["probes"]["options"]["validation_fraction"]["exclusiveMinimum"] == 0.0
+    assert kinds["compare"]["files"]["document"] == "measures.json"
+    assert kinds["delete-blocks"]["fixed"]["layers"] is None
+    clauses = {c["if"]["properties"]["kind"]["const"]: c["then"] for c in listed["schema"]["allOf"]}
+    assert clauses["blocks"]["properties"]["options"]["properties"]["min_size"]["minimum"] == 1
+    body = client.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["allOf"] == listed["schema"]["allOf"]
+
+
 def test_a_dead_hub_behind_a_registration_is_a_bad_gateway(client, home, monkeypatch):
     from huggingface_hub import constants
 

@@ -185,7 +185,7 @@ def cross_cka(
         return cross_cka_sides(**locals())  # the options across-seeds shares with this command are passed on
     from ..comparisons.cka_kinds import batch_plan_from_json, cka_result_from_json, labels_for
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
 
     if len(refs) < 2:
         raise typer.BadParameter("cross-cka needs at least two models (for one model's own heatmap use `hubcompare cka`).",
@@ -204,8 +204,9 @@ def cross_cka(
     written = export(outcome, req, out)
     stored = outcome.stored
     names, plan = labels_for(stored, req), batch_plan_from_json(stored.summary["batch_plan"])
-    pair_files = [written[3 * k: 3 * k + 3] for k in range(len(stored.summary["pairs"]))]  # npz, json, figure per pair
-    pairs = [json.loads(files[1].read_text()) for files in pair_files]
+    documents = files_of(req, written, "document")  # one per pair; a pair's files share its stem
+    pair_files = [[f for f in written if f.stem == d.stem] for d in documents]
+    pairs = [json.loads(d.read_text()) for d in documents]
     if json_out:
         print_json({"command": "cross-cka", "models": [{"ref": r, "label": n} for r, n in zip(refs, names)],
                     "batch_plan": plan.to_json(),
@@ -244,7 +245,7 @@ def cka(
     """Within-model CKA heatmap of every layer pair (the paper's Figure 1)."""
     from ..comparisons.cka_kinds import batch_plan_from_json, cka_result_from_json
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
 
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
@@ -256,7 +257,7 @@ def cka(
     out = out or default_out(f"cka-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
     plan = batch_plan_from_json(outcome.stored.summary["batch_plan"])
-    printed = json.loads(files[1].read_text())  # npz, json, figure
+    printed = json.loads(files_of(req, files, "document")[0].read_text())
     if json_out:
         print_json(printed | {"files": [str(f) for f in files]} | stored_json(outcome))
     else:
@@ -304,7 +305,7 @@ def blocks(
     """
     from ..comparisons.cka_kinds import batch_plan_from_json, block_report_from_json
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
 
     check_backend(backend, ray_address, workers)
     con = progress_console(json_out)
@@ -318,7 +319,7 @@ def blocks(
     warn(outcome.warnings)
     out = out or default_out(f"blocks-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
-    report = json.loads(files[0].read_text())  # blocks.json, blocks figure, CKA figure
+    report = json.loads(files_of(req, files, "document")[0].read_text())
     if json_out:
         print_json(report | {"files": [str(f) for f in files]} | stored_json(outcome))
         wrote(files, json_out)

@@ -88,7 +88,7 @@ def compare(
     models, every measure's layer-by-layer matrix with jackknife SEs, in one JSON file and one figure. Stored like
     every result (the measures and their parameters in its key)."""
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
     from ..similarity.measures import parse_measures
 
     if len(refs) < 2:
@@ -106,9 +106,9 @@ def compare(
     warn(outcome.warnings)
     out = out or default_out("compare-" + "-vs-".join(slug(r) for r in refs), outcome, req)
     files = export(outcome, req, out)
-    document = json.loads((out / "measures.json").read_text())
+    document = json.loads(files_of(req, files, "document")[0].read_text())
     pairs = document["pairs"]
-    for pair, figure in zip(pairs, files[1:]):
+    for pair, figure in zip(pairs, files_of(req, files, "figure")):
         pair["figure"] = str(figure)
     if json_out:
         print_json(document | {"measures": pairs[0]["measures"] if len(pairs) == 1 else None,

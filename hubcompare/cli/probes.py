@@ -79,7 +79,7 @@ def _run(kind: str, ref: str, *, layers, dataset, data_dir, batch_size, examples
     """The stored result of ``kind`` on ``ref`` or a fresh one (stored), written to ``--out`` as a fresh run writes it.
     Returns its JSON and the files written (the JSON, the CSV, the figure)."""
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
 
     if options.get("blocks") not in (None, "auto", "none"):
         _read_blocks(options["blocks"])  # a file that is no blocks JSON is refused before any work
@@ -90,7 +90,7 @@ def _run(kind: str, ref: str, *, layers, dataset, data_dir, batch_size, examples
     warn(outcome.warnings)  # e.g. a model fed data unlike its training data
     out = out or default_out(f"{kind}-{slug(ref)}", outcome, req)
     files = export(outcome, req, out)
-    doc = json.loads(files[0].read_text())
+    doc = json.loads(files_of(req, files, "document")[0].read_text())
     if json_out:
         print_json(doc | {"files": [str(f) for f in files]} | stored_json(outcome))
         wrote(files, json_out)

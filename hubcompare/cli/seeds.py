@@ -103,7 +103,7 @@ def across_seeds(
     hubcompare ResNet: the stem and every block output. Writes across_seeds.png (or --format), .json and .csv."""
     from ..comparisons.cka_kinds import batch_plan_from_json
     from ..comparisons.requests import ComparisonRequest
-    from ..comparisons.run import export
+    from ..comparisons.run import export, files_of
     from ..comparisons.seed_kinds import labels_for, seeds_result_from_json
 
     check_backend(backend, ray_address, workers)
@@ -117,7 +117,7 @@ def across_seeds(
     label_a, label_b = labels_for(outcome.stored, req)
     out = out or default_out(f"across-seeds-{slug(label_a)}-vs-{slug(label_b)}", outcome, req)
     files = export(outcome, req, out)
-    doc = json.loads(files[0].read_text())  # across_seeds.json, .csv, the figure
+    doc = json.loads(files_of(req, files, "document")[0].read_text())
     plan_warning = batch_plan_from_json(outcome.stored.summary["batch_plan"]).warning()
     warn(doc["warnings"] + ([plan_warning] if plan_warning else []))
     if json_out:

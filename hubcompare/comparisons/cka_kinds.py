@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -32,7 +32,10 @@ from ..similarity.engine import compare as local_compare
 from ..similarity.labels import file_slugs, unique_labels
 from ..similarity.plots import plot_block_report, plot_cka, plot_cka_grid
 from ..similarity.results import CKAResult
-from .requests import ComparisonRequest, Prepared
+from .kindspec import MAX_MODELS, FloatOption, IntOption, KindSpec, Prepared
+
+if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
+    from .requests import ComparisonRequest
 
 __all__ = ["BLOCKS", "CKA", "CROSS_CKA", "KINDS", "PassState", "batch_plan_from_json", "block_report_from_json",
            "cka_result_from_json", "copy_file", "device_text", "finish_pair", "labels_for", "model_identity", "model_records",
@@ -185,8 +188,12 @@ def batch_plan_from_json(d: dict) -> BatchPlan:
 class _CKAKind:
     """cross-cka (two or more models, every pair from one pass) and cka (one model's layers against each other)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, spec: KindSpec):
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def prepare(self, req: ComparisonRequest, ctx):
         prepared = _prepare_pass(req, ctx)
@@ -253,8 +260,18 @@ def _criteria(req: ComparisonRequest) -> BlockCriteria:
 class _BlocksKind:
     """One model's block structure: CKA with and without PC1, PC1 shares and cosines, the detected blocks."""
 
-    name = "blocks"
     DEFAULT_PC_EXAMPLES = 1024
+    spec = KindSpec(
+        name="blocks", summary="one model's block structure: CKA with and without PC1, PC1 shares, the detected blocks",
+        refs=(1, 1), estimator=True, sized=True,
+        options=(IntOption(name="pc_examples", doc="examples for the PC1 analysis", low=2, high=1_000_000, server_cap="examples"),
+                 FloatOption(name="pc1_threshold", doc="a block layer's least PC1 share", low=0.0, high=1.0),
+                 FloatOption(name="cka_threshold", doc="a block's least mean CKA", low=0.0, high=1.0),
+                 IntOption(name="min_size", doc="a block's fewest layers", low=1, high=10_000),
+                 IntOption(name="max_gap", doc="layers below threshold a block may span", low=0, high=10_000),
+                 FloatOption(name="min_mean_pc1", doc="a block's least mean PC1 share", low=0.0, high=1.0)),
+        files={"document": "blocks.json", "figure": "blocks.{fmt}", "cka_figure": "cka.{fmt}"})
+    name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx):
         prepared = _prepare_pass(req, ctx, block_layers=True)
@@ -303,8 +320,13 @@ class _BlocksKind:
         return written
 
 
-CROSS_CKA = _CKAKind("cross-cka")
-CKA = _CKAKind("cka")
+CROSS_CKA = _CKAKind(KindSpec(
+    name="cross-cka", summary="linear CKA between every layer of two or more models, every pair from one pass",
+    refs=(2, MAX_MODELS), estimator=True, sized=True, many_sides_kind="across-seeds",
+    files={"document": "cka*.json", "arrays": "cka*.npz", "figure": "cka*.{fmt}"}))
+CKA = _CKAKind(KindSpec(
+    name="cka", summary="linear CKA between one model's layers", refs=(1, 1), estimator=True, sized=True,
+    files={"document": "cka.json", "arrays": "cka.npz", "figure": "cka.{fmt}"}))
 BLOCKS = _BlocksKind()
 KINDS = (CROSS_CKA, CKA, BLOCKS)
 

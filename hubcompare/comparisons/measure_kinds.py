@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -20,15 +23,61 @@ from ..provenance import atomic_write_json
 from ..results.store import StoredResult
 from ..similarity.engine import Comparison
 from ..similarity.labels import file_slugs
-from ..similarity.measures import Measure, measure_from_key
+from ..errors import MeasureError, short_repr
+from ..similarity.measures import Measure, measure_from_key, measure_names
 from ..similarity.plots import plot_measures
 from .cka_kinds import copy_file, labels_for, model_records, plan_warnings, prepare_pass, run_pass
-from .requests import ComparisonRequest, Prepared
+from .kindspec import MAX_MODELS, KindSpec, Option, Prepared, bad_field
+
+if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
+    from .requests import ComparisonRequest
 
 __all__ = ["COMPARE", "KINDS", "MEASURES_FILE", "chosen_measures", "measure_values"]
 
 MEASURES_FILE = "measures.json"
 DEFAULT_MEASURES = ("cka",)
+MAX_MEASURES = 16  # measures in one pass
+MAX_KEY_CHARS = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasuresOption(Option):
+    """A list of measure keys (``rsa``, ``rbf-cka(frac=0.5)``), each a known measure with parameters in range, none
+    twice."""
+
+    max_len: int
+
+    def check(self, where: str, v: Any) -> None:
+        if not isinstance(v, (list, tuple)) or not 0 < len(v) <= self.max_len or not all(isinstance(k, str) for k in v):
+            raise bad_field(where, f"{short_repr(v)} is not a list of 1 to {self.max_len} measure names",
+                            f"give measures such as ['rsa', 'rbf-cka(frac=0.5)'] ({', '.join(measure_names())})")
+        keys = []
+        for i, text in enumerate(v):
+            if not text.strip() or len(text) > MAX_KEY_CHARS:
+                raise bad_field(f"{where}[{i}]", f"{short_repr(text)} is empty or over {MAX_KEY_CHARS} characters",
+                                "give a measure's name, with parameters in parentheses if any")
+            try:
+                keys.append(measure_from_key(text).key)
+            except MeasureError as e:
+                raise bad_field(f"{where}[{i}]", str(e), "see `hubcompare measures` (api/measures) for names and ranges") from None
+        if len(set(keys)) != len(keys):
+            raise bad_field(where, f"{short_repr(v)} names a measure twice", "name each measure (with its parameters) once")
+
+    def schema(self) -> dict:
+        return {"type": "array", "minItems": 1, "maxItems": self.max_len, "description": self.doc,
+                "items": {"type": "string", "description": f"a measure key: {', '.join(measure_names())}, e.g. rbf-cka(frac=0.5)"}}
+
+    def hostile(self) -> list:
+        return super().hostile() + [[], ["no-such-measure"], ["rbf-cka(frac=-1)"], ["cka", "cka"], ["cka"] * (self.max_len + 1)]
+
+    def example(self) -> list:
+        return list(DEFAULT_MEASURES)
+
+
+def _form_measures(form: Mapping[str, str], data: dict) -> dict:
+    """The compare form's measures field: keys separated by commas outside parentheses (default: cka)."""
+    measures = [m.strip() for m in re.split(r",(?![^(]*\))", form.get("measures") or "") if m.strip()]
+    return {"measures": measures or list(DEFAULT_MEASURES)}
 
 
 def chosen_measures(req: ComparisonRequest) -> list[Measure]:
@@ -85,7 +134,12 @@ class _CompareKind:
     """Every chosen measure between every layer pair of every pair of models, from one pass (each model runs once per
     minibatch), with jackknife SEs."""
 
-    name = "compare"
+    spec = KindSpec(
+        name="compare", summary="several similarity measures between every layer of two or more models, in one pass",
+        refs=(2, MAX_MODELS), estimator=True, sized=True,
+        options=(MeasuresOption(name="measures", doc="the measures' keys (default: cka)", max_len=MAX_MEASURES),),
+        files={"document": MEASURES_FILE, "figure": "measures*.{fmt}"}, form_options=_form_measures)
+    name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:
         prepared = prepare_pass(req, ctx)

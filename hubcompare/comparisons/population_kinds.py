@@ -16,6 +16,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,10 @@ from ..populations.sides import check_aligned, load_side
 from ..provenance import atomic_write_bytes, atomic_write_json, package_versions
 from ..results.store import StoredResult
 from ..similarity.labels import default_label, unique_labels
-from .requests import ComparisonRequest, Prepared
+from .kindspec import ChoiceOption, FloatOption, IntOption, KindSpec, Prepared
+
+if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
+    from .requests import ComparisonRequest
 
 __all__ = ["AGREEMENT", "CLASS_DIFF", "DEFAULTS", "KINDS", "PopulationKind", "labels_for", "options_of", "side_labels"]
 
@@ -104,7 +108,7 @@ def _dataset_key(side) -> dict:
             "ids_labels_sha256": _sha256(np.frombuffer(hashlib.sha256(ids).digest(), np.uint8), side.labels.astype("<i8"))}
 
 
-# --- options (checked by ComparisonRequest against requests.OPTION_SPECS; the defaults filled in here) -----
+# --- options (declared in each kind's spec below; the defaults filled in here) -----
 DEFAULTS = {"agreement": {"splits": 1000, "permutations": 1000, "null_side": "auto"},
             "class-diff": {"splits": 1000, "alpha": 0.05, "null_side": "auto"}}
 
@@ -220,9 +224,13 @@ def _relabel(doc: dict, old: list[str], new: list[str], null_from: str | None) -
 class PopulationKind:
     """One of the two population comparisons, as a kind ``run_request`` runs and ``export`` hands out."""
 
-    name: str  # agreement | class-diff
+    spec: KindSpec
     stem: str  # agreement | class_diff: the files' base name
     need: int  # models the null's side needs (the null_side_for threshold)
+
+    @property
+    def name(self) -> str:  # agreement | class-diff
+        return self.spec.name
 
     @property
     def files(self) -> tuple[str, str, str]:
@@ -336,6 +344,28 @@ def _copy(src: Path, out_dir: Path) -> Path:
     return atomic_write_bytes(out_dir / src.name, src.read_bytes())
 
 
-AGREEMENT = PopulationKind("agreement", "agreement", need=2)
-CLASS_DIFF = PopulationKind("class-diff", "class_diff", need=2 * MIN_MODELS)  # MIN_MODELS per half
+MAX_SPLITS = 10_000  # splits and permutations on the service
+_FIXED = {"split": "test", "layers": None, "batch_size": None, "passes": 1, "examples": None}
+_WHY = "compares stored predictions on the test split"
+_SPLITS = IntOption(name="splits", doc="random halvings of each side (the null's spread)", low=1, high=100_000,
+                    server_cap=MAX_SPLITS)
+_NULL_SIDE = ChoiceOption(name="null_side", doc="the side whose halves make the null (auto: the larger)",
+                          choices=("a", "b", "auto"))
+
+
+def _files(stem: str) -> dict:
+    return {"document": f"{stem}.json", "table": f"{stem}.csv", "figure": f"{stem}.{{fmt}}",
+            "figure_arrays": f"{stem}_figure.npz"}
+
+
+AGREEMENT = PopulationKind(KindSpec(
+    name="agreement", summary="per-example prediction agreement between two sides, against a null from within a side",
+    refs=(2, 2), sides=True, layers=False, fixed=_FIXED, fixed_why=_WHY, files=_files("agreement"),
+    options=(_SPLITS, IntOption(name="permutations", doc="label permutations of the test", low=1, high=100_000,
+                                server_cap=MAX_SPLITS), _NULL_SIDE)), "agreement", need=2)
+CLASS_DIFF = PopulationKind(KindSpec(
+    name="class-diff", summary="per-class accuracy differences between two sides (Welch tests, FDR-controlled)",
+    refs=(2, 2), sides=True, layers=False, fixed=_FIXED, fixed_why=_WHY, files=_files("class_diff"),
+    options=(FloatOption(name="alpha", doc="the false discovery rate", low=1e-6, high=0.5), _SPLITS, _NULL_SIDE)),
+    "class_diff", need=2 * MIN_MODELS)  # MIN_MODELS per half
 KINDS = (AGREEMENT, CLASS_DIFF)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -35,7 +35,10 @@ from ..similarity.capture import LayerCapture
 from ..similarity.engine import CompareModel, comparison_dataset
 from ..similarity.labels import unique_labels
 from .cka_kinds import copy_file, device_text, model_identity
-from .requests import ComparisonRequest, Prepared
+from .kindspec import MAX_EXAMPLES, BoolOption, FileOption, FloatOption, IntOption, KindSpec, NumbersOption, Prepared
+
+if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
+    from .requests import ComparisonRequest
 
 __all__ = ["DEFAULTS", "DELETE_BLOCKS", "KINDS", "PROBES", "deletion_result_from_json", "probe_result_from_json", "read_blocks"]
 
@@ -77,8 +80,12 @@ def _dataset_key(ds: ImageDataset) -> dict:
 class _ProbeKind:
     """probes or delete-blocks of one model: the model and the test split resolved cheaply, then the work."""
 
-    def __init__(self, name: str, stem: str):
-        self.name, self.stem = name, stem
+    def __init__(self, spec: KindSpec, stem: str):
+        self.spec, self.stem = spec, stem
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def files(self) -> tuple[str, str]:
@@ -215,6 +222,36 @@ def _probed_layers(m: CompareModel, train: ImageDataset) -> list[str]:
     return LayerCapture(m.model, patterns, example=spec(train.images[:2]), name=m.ref).names
 
 
-PROBES = _ProbeKind("probes", "probes")
-DELETE_BLOCKS = _ProbeKind("delete-blocks", "deletion")
+_BLOCKS = FileOption(name="blocks", doc="the blocks to shade: auto (detected), none, or a blocks JSON on this machine",
+                     choices=("auto", "none"))
+
+
+def _files(stem: str) -> dict:
+    return {"document": f"{stem}.json", "table": f"{stem}.csv", "figure": f"{stem}.{{fmt}}"}
+
+
+def _form_probes(form: Mapping[str, str], data: dict) -> dict:
+    """The form's probes train on as many training examples as they are tested on."""
+    return {"train_examples": data["examples"]} if data.get("examples") is not None else {}
+
+
+PROBES = _ProbeKind(KindSpec(
+    name="probes", summary="a linear probe's test accuracy at every layer of one model (with its blocks shaded)",
+    refs=(1, 1), sized=True, fixed={"split": "test", "passes": 1, "labels": None},
+    fixed_why="fits on the training split and reports on the test split, in one pass", files=_files("probes"),
+    form_options=_form_probes,
+    options=(BoolOption(name="pool", doc="average-pool each layer's features over space first"),
+             NumbersOption(name="l2", doc="the L2 penalties tried (chosen on the validation share)", low=1e-12, high=1e12,
+                           max_len=32),
+             FloatOption(name="validation_fraction", doc="the training share held out to choose the L2 penalty", low=0.0,
+                         high=1.0, open=True),
+             IntOption(name="train_examples", doc="training examples the probes fit on", low=2, high=MAX_EXAMPLES,
+                       server_cap="examples", server_required=True),
+             IntOption(name="max_iter", doc="the optimiser's iterations per probe", low=1, high=100_000),
+             FloatOption(name="memory_gb", doc="features held at once", low=1e-12, high=1e6, in_key=False),
+             _BLOCKS)), "probes")
+DELETE_BLOCKS = _ProbeKind(KindSpec(
+    name="delete-blocks", summary="one model's test accuracy as residual blocks are deleted, inside vs outside its blocks",
+    refs=(1, 1), sized=True, layers=False, fixed={"split": "test", "layers": None, "passes": 1, "seed": 0, "labels": None},
+    fixed_why="evaluates the model's own head on the test split", files=_files("deletion"), options=(_BLOCKS,)), "deletion")
 KINDS = (PROBES, DELETE_BLOCKS)

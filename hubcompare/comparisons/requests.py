@@ -10,39 +10,23 @@ naming the field and the fix). Every request, however built, is checked on const
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..data.datasets import DATASETS, SPLITS
-from ..errors import InvalidNameError, InvalidReferenceError, InvalidRequestError, MeasureError, short_repr
+from ..errors import InvalidNameError, InvalidReferenceError, InvalidRequestError, short_repr
 from ..hub.names import check_collection_slug, parse_reference
 from ..hub.sidespec import FILE_PREFIX, is_local_folder, side_items
-from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..similarity.cka import MIN_BATCH
-from ..similarity.measures import measure_from_key, measure_names
+from .kinds import kind_names, spec_for
+from .kindspec import MAX_EXAMPLES, MAX_MODELS, Context, Prepared, Progress, bad_field
 
-__all__ = ["CKA_KINDS", "FIGURE_FORMATS", "KINDS", "OPTION_SPECS", "POPULATION_KINDS", "PROBE_KINDS", "SIDE_KINDS",
-           "ComparisonRequest", "Context", "Prepared", "Progress"]
+__all__ = ["FIGURE_FORMATS", "KINDS", "MAX_EXAMPLES", "MAX_MODELS", "ComparisonRequest", "Context", "Prepared", "Progress"]
 
-KINDS = ("cross-cka", "compare", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
-CKA_KINDS = ("cross-cka", "compare", "cka", "blocks")  # a pass over minibatches: layers, batch size, passes, examples apply
-POPULATION_KINDS = ("agreement", "class-diff")  # two sides' predictions: refs are two side specs
-SIDE_KINDS = POPULATION_KINDS + ("across-seeds",)  # refs are two side specs (population:NAME, A+B, @FILE, ...)
-PROBE_KINDS = ("probes", "delete-blocks")  # one model on the test split; minibatches of any size, no CKA estimator
-# kind -> request fields that do not apply to it, with the value they must keep (the default)
-NOT_APPLICABLE: dict[str, dict[str, Any]] = {
-    "agreement": {"split": "test", "layers": None, "batch_size": None, "passes": 1, "examples": None},
-    "class-diff": {"split": "test", "layers": None, "batch_size": None, "passes": 1, "examples": None},
-    "probes": {"split": "test", "passes": 1, "labels": None},
-    "delete-blocks": {"split": "test", "layers": None, "passes": 1, "seed": 0, "labels": None},
-}
+KINDS = kind_names()  # every registered kind (each declares its own checks: kinds.spec_for)
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
-MAX_MODELS = 32  # cross-cka, compare: models in one pass
-MAX_MEASURES = 16  # compare: measures in one pass
 MAX_REF_CHARS = 1000
 MAX_LABEL_CHARS = 200
 MAX_GLOBS = 32
@@ -50,58 +34,9 @@ MAX_GLOB_CHARS = 100
 GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]-]+")  # what the service accepts in a layer glob
 MAX_BATCH = 1 << 16
 MAX_PASSES = 1000
-MAX_EXAMPLES = 10_000_000
 SEED_MAX = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-# kind -> option -> (type, low, high) or (str, choices): every kind-specific setting a request may carry
-OPTION_SPECS: dict[str, dict[str, tuple]] = {
-    "cross-cka": {},
-    "compare": {"measures": ("measures", 1, MAX_MEASURES)},  # measure keys: rsa, rbf-cka(frac=0.5), ... (default: cka)
-    "cka": {},
-    "blocks": {
-        "pc_examples": (int, 2, 1_000_000),
-        "pc1_threshold": (float, 0.0, 1.0),
-        "cka_threshold": (float, 0.0, 1.0),
-        "min_size": (int, 1, 10_000),
-        "max_gap": (int, 0, 10_000),
-        "min_mean_pc1": (float, 0.0, 1.0),
-    },
-    "agreement": {
-        "splits": (int, 1, 100_000),
-        "permutations": (int, 1, 100_000),
-        "null_side": (str, ("a", "b", "auto")),
-    },
-    "class-diff": {
-        "alpha": (float, 1e-6, 0.5),
-        "splits": (int, 1, 100_000),
-        "null_side": (str, ("a", "b", "auto")),
-    },
-    "across-seeds": {
-        "pc_examples": (int, 2, 1_000_000),
-        "max_memory_gb": (float, 0.01, 1e6),  # refuses a pass over it before any work; not in the key (numbers unchanged)
-    },
-    "probes": {
-        "pool": (bool,),
-        "l2": (list, 1e-12, 1e12, 32),  # the L2 grid: 1 to 32 positive numbers
-        "validation_fraction": (float, 0.0, 1.0),  # strictly inside (0, 1): checked with the kind's fields
-        "train_examples": (int, 2, MAX_EXAMPLES),
-        "max_iter": (int, 1, 100_000),
-        "memory_gb": (float, 1e-12, 1e6),  # features held at once: not in the key (numbers unchanged)
-        "blocks": (Path, ("auto", "none")),  # or a blocks JSON file on this machine (never from the service)
-    },
-    "delete-blocks": {
-        "blocks": (Path, ("auto", "none")),
-    },
-}
-# request field -> the library parameter a front end maps to its own option (HubcompareError.params)
-_PARAM = {"examples": "num_examples", "fmt": "format", "batch_size": "batch_size", "passes": "passes", "layers": "layers",
-          "dataset": "dataset", "seed": "seed", "split": "split"}
-
-
-def _bad(name: str, problem: str, fix: str) -> InvalidRequestError:
-    param = _PARAM.get(name.split(".")[-1] if name.startswith("options.") else name, name.split(".")[-1])
-    return InvalidRequestError(f"{name}: {problem}; {fix}", name, params=(param,))
+_bad = bad_field
 
 
 def _is_int(v: Any) -> bool:
@@ -125,10 +60,10 @@ def _text(name: str, v: Any, limit: int) -> None:
 
 @dataclass(frozen=True)
 class ComparisonRequest:
-    """One comparison: ``kind`` (one of :data:`KINDS`) of ``refs`` (cka, blocks: one model reference; cross-cka: two or
-    more; agreement, class-diff: two side specs) on ``dataset``/``split`` (default: the models' training dataset), with
-    the pass settings (``layers`` globs, ``batch_size`` (default: chosen for the standard errors), ``passes``, ``seed``,
-    ``examples``: the first N of the split) and kind-specific ``options`` (:data:`OPTION_SPECS`)."""
+    """One comparison: ``kind`` (one of :data:`KINDS`) of ``refs`` (as many as the kind's spec says: model references,
+    or side specs) on ``dataset``/``split`` (default: the models' training dataset), with the pass settings (``layers``
+    globs, ``batch_size`` (default: chosen for the standard errors), ``passes``, ``seed``, ``examples``: the first N of
+    the split) and kind-specific ``options`` (typed in the kind's :class:`~.kindspec.KindSpec`)."""
 
     kind: str
     refs: tuple[str, ...]
@@ -153,8 +88,7 @@ class ComparisonRequest:
 
     # --- checks every request passes ----------------------------------------------------------
     def _check(self) -> None:
-        if self.kind not in KINDS:
-            raise _bad("kind", f"{short_repr(self.kind)} is not a comparison kind", f"use one of {', '.join(KINDS)}")
+        spec = spec_for(self.kind)  # an unknown kind: a typed error naming the registered ones
         self._check_refs()
         if self.dataset is not None and self.dataset not in DATASETS:
             raise _bad("dataset", f"dataset {short_repr(self.dataset)} is unknown", f"choose one of {', '.join(DATASETS)}")
@@ -166,7 +100,7 @@ class ComparisonRequest:
                            "give layer globs such as '*.out', or none for the default layers")
             for i, g in enumerate(self.layers):
                 _text(f"layers[{i}]", g, MAX_GLOB_CHARS)
-        estimator = self.kind not in PROBE_KINDS  # the unbiased HSIC estimator's minimum sizes apply
+        estimator = spec.estimator  # the unbiased HSIC estimator's minimum sizes apply
         if self.batch_size is not None:
             _int("batch_size", self.batch_size, 1, MAX_BATCH,
                  f"give {MIN_BATCH if estimator else 1} to {MAX_BATCH}, or none to have one chosen")
@@ -180,22 +114,15 @@ class ComparisonRequest:
             if estimator and self.examples < MIN_BATCH:
                 raise _bad("examples", f"{self.examples} examples are too few for the unbiased estimator",
                            f"give at least {MIN_BATCH} examples (hundreds for useful standard errors)")
-        why = {"agreement": "compares stored predictions on the test split", "class-diff": "compares stored predictions on the "
-               "test split", "probes": "fits on the training split and reports on the test split, in one pass",
-               "delete-blocks": "evaluates the model's own head on the test split"}
-        for name, default in NOT_APPLICABLE.get(self.kind, {}).items():
+        for name, default in spec.fixed.items():
             if getattr(self, name) != default:
-                raise _bad(name, f"{self.kind} {why[self.kind]}, so {name} does not apply", f"leave {name} out")
-        self._check_options()
-        vf = self.options.get("validation_fraction")
-        if vf is not None and not 0 < vf < 1:
-            raise _bad("options.validation_fraction", f"{vf} is not strictly between 0 and 1",
-                       "hold out a share such as 0.1 of the training split")
+                raise _bad(name, f"{self.kind} {spec.fixed_why}, so {name} does not apply", f"leave {name} out")
+        spec.check_options(self.options)
         if self.labels is not None:
-            wanted = 2 if self.kind in SIDE_KINDS else len(self.refs)
+            wanted = 2 if spec.sides else len(self.refs)
             if not isinstance(self.labels, tuple) or len(self.labels) != wanted:
                 raise _bad("labels", f"{short_repr(self.labels)} is not {wanted} label(s), one per "
-                           f"{'side' if self.kind in SIDE_KINDS else 'model'}", "give one label (or null) each, in order")
+                           f"{'side' if spec.sides else 'model'}", "give one label (or null) each, in order")
             for i, lab in enumerate(self.labels):
                 if lab is not None:
                     _text(f"labels[{i}]", lab, MAX_LABEL_CHARS)
@@ -205,67 +132,13 @@ class ComparisonRequest:
     def _check_refs(self) -> None:
         if not isinstance(self.refs, tuple) or not all(isinstance(r, str) for r in self.refs):
             raise _bad("refs", f"{short_repr(self.refs)} is not a list of references", "give model references as strings")
-        n = len(self.refs)
-        want = {"cka": (1, 1), "blocks": (1, 1), "probes": (1, 1), "delete-blocks": (1, 1),
-                "cross-cka": (2, MAX_MODELS), "compare": (2, MAX_MODELS)}.get(self.kind, (2, 2))
+        n, spec = len(self.refs), spec_for(self.kind)
+        want, what = spec.refs, spec.what_refs
         if not want[0] <= n <= want[1]:
-            what = "side specs" if self.kind in SIDE_KINDS else "model references"
             count = str(want[0]) if want[0] == want[1] else f"{want[0]} to {want[1]}"
             raise _bad("refs", f"{self.kind} takes {count} {what}, got {n}", f"give {count} {what}")
         for i, r in enumerate(self.refs):
             _text(f"refs[{i}]", r, MAX_REF_CHARS)
-
-    def _check_options(self) -> None:
-        if not isinstance(self.options, dict):
-            raise _bad("options", f"{short_repr(self.options)} is not an object", "give kind-specific settings as an object")
-        spec = OPTION_SPECS[self.kind]
-        for name, v in self.options.items():
-            if name not in spec:
-                allowed = ", ".join(spec) or "none"
-                raise _bad(f"options.{name}", f"{self.kind} has no option {short_repr(name)}", f"its options are: {allowed}")
-            rule = spec[name]
-            where = f"options.{name}"
-            if rule[0] == "measures":
-                self._check_measures(where, v, rule[1], rule[2])
-            elif rule[0] is bool:
-                if not isinstance(v, bool):
-                    raise _bad(where, f"{short_repr(v)} is not true or false", "give true or false")
-            elif rule[0] is list:
-                numbers = isinstance(v, (list, tuple)) and 0 < len(v) <= rule[3] and all(
-                    (_is_int(x) or isinstance(x, float)) and math.isfinite(x) and rule[1] <= x <= rule[2] for x in v)
-                if not numbers:
-                    raise _bad(where, f"{short_repr(v)} is not a list of 1 to {rule[3]} numbers in [{rule[1]:g}, {rule[2]:g}]",
-                               f"give 1 to {rule[3]} finite numbers from {rule[1]:g} to {rule[2]:g}")
-            elif rule[0] is Path:
-                if v not in rule[1]:
-                    _text(where, v, MAX_REF_CHARS)  # a file on this machine (from_json refuses it for the service)
-            elif rule[0] is str:
-                if v not in rule[1]:
-                    raise _bad(where, f"{short_repr(v)} is not allowed", f"choose one of {', '.join(rule[1])}")
-            elif rule[0] is int:
-                _int(where, v, rule[1], rule[2], f"give a whole number from {rule[1]} to {rule[2]}")
-            else:
-                ok = (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and rule[1] <= v <= rule[2]
-                if not ok:
-                    raise _bad(where, f"{short_repr(v)} is not a number in [{rule[1]}, {rule[2]}]",
-                               f"give a finite number from {rule[1]} to {rule[2]}")
-
-    @staticmethod
-    def _check_measures(where: str, v: Any, low: int, high: int) -> None:
-        """A list of ``low`` to ``high`` measure keys (``rsa``, ``rbf-cka(frac=0.5)``), each a known measure with
-        parameters in range, none twice."""
-        if not isinstance(v, (list, tuple)) or not low <= len(v) <= high or not all(isinstance(k, str) for k in v):
-            raise _bad(where, f"{short_repr(v)} is not a list of {low} to {high} measure names",
-                       f"give measures such as ['rsa', 'rbf-cka(frac=0.5)'] ({', '.join(measure_names())})")
-        keys = []
-        for i, text in enumerate(v):
-            _text(f"{where}[{i}]", text, MAX_GLOB_CHARS)
-            try:
-                keys.append(measure_from_key(text).key)
-            except MeasureError as e:
-                raise _bad(f"{where}[{i}]", str(e), "see `hubcompare measures` (api/measures) for names and ranges") from None
-        if len(set(keys)) != len(keys):
-            raise _bad(where, f"{short_repr(v)} names a measure twice", "name each measure (with its parameters) once")
 
     # --- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -309,17 +182,17 @@ class ComparisonRequest:
                            "use letters, digits and _ . - * ? [ ] (e.g. 'stage2.*.out')")
         for i, r in enumerate(req.refs):
             req._check_reference(f"refs[{i}]", r.strip(), allow_paths)
-        for name, rule in OPTION_SPECS[req.kind].items():
-            v = req.options.get(name)
-            if rule[0] is Path and v is not None and v not in rule[1] and not allow_paths:
-                raise _bad(f"options.{name}", f"{short_repr(v)} names a file on the server",
-                           f"choose one of {', '.join(rule[1])}")
+        for opt in spec_for(req.kind).options:
+            v = req.options.get(opt.name)
+            if opt.names_a_file(v) and not allow_paths:
+                raise _bad(f"options.{opt.name}", f"{short_repr(v)} names a file on the server",
+                           f"choose one of {', '.join(opt.schema()['enum'])}")
         return req
 
     def _check_reference(self, where: str, ref: str, allow_paths: bool) -> None:
         """A model reference (or, for population kinds, a side spec) that parses; a path on this machine only when
         ``allow_paths``."""
-        if self.kind in SIDE_KINDS:
+        if spec_for(self.kind).sides:
             if ref.startswith(FILE_PREFIX):
                 if not allow_paths:
                     raise _bad(where, f"{short_repr(ref)} names a file on the server", _NO_PATHS)
@@ -348,33 +221,3 @@ class ComparisonRequest:
 
 _NO_PATHS = ("the service does not open paths: use hf-hub:OWNER/NAME[@REV], timm:NAME, a registry name "
              "(population sides: population:NAME, registry:KEY=VALUE, hf-tag:TAG, collection:SLUG, joined by '+')")
-
-
-# --- what a kind's prepare takes and returns (here, not in run.py, which imports the kinds) -----------------
-Progress = Callable[[str, int, "int | None"], None]
-
-
-@dataclass
-class Context:
-    """Where a kind's ``prepare`` finds models, data and devices (the arguments of :func:`.run.run_request`)."""
-
-    data_dir: str | Path | None = None
-    max_params: int = DEFAULT_MAX_PARAMS
-    device: Any = "auto"
-    cache_dir: str | Path | None = None
-    registry: Any = None
-    api: Any = None
-    on_progress: Progress = lambda stage, done, total: None
-
-
-@dataclass
-class Prepared:
-    """What ``prepare`` found: the key's inputs, a title for lists, the references compared (for "comparisons a
-    model appears in"), the dataset's name, notices to print (e.g. offline), and the kind's own state for compute."""
-
-    key_inputs: dict
-    title: str
-    models: list[str]
-    dataset: str
-    notices: list[str] = field(default_factory=list)
-    state: Any = None

@@ -1,7 +1,8 @@
 """Run a comparison request: return the stored result when the store holds it, else compute it into the store; export.
 
-How a kind plugs in. A kind is an object (a module-level instance) with a ``name`` (one of
-:data:`~.requests.KINDS`) and three methods:
+How a kind plugs in. A kind is an object (a module-level instance) with a ``spec`` (a :class:`~.kindspec.KindSpec`:
+its name, arity, options typed with their ranges, the fields that do not apply, the files it writes by role) and
+three methods (the :class:`~.kindspec.Kind` protocol):
 
 - ``prepare(req, ctx: Context) -> Prepared``: the cheap part. Resolve the models (or sides) and the dataset,
   and build ``key_inputs``: everything that changes the numbers (each model's commit sha and weights sha256,
@@ -16,11 +17,11 @@ How a kind plugs in. A kind is an object (a module-level instance) with a ``name
   ``req`` writes (same names, ``req.fmt`` figures, ``req.labels``), re-rendering from the stored JSON where the
   format or the labels differ from the stored ones; return the paths in the order the CLI lists them.
 
-Register it: the kind's module lists its kinds in a module-level ``KINDS`` tuple; import the module at the top of
-this file and add ``*module.KINDS`` to ``_KINDS`` below. A kind module imports ``Prepared``, ``Context`` and
-``ComparisonRequest`` from :mod:`.requests`, never from this module (which imports the kinds: no cycle).
-Its options (kind-specific settings) are declared, with their types and ranges, in ``requests.OPTION_SPECS``.
-:func:`run_request` then keys, looks up, computes and stores it; :func:`export` writes it to ``--out``.
+Register it: the kind's module lists its kinds in a module-level ``KINDS`` tuple and :mod:`.kinds` lists the module.
+A kind module imports ``Prepared``, ``Context`` and the option types from :mod:`.kindspec` (a leaf), never from this
+module or from :mod:`.requests` (which reads the specs): no cycle. :func:`run_request` then keys, looks up,
+computes and stores it; :func:`export` writes it to ``--out``; the contract test (tests/test_kind_contract.py) checks
+every registered kind the same way.
 
 What is stored is the request without its labels and format (:func:`neutral`): the models' card names, so no
 requester's labels become another's; ``export`` applies each request's own. A stored result pulled from the Hub
@@ -34,30 +35,19 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from ..errors import InvalidRequestError
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..results.keys import result_key
 from ..results.store import ResultStore, StoredResult
-from . import cka_kinds, measure_kinds, population_kinds, probe_kinds, seed_kinds
-from .requests import ComparisonRequest, Context, Prepared, Progress
+from .kinds import kind_for
+from .kindspec import Context, Kind, Prepared, Progress
+from .requests import ComparisonRequest
 
-__all__ = ["Context", "Kind", "Outcome", "Prepared", "TRUST_PULLED_ENV", "export", "kind_for", "neutral", "run_request",
-           "trust_pulled_default"]
+__all__ = ["Context", "Kind", "Outcome", "Prepared", "TRUST_PULLED_ENV", "export", "files_of", "kind_for", "neutral",
+           "run_request", "trust_pulled_default"]
 
 TRUST_PULLED_ENV = "HUBCOMPARE_TRUST_PULLED"  # 1: pulled results answer requests (the service's setting; CLI --trust-pulled)
-
-
-class Kind(Protocol):
-    name: str
-
-    def prepare(self, req: ComparisonRequest, ctx: Context) -> Prepared: ...
-
-    def compute(self, req: ComparisonRequest, prepared: Prepared, staging: Path, on_progress: Progress,
-                compare: Callable | None) -> tuple[dict, list[str]]: ...
-
-    def export(self, stored: StoredResult, req: ComparisonRequest, out_dir: Path) -> list[Path]: ...
 
 
 @dataclass
@@ -75,19 +65,6 @@ class Outcome:
     @property
     def key(self) -> str:
         return self.stored.key
-
-
-_KINDS: dict[str, Kind] = {k.name: k for k in (*cka_kinds.KINDS, *measure_kinds.KINDS, *population_kinds.KINDS,
-                                                *seed_kinds.KINDS, *probe_kinds.KINDS)}
-
-
-def kind_for(name: str) -> Kind:
-    """The registered kind ``name`` (InvalidRequestError for a kind not registered yet)."""
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise InvalidRequestError(f"kind: {name!r} results are not computed through the store yet; use one of "
-                                  f"{', '.join(_KINDS)}", "kind") from None
 
 
 def trust_pulled_default() -> bool:
@@ -144,3 +121,9 @@ def export(outcome_or_stored: Outcome | StoredResult, req: ComparisonRequest, ou
     """Write the result into ``out_dir`` as a fresh run of ``req`` would (same file names, ``req.fmt``, ``req.labels``)."""
     stored = outcome_or_stored.stored if isinstance(outcome_or_stored, Outcome) else outcome_or_stored
     return kind_for(stored.kind).export(stored, req, Path(out_dir))
+
+
+def files_of(req: ComparisonRequest, written: list[Path], role: str) -> list[Path]:
+    """The exported files that play ``role`` in ``req``'s kind (``document``, ``figure``, ``table``...: its spec's
+    ``files``), in the order export wrote them: how a front end reads a result, never by position."""
+    return kind_for(req.kind).spec.paths(written, role, req.fmt)

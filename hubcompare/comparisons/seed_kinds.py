@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ from ..similarity.engine import CompareModel, comparison_dataset
 from ..similarity.engine import compare as local_compare
 from ..similarity.labels import default_label
 from .cka_kinds import copy_file, device_text, model_identity, model_records, plan_warnings, tapped_layers
-from .requests import ComparisonRequest, Prepared
+from .kindspec import FloatOption, IntOption, KindSpec, Prepared
+
+if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
+    from .requests import ComparisonRequest
 
 __all__ = ["ACROSS_SEEDS", "DEFAULT_MAX_MEMORY_GB", "DEFAULT_PC_EXAMPLES", "KINDS", "labels_for", "seeds_result_from_json",
            "side_labels"]
@@ -102,7 +106,14 @@ def _sanitise(obj):
 class _AcrossSeedsKind:
     """Two sides of seeds (each one architecture) in one pass: within and across sides, inside vs outside the blocks."""
 
-    name = "across-seeds"
+    spec = KindSpec(
+        name="across-seeds", summary="CKA within and across two sides of seeds, inside vs outside the blocks, one pass",
+        refs=(2, 2), sides=True, estimator=True, sized=True,
+        options=(IntOption(name="pc_examples", doc="examples for the PC1 analysis", low=2, high=1_000_000, server_cap="examples"),
+                 FloatOption(name="max_memory_gb", doc="refuse a pass over this memory before any work", low=0.01, high=1e6,
+                             in_key=False)),
+        files={"document": FILES[0], "table": FILES[1], "figure": "across_seeds.{fmt}"})
+    name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:
         dev = resolve_device(ctx.device)  # a device this machine lacks is refused before any model is loaded

@@ -26,7 +26,8 @@ from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..results.keys import result_key
 from ..results.store import ResultStore, StoredResult
 from .requests import ComparisonRequest, Context, Progress
-from .run import kind_for, neutral
+from .kinds import kind_for
+from .run import neutral
 
 __all__ = ["DEFAULT_TOLERANCE", "ArrayCheck", "Verification", "compare_files", "verify_result"]
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..comparisons.requests import KINDS
+from ..comparisons.kinds import kind_names, specs
 from ..errors import RequestMediaTypeError, ServiceRequestError
 from ..similarity.measures import measure_info, measure_names
 from .bounded import LIST_BUDGET
@@ -34,6 +34,17 @@ __all__ = ["download", "router"]
 
 router = APIRouter(prefix="/api", tags=["api"])
 
+KINDS = kind_names()
+
+
+def request_schema() -> dict:
+    """The JSON schema of a comparison request, each kind's options from its spec (``if kind then options``)."""
+    by_kind = [{"if": {"properties": {"kind": {"const": s.name}}},
+                "then": {"properties": {"options": s.options_schema(), "refs": {"minItems": s.refs[0], "maxItems": s.refs[1]}}}}
+               for s in specs()]
+    return REQUEST_SCHEMA | {"allOf": by_kind}
+
+
 REQUEST_SCHEMA = {
     "type": "object", "required": ["kind", "refs"], "additionalProperties": False,
     "properties": {
@@ -44,7 +55,8 @@ REQUEST_SCHEMA = {
         "layers": {"type": ["array", "null"], "items": {"type": "string"}}, "batch_size": {"type": ["integer", "null"]},
         "passes": {"type": "integer"}, "seed": {"type": "integer"},
         "examples": {"type": ["integer", "null"], "description": "required for CKA kinds; at most the server's max_examples"},
-        "options": {"type": "object"}, "labels": {"type": ["array", "null"]}, "fmt": {"type": "string"},
+        "options": {"type": "object", "description": "the kind's own settings (GET /api/kinds lists each kind's)"},
+        "labels": {"type": ["array", "null"]}, "fmt": {"type": "string"},
     },
     "example": {"kind": "cross-cka", "refs": ["MODEL-A", "MODEL-B"], "examples": 500},
 }
@@ -147,7 +159,7 @@ def result_file(request: Request, key: str, name: str) -> FileResponse:
 
 
 @router.post("/jobs", status_code=202, summary="Queue a comparison (a ComparisonRequest as JSON)",
-             openapi_extra=json_body(REQUEST_SCHEMA),
+             openapi_extra=json_body(request_schema()),
              responses={202: {"description": "queued (or the same request's job, already queued or running)"}, **WRITE_ERRORS})
 async def create_job(request: Request, data: dict = Depends(write_body)) -> JSONResponse:
     s = service_of(request)
@@ -191,6 +203,11 @@ def delete_entry(request: Request, name: str) -> dict:
                         404: {"description": "no stored result with that key"}, **WRITE_ERRORS})
 async def push_result(request: Request, key: str, data: dict = Depends(write_body)) -> dict:
     return await run_in_threadpool(push_stored_result, service_of(request), key, data)
+
+
+@router.get("/kinds", summary="Every comparison kind: its models or sides, its options (typed, with ranges), its files")
+def kinds() -> dict:
+    return {"kinds": [s.to_json() for s in specs()], "schema": request_schema()}
 
 
 @router.get("/jobs", summary="Jobs this server knows, newest first")

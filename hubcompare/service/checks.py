@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import re
 
-from ..comparisons.requests import CKA_KINDS, KINDS, PROBE_KINDS, SIDE_KINDS, ComparisonRequest
+from ..comparisons.kinds import kind_names, spec_for
+from ..comparisons.kindspec import KindSpec
+from ..comparisons.requests import ComparisonRequest
 from ..hub.sidespec import SIDE_SCHEMES, names_many_models, side_items
 from ..errors import ServiceRequestError, short_repr
 from ..hub.names import NAME
 from .config import ServiceConfig
 
-__all__ = ["LAYER_KINDS", "ONE_MODEL_KINDS", "SIZED_KINDS", "check_form_references", "check_hub_reference", "check_registered",
+__all__ = ["check_form_references", "check_hub_reference", "check_registered",
            "check_request", "form_request", "job_advice", "names_a_side", "parse_request_body"]
 
-MAX_SPLITS = 10_000  # agreement/class-diff splits and permutations on this server
 MAX_PASSES = 16
 
 
@@ -49,9 +50,6 @@ def parse_request_body(body: bytes) -> dict:
 ACCEPTED_REFERENCES = "a registered model's name, hf-hub:OWNER/NAME[@REV] or timm:NAME"
 ACCEPTED_SIDES = ("population:NAME, registry:KEY=VALUE, hf-tag:TAG, collection:SLUG, a registered model's name, "
                   "hf-hub:OWNER/NAME[@REV], timm:NAME, or models joined by '+'")
-ONE_MODEL_KINDS = ("cka", "blocks", "probes", "delete-blocks")  # refs: one model
-SIZED_KINDS = CKA_KINDS + ("across-seeds",) + PROBE_KINDS  # a pass over examples: the server requires and caps them
-LAYER_KINDS = CKA_KINDS + ("across-seeds", "probes")  # layer globs apply
 
 
 def names_a_side(ref: str) -> bool:
@@ -67,7 +65,7 @@ def check_references(data: dict) -> None:
     refs, kind = data.get("refs"), data.get("kind")
     if not isinstance(refs, list):
         return  # from_json names the problem
-    sides = kind in SIDE_KINDS
+    sides = kind in kind_names() and spec_for(kind).sides
     for i, ref in enumerate(refs):
         if not isinstance(ref, str):
             continue
@@ -106,16 +104,18 @@ def _reference_form(ref: str, sides: bool) -> bool:
 def check_request(data: dict, config: ServiceConfig) -> ComparisonRequest:
     """A comparison request this server will run: valid (no paths), and inside its size caps. A cross-cka of two
     population sides is an across-seeds comparison, as the CLI's cross-cka makes it."""
-    refs = data.get("refs")
-    if data.get("kind") == "cross-cka" and isinstance(refs, list) and any(isinstance(r, str) and names_a_side(r) for r in refs):
-        data = data | {"kind": "across-seeds"}
+    refs, kind = data.get("refs"), data.get("kind")
+    many = spec_for(kind).many_sides_kind if isinstance(kind, str) and kind in kind_names() else None
+    if many and isinstance(refs, list) and any(isinstance(r, str) and names_a_side(r) for r in refs):
+        data = data | {"kind": many}
     check_references(data)
     req = ComparisonRequest.from_json(data, allow_paths=False)
+    spec = spec_for(req.kind)
 
     def refuse(field: str, message: str) -> ServiceRequestError:
         return ServiceRequestError(f"{field}: {message}", params=(field,))
 
-    if req.kind in SIZED_KINDS:
+    if spec.sized:
         if req.examples is None or req.examples > config.max_examples:
             raise refuse("examples", f"this server computes at most {config.max_examples:,} examples per comparison: "
                                      f"give examples from 4 to {config.max_examples:,}")
@@ -125,20 +125,18 @@ def check_request(data: dict, config: ServiceConfig) -> ComparisonRequest:
             raise refuse("batch_size", f"at most {config.max_examples:,} (the server's examples cap)")
         if len(req.refs) > config.max_models:
             raise refuse("refs", f"at most {config.max_models} models in one comparison on this server")
-        for name in ("pc_examples", "train_examples"):
-            if req.options.get(name) is not None and req.options[name] > config.max_examples:
-                raise refuse(f"options.{name}", f"at most {config.max_examples:,} on this server")
-        if req.kind == "probes" and req.options.get("train_examples") is None:
-            raise refuse("options.train_examples", f"give the training examples of the probes (at most "
-                                                   f"{config.max_examples:,} on this server)")
-    if req.kind in SIDE_KINDS:
+    for opt in spec.options:  # the kind's own caps on this server
+        v, cap = req.options.get(opt.name), opt.server_cap
+        cap = config.max_examples if cap == "examples" else cap
+        if opt.server_required and v is None:
+            raise refuse(f"options.{opt.name}", f"give {opt.doc} (at most {cap:,} on this server)")
+        if v is not None and cap is not None and v > cap:
+            raise refuse(f"options.{opt.name}", f"at most {cap:,} on this server")
+    if spec.sides:
         for i, side in enumerate(req.refs):
             if side.count("+") + 1 > config.max_models:
                 raise refuse(f"refs[{i}]", f"at most {config.max_models} models listed on a side on this server "
                                            "(name a population instead: population:NAME)")
-        for name in ("splits", "permutations"):
-            if req.options.get(name, 0) > MAX_SPLITS:
-                raise refuse(f"options.{name}", f"at most {MAX_SPLITS:,} on this server")
     return req
 
 
@@ -170,7 +168,7 @@ def check_form_references(fields: dict[str, str], kind: str, names, populations,
     """The compare form's models (or an API request's ``refs``), before a job is queued: each one a reference this
     server takes, and a bare name one the registry has (a population one it lists). A refusal says what to do:
     ``advice`` (on the page, or over the API)."""
-    sides = kind in SIDE_KINDS
+    sides = spec_for(kind).sides
     for field, ref in fields.items():
         parts = [item.text for item in side_items(ref)] if sides else [ref.strip()]
         for part in parts:
@@ -203,16 +201,18 @@ def form_request(form: dict, config: ServiceConfig, registry=None) -> Comparison
     cross-cka of two population sides is an across-seeds comparison (as the CLI's cross-cka); probes train on as
     many examples as they are tested on."""
     kind = (form.get("kind") or "cross-cka").strip()
-    if kind not in KINDS:
-        raise ServiceRequestError(f"kind: {short_repr(kind)} is not a comparison kind (one of {', '.join(KINDS)})")
+    if kind not in kind_names():
+        raise ServiceRequestError(f"kind: {short_repr(kind)} is not a comparison kind (one of {', '.join(kind_names())})")
+    spec: KindSpec = spec_for(kind)
     a, b = (form.get("model_a") or "").strip(), (form.get("model_b") or "").strip()
     if not a:
         raise ServiceRequestError("model A is empty: name a registered model (or a side, e.g. population:NAME)")
-    one = kind in ONE_MODEL_KINDS
+    one = spec.one_model
     if not one and not b:
-        raise ServiceRequestError(f"model B is empty: {kind} compares two {'sides' if kind in SIDE_KINDS else 'models'}")
-    if kind == "cross-cka" and (names_a_side(a) or names_a_side(b)):
-        kind = "across-seeds"  # before the fields below, which differ by kind
+        raise ServiceRequestError(f"model B is empty: {kind} compares two {'sides' if spec.sides else 'models'}")
+    if spec.many_sides_kind and (names_a_side(a) or names_a_side(b)):
+        kind = spec.many_sides_kind  # before the fields below, which differ by kind
+        spec = spec_for(kind)
     if registry is not None:
         entries = registry.entries()
         check_form_references({"model A": a} | ({} if one else {"model B": b}), kind, set(entries),
@@ -221,19 +221,16 @@ def form_request(form: dict, config: ServiceConfig, registry=None) -> Comparison
     dataset = (form.get("dataset") or "").strip()
     if dataset:
         data["dataset"] = dataset
-    if kind in LAYER_KINDS:
+    if spec.layers:
         layers = [g for g in (form.get("layers") or "").replace(",", " ").split() if g]
         if layers:
             data["layers"] = layers
-    if kind in SIZED_KINDS:
+    if spec.sized:
         examples = (form.get("examples") or "").strip()
         try:
             data["examples"] = int(examples) if examples else None
         except ValueError:
             raise ServiceRequestError(f"examples: {short_repr(examples)} is not a whole number", params=("examples",)) from None
-        if kind == "probes" and data["examples"] is not None:
-            data["options"] = {"train_examples": data["examples"]}
-    if kind == "compare":
-        measures = [m.strip() for m in re.split(r",(?![^(]*\))", form.get("measures") or "") if m.strip()]
-        data["options"] = {"measures": measures or ["cka"]}
+    if spec.form_options is not None:
+        data["options"] = spec.form_options(form, data)
     return check_request(data, config)

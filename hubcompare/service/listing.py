@@ -5,7 +5,7 @@ tells them apart."""
 from __future__ import annotations
 
 from ..results.store import StoredResult
-from .checks import SIZED_KINDS
+from ..comparisons.kinds import kind_names, spec_for
 
 __all__ = ["model_count", "result_rows", "short_time"]
 
@@ -49,7 +49,7 @@ def _settings(request: dict) -> str:
     parts = []
     if request.get("examples") is not None:
         parts.append(f"{request['examples']:,} examples" if isinstance(request["examples"], int) else f"examples {request['examples']}")
-    elif request.get("kind") in SIZED_KINDS:
+    elif request.get("kind") in kind_names() and spec_for(request["kind"]).sized:
         parts.append(f"all {request.get('split') or ''} examples".replace("  ", " "))
     if request.get("layers"):
         parts.append(f"layers {_value(request['layers'])}")

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..comparisons.requests import KINDS
+from ..comparisons.kinds import kind_names, specs
 from ..data.datasets import DATASETS
 from ..errors import HubcompareError, ServiceRequestError
 from ..similarity.measures import measure_names
 from .api import download
 from .bounded import ONE_RESULT_BUDGET, bounded, page_number, page_of
 from .card import render_card
-from .checks import LAYER_KINDS, ONE_MODEL_KINDS, SIZED_KINDS, form_request, job_advice
+from .checks import form_request, job_advice
 from .listing import result_rows
 from .views import (
     SETTINGS_KEYS,
@@ -95,10 +95,10 @@ def model_page(request: Request, name: str) -> HTMLResponse:
 def results_page(request: Request) -> HTMLResponse:
     kind = request.query_params.get("kind") or None
     model = (request.query_params.get("model") or "").strip() or None
-    if kind is not None and kind not in KINDS:
-        raise ServiceRequestError(f"kind: {kind!r} is not a comparison kind (one of {', '.join(KINDS)})")
+    if kind is not None and kind not in kind_names():
+        raise ServiceRequestError(f"kind: {kind!r} is not a comparison kind (one of {', '.join(kind_names())})")
     found = service_of(request).store.list(kind=kind, model=model, limit=500)
-    return render(request, "results.html", results=result_rows(found), kinds=KINDS, kind=kind, model=model)
+    return render(request, "results.html", results=result_rows(found), kinds=kind_names(), kind=kind, model=model)
 
 
 @router.get("/results/{key}")
@@ -181,8 +181,10 @@ def _compare_context(request: Request, values: dict, error: str | None = None) -
     pops = sorted({p for e in entries for p in e.populations})
     config = service_of(request).config
     return {"values": values, "error": error, "names": [e.name for e in entries], "choices": [(e.name, _choice_label(e)) for e in entries],
-            "populations": pops, "kinds": KINDS,
-            "one_model_kinds": ONE_MODEL_KINDS, "sized_kinds": SIZED_KINDS, "layer_kinds": LAYER_KINDS, "datasets": list(DATASETS),
+            "populations": pops, "kinds": kind_names(),
+            "one_model_kinds": [s.name for s in specs() if s.one_model], "sized_kinds": [s.name for s in specs() if s.sized],
+            "layer_kinds": [s.name for s in specs() if s.layers],
+            "measures_kinds": [s.name for s in specs() if s.option("measures")], "datasets": list(DATASETS),
             "max_examples": config.max_examples, "measure_names": measure_names()}
 
 
