@@ -81,6 +81,57 @@ def test_per_layer_numbers_are_the_pairwise_compare_results(seed_runs, result):
     assert r.summary()["within_a"]["outside"]["n"] == 12 and r.summary()["within_a"]["inside"]["n"] == 0
 
 
+def test_other_measures_get_the_same_pair_sets_from_the_same_pass(seed_runs, result, tmp_path):
+    """--measure: each extra measure's pair sets are that measure between the same layers a separate compare of the
+    pair computes (an asymmetric one with the first model's layer as the row), classed like CKA's; CKA's numbers do
+    not move; the JSON carries them and reads back; the CLI prints a table per measure and stores them in the key."""
+    from hubcompare.similarity.measures import parse_measures
+
+    base, ds = result
+    ma, mb = _models(seed_runs["a"]), _models(seed_runs["b"])
+    chosen = parse_measures(["procrustes", "linreg"])
+    r = across_seeds(ma, mb, ds, BATCH, 1, 0, EXAMPLES, label_a="r8", label_b="r14", pc_examples=PC, measures=chosen)
+    for name, ps in r.sets.items():  # CKA unchanged by the company it keeps
+        np.testing.assert_array_equal(ps.values, base.sets[name].values)
+    assert list(r.measures) == ["procrustes", "linreg"]
+    a, b = seed_runs["a"], seed_runs["b"]
+    layers = ["stem", "*.out"]
+    for key in ("procrustes", "linreg"):
+        sets = r.measures[key]["pair_sets"]
+        for name, p, (x, y) in (("within_a", 1, (a[0], a[2])), ("across_on_b", 3, (b[1], a[1]))):
+            assert sets[name]["pairs"][p] == [str(x), str(y)]
+            own = compare(_models([x, y], layers), ds, batch_size=BATCH, num_examples=EXAMPLES, measures=chosen)
+            value, se = own.measure_pair(key, 0, 1)
+            match = np.array(sets[name]["matched_layer"])
+            np.testing.assert_allclose(sets[name]["value"][p], value[np.arange(len(match)), match], rtol=0, atol=1e-9)
+            assert sets[name]["class"] == r.sets[name].klass.tolist()
+        outside = r.measures[key]["summary"]["within_a"]["outside"]
+        assert outside["n"] == 12 and outside["mean"] == pytest.approx(np.mean(sets["within_a"]["value"]), abs=1e-12)
+    doc = json.loads(json.dumps(r.to_json(), allow_nan=True))
+    from hubcompare.comparisons.seed_kinds import seeds_result_from_json
+
+    assert seeds_result_from_json(doc).to_json()["measures"] == doc["measures"]
+    assert "measures" not in base.to_json()  # without --measure the document is as before
+
+    home = {"HUBCOMPARE_HOME": str(tmp_path / "home"), "HUBCOMPARE_REGISTRY_DIRS": ""}
+    side_a, side_b = "+".join(map(str, a)), "+".join(map(str, b))
+    args = ["across-seeds", side_a, side_b, "--batch-size", str(BATCH), "--examples", str(EXAMPLES), "--pc-examples",
+            str(PC), "--device", "cpu", "--measure", "rsa", "--out", str(tmp_path / "out")]
+    printed = runner.invoke(app, args, env=home, terminal_width=200)
+    assert printed.exit_code == 0, printed.output
+    assert "rsa over (pair, layer) values" in printed.stdout and "CKA over (pair, layer) values" in printed.stdout
+    stored = json.loads((tmp_path / "out" / "across_seeds.json").read_text())
+    assert list(stored["measures"]) == ["rsa"]
+    again = runner.invoke(app, [*args, "--json"], env=home)
+    assert json.loads(again.stdout)["from_store"] is True
+    other = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "other"), "--json"], env=home)
+    plain = runner.invoke(app, [a for a in args if a not in ("--measure", "rsa")][:-2] + ["--out", str(tmp_path / "p"), "--json"],
+                          env=home)
+    assert json.loads(other.stdout)["result_key"] == json.loads(again.stdout)["result_key"] != json.loads(plain.stdout)["result_key"]
+    bad = runner.invoke(app, [*args[:-2], "--measure", "cca", "--out", str(tmp_path / "bad")], env=home)
+    assert bad.exit_code != 0 and "not a measure" in bad.output and "Traceback" not in bad.output
+
+
 def test_outputs_carry_provenance(result, tmp_path):
     from hubcompare.populations.seed_plots import plot_across_seeds
 

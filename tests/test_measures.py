@@ -60,7 +60,7 @@ def reduced(X, keep):
     """Xc's coordinates on its top principal directions explaining ``keep`` of its variance (numpy SVD)."""
     U, S, _ = np.linalg.svd(X - X.mean(0), full_matrices=False)
     S = S[S > S[0] * 1e-7]  # the numerical rank of float32-made features
-    k = int(np.searchsorted(np.cumsum(S**2) / np.sum(S**2), keep)) + 1
+    k = min(int(np.searchsorted(np.cumsum(S**2) / np.sum(S**2), keep)) + 1, len(S))
     return U[:, :k] * S[:k]
 
 
@@ -73,6 +73,25 @@ def ref_svcca(X, Y, keep=0.99):
     return float(np.mean(canonical_correlations(reduced(X, keep), reduced(Y, keep))))
 
 
+def ref_pwcca(X, Y):
+    """Morcos, Raghu & Bengio's definition: CCA by whitening (Sigma_xx^-1/2 Sigma_xy Sigma_yy^-1/2, on each layer's
+    principal coordinates so that a rank-deficient layer has an inverse), canonical variates h_i = X Sigma_xx^-1/2 u_i,
+    weights alpha_i = sum_j |<h_i, x_j>| over X's neurons (the centred columns), normalised; sum_i alpha_i rho_i.
+    (Not google/svcca's pwcca.py, which projects with u alone and weighs by the other layer's activations.)"""
+    Xc = X - X.mean(0)
+    A, B = reduced(X, 1.0), reduced(Y, 1.0)
+
+    def inv_sqrt(S):
+        w, V = np.linalg.eigh(S)
+        return V @ np.diag(w**-0.5) @ V.T
+
+    Wa, Wb = inv_sqrt(A.T @ A), inv_sqrt(B.T @ B)
+    U, rho, _ = np.linalg.svd(Wa @ A.T @ B @ Wb, full_matrices=False)
+    H = A @ Wa @ U  # the canonical variates of X, unit norm
+    alpha = np.abs(H.T @ Xc).sum(1)
+    return float((alpha * np.minimum(rho, 1.0)).sum() / alpha.sum())
+
+
 def ref_linreg(X, Y):
     """R^2 of the least-squares fit of Y's centred features from X's (numpy lstsq)."""
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
@@ -81,13 +100,13 @@ def ref_linreg(X, Y):
 
 
 REFERENCES = {"rbf-cka": ref_rbf_cka, "rsa": ref_rsa, "mknn": ref_mknn, "procrustes": ref_procrustes,
-              "svcca": ref_svcca, "linreg": ref_linreg}
+              "svcca": ref_svcca, "pwcca": ref_pwcca, "linreg": ref_linreg}
 
 
 def inputs(X):
     x = torch.as_tensor(X, dtype=torch.float64)
     xc = x - x.mean(0)
-    return LayerInputs(xc @ xc.T, example_stats(x))
+    return LayerInputs(xc @ xc.T, example_stats(x), xc)
 
 
 def features(rng, n, p, offset=2.0):
@@ -170,7 +189,7 @@ def test_compare_computes_every_measure_in_one_pass_as_defined():
     comp = compare(models, ds, batch_size=120, measures=parse_measures(["all"]))
     xa, xb = activations(a, ds), activations(b, ds)
     assert list(comp.measures) == ["cka", "rbf-cka(frac=0.8)", "rsa", "mknn(k=10)", "procrustes", "svcca(keep=0.99)",
-                                   "linreg"]
+                                   "pwcca", "linreg"]
     for key, m in comp.measure_specs.items():
         if m.name == "cka":
             continue
@@ -180,7 +199,7 @@ def test_compare_computes_every_measure_in_one_pass_as_defined():
         assert np.abs(value - expected).max() < tol, (key, value, expected)
         assert np.isnan(se).all()  # one minibatch: no jackknife
     assert [d["name"] for d in comp.settings["measures"]] == ["cka", "rbf-cka", "rsa", "mknn", "procrustes", "svcca",
-                                                              "linreg"]
+                                                              "pwcca", "linreg"]
 
 
 def test_linear_cka_is_bit_identical_with_or_without_other_measures():
@@ -228,7 +247,7 @@ def test_a_constant_layer_gets_nan_and_a_warning_for_every_measure():
 
 # ---- errors a user sees ---------------------------------------------------------------------------------------
 def test_unknown_measures_and_parameters_are_typed_errors_naming_the_fix():
-    with pytest.raises(MeasureError, match="not a measure: choose from cka, rbf-cka, rsa, mknn, procrustes, svcca, linreg"):
+    with pytest.raises(MeasureError, match="not a measure: choose from cka, rbf-cka, rsa, mknn, procrustes, svcca, pwcca, linreg"):
         parse_measures(["cca"])
     with pytest.raises(MeasureError, match=r"frac = -1 is out of range: give a number in \[0.01, 100\]"):
         make_measure("rbf-cka", frac=-1)
@@ -238,9 +257,9 @@ def test_unknown_measures_and_parameters_are_typed_errors_naming_the_fix():
         make_measure("rbf-cka", sigma=1.0)
     with pytest.raises(MeasureError, match="not among the chosen measures"):
         parse_measures(["cka"], {"mknn": {"k": 5}})
-    assert measure_names() == ["cka", "rbf-cka", "rsa", "mknn", "procrustes", "svcca", "linreg"]
+    assert measure_names() == ["cka", "rbf-cka", "rsa", "mknn", "procrustes", "svcca", "pwcca", "linreg"]
     assert [m.name for m in parse_measures(["mknn", "all", "mknn"])] == ["mknn", "cka", "rbf-cka", "rsa", "procrustes",
-                                                                         "svcca", "linreg"]
+                                                                         "svcca", "pwcca", "linreg"]
 
 
 def test_mknn_refuses_minibatches_no_larger_than_k():

@@ -14,7 +14,7 @@ from ..grounding.defaults import DEFAULT_EXAMPLES, MIN_SEEDS
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from ..provenance import atomic_write_json, atomic_write_text
 from .compare import Layers
-from .measures import MeasureNames, MeasureParams, measure_params
+from .passes import MeasureNames, MeasureParams, measure_params
 from .options import (DataDir, Device, FigureFormat, MaxParams, Threads, pick_device, progress_console, set_threads, slug,
                       warn, writable_folder, wrote)
 from .output import Json, print_json, table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -14,15 +14,8 @@ from ..models.checkpoint import DEFAULT_MAX_PARAMS
 from .compare import Labels, Layers, Out
 from .options import DataDir, Device, FigureFormat, MaxParams, Threads, progress_console, slug, warn, wrote
 from .output import Json, print_json, table
-from .passes import BatchSize, Dataset, Examples, Passes, Seed, Split
+from .passes import BatchSize, Dataset, Examples, MeasureNames, MeasureParams, Passes, Seed, Split, measure_params
 from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
-
-MeasureNames = Annotated[list[str], typer.Option(
-    "--measure", help="A measure to compute (repeatable; 'all' = every one; `hubcompare measures` lists them). All run "
-                      "in the same pass over the data.")]
-MeasureParams = Annotated[Optional[list[str]], typer.Option(
-    "--param", help="A measure's parameter, MEASURE.NAME=VALUE (repeatable), e.g. rbf-cka.frac=0.5, mknn.k=20.")]
-
 
 def measures(json_out: Json = False) -> None:
     """Every similarity measure `compare` computes: definition, orientation, range, parameters and citation."""
@@ -41,21 +34,6 @@ def measures(json_out: Json = False) -> None:
         t.add_row(r["name"], escape(r["definition"]), f"{r['orientation']}, [{r['range'][0]:g}, {r['range'][1]:g}]",
                   escape(params), escape(r["citation"]))
     progress_console(False).print(t)
-
-
-def measure_params(given: list[str] | None) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in given or []:
-        head, eq, value = item.partition("=")
-        measure, dot, name = head.partition(".")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not (eq and dot and measure and name) or number is None:
-            raise typer.BadParameter(f"{item!r} is not MEASURE.NAME=NUMBER (e.g. rbf-cka.frac=0.5)", param_hint="'--param'")
-        out.setdefault(measure, {})[name] = int(number) if number.is_integer() and "." not in value else number
-    return out
 
 
 def _array(rows: list) -> np.ndarray:

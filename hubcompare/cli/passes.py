@@ -1,4 +1,5 @@
-"""Options and helpers of commands that run a comparison pass (across-seeds, report): the batch plan, the backend.
+"""Options and helpers of commands that run a comparison pass (across-seeds, report, compare, grounding): the batch
+plan, the backend, the measures.
 
 They are the same as cli/compare.py's (whose cross-cka dispatches population sides to across-seeds, so across-seeds
 cannot import compare.py back: no import cycles); compare.py can import them from here instead of keeping its own."""
@@ -70,3 +71,26 @@ def comparer(backend: str, ray_address: Optional[str], workers: Optional[int], t
         shards = RayShards(ray_address, workers, threads, max_params)
     with shards:
         yield shards.compare
+
+
+MeasureNames = Annotated[list[str], typer.Option(
+    "--measure", help="A measure to compute (repeatable; 'all' = every one; `hubcompare measures` lists them). All run "
+                      "in the same pass over the data.")]
+MeasureParams = Annotated[Optional[list[str]], typer.Option(
+    "--param", help="A measure's parameter, MEASURE.NAME=VALUE (repeatable), e.g. rbf-cka.frac=0.5, mknn.k=20.")]
+
+
+def measure_params(given: list[str] | None) -> dict[str, dict]:
+    """``--param MEASURE.NAME=NUMBER`` options as {measure: {name: number}} (checked against the measures later)."""
+    out: dict[str, dict] = {}
+    for item in given or []:
+        head, eq, value = item.partition("=")
+        measure, dot, name = head.partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not (eq and dot and measure and name) or number is None:
+            raise typer.BadParameter(f"{item!r} is not MEASURE.NAME=NUMBER (e.g. rbf-cka.frac=0.5)", param_hint="'--param'")
+        out.setdefault(measure, {})[name] = int(number) if number.is_integer() and "." not in value else number
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -29,12 +29,14 @@ from .passes import (
     Dataset,
     Examples,
     Layers,
+    MeasureParams,
     Passes,
     RayAddress,
     Seed,
     Split,
     Workers,
     check_backend,
+    measure_params,
 )
 from .population import LabelOpt, Out, SideArg
 from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
@@ -43,6 +45,9 @@ MaxMemory = Annotated[float, typer.Option(
     "--max-memory", min=0.01, callback=finite,
     help="GiB one pass may hold (every model's Grams per minibatch + the jackknife's per-minibatch matrices; each Ray "
          "worker holds the same); a larger request is refused before any work, naming what to cut.")]
+ExtraMeasures = Annotated[Optional[list[str]], typer.Option(
+    "--measure", help="Another similarity measure in the same pass (repeatable; 'all'; `hubcompare measures` lists them): "
+                      "the same pair sets and inside/outside classes as CKA's (the blocks stay CKA's).")]
 PcExamples = Annotated[int, typer.Option("--pc-examples", min=2, help="Fixed sample for each model's exact PC1 shares (its block).")]
 
 
@@ -81,6 +86,8 @@ def across_seeds(
     seed: Seed = 0,
     examples: Examples = None,
     pc_examples: PcExamples = 1024,
+    measure: ExtraMeasures = None,
+    param: MeasureParams = None,
     label_a: LabelOpt = None,
     label_b: LabelOpt = None,
     max_memory: MaxMemory = 8.0,
@@ -100,17 +107,21 @@ def across_seeds(
     vs outside each model's block; one pass (every model's Grams once per minibatch).
 
     Layers match by name within a side (one architecture a side) and by relative depth across sides. Default layers of a
-    hubcompare ResNet: the stem and every block output. Writes across_seeds.png (or --format), .json and .csv."""
+    hubcompare ResNet: the stem and every block output. --measure adds other similarity measures to the same pass, each
+    summarised the same way. Writes across_seeds.png (or --format), .json and .csv."""
     from ..comparisons.cka_kinds import batch_plan_from_json
     from ..comparisons.requests import ComparisonRequest
     from ..comparisons.run import export, files_of
     from ..comparisons.seed_kinds import labels_for, seeds_result_from_json
+    from ..similarity.measures import parse_measures
 
     check_backend(backend, ray_address, workers)
+    extra = [m.key for m in parse_measures(measure, measure_params(param)) if m.key != "cka"] if measure else []
     con = progress_console(json_out)
     labels = (label_a or None, label_b or None)
     req = ComparisonRequest("across-seeds", (a, b), dataset, split, tuple(layers) if layers else None, batch_size, passes,
-                            seed, examples, {"pc_examples": pc_examples, "max_memory_gb": max_memory},
+                            seed, examples, {"pc_examples": pc_examples, "max_memory_gb": max_memory}
+                            | ({"measures": extra} if extra else {}),
                             labels=labels if any(labels) else None, fmt=fmt)
     outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads, max_params=max_params,
                          device=device, backend=backend, ray_address=ray_address, workers=workers)
@@ -143,14 +154,16 @@ def _tables(r) -> None:
             t.add_row(str(row["index"]), row["layer"], _stat(row["within_mean"], row["within_sd"], row["within_n"], False),
                       _stat(row["across_mean"], row["across_sd"], row["across_n"], False), f"{100 * row['block_share']:.0f}%")
         console.print(t)
-    t = table("pairs", "outside both blocks", "one layer in its block", "both in their blocks",
-              title="CKA over (pair, layer) values, by where the two layers lie")
     names = {"within_a": f"within {r.a.label}", "within_b": f"within {r.b.label}",
              "across_on_a": f"across, on {r.a.label}'s layers", "across_on_b": f"across, on {r.b.label}'s layers"}
-    for key, name in names.items():
-        t.add_row(name, *(_stat(**{f: s[key][c][f] for f in ("mean", "sd", "n")}) for c in ("outside", "partly", "inside")))
-    console.print(t)
+    for what, summary in (("CKA", s), *((key, m["summary"]) for key, m in r.measures.items())):
+        t = table("pairs", "outside both blocks", "one layer in its block", "both in their blocks",
+                  title=f"{escape(what)} over (pair, layer) values, by where the two layers lie")
+        for key, name in names.items():
+            t.add_row(name, *(_stat(**{f: summary[key][c][f] for f in ("mean", "sd", "n")}) for c in ("outside", "partly", "inside")))
+        console.print(t)
     console.print(escape(seeds_sentence(s, r.a.label, r.b.label)), soft_wrap=True, highlight=False)
 
 
-ACROSS_OPTIONS = set(across_seeds.__code__.co_varnames[: across_seeds.__code__.co_argcount]) - {"a", "b", "label_a", "label_b"}
+ACROSS_OPTIONS = set(across_seeds.__code__.co_varnames[: across_seeds.__code__.co_argcount]) - {"a", "b", "label_a", "label_b",
+                                                                                               "measure", "param"}

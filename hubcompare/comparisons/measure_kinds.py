@@ -32,7 +32,8 @@ from .kindspec import MAX_MODELS, KindSpec, Option, Prepared, bad_field
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
 
-__all__ = ["COMPARE", "KINDS", "MEASURES_FILE", "chosen_measures", "measure_values"]
+__all__ = ["COMPARE", "KINDS", "MAX_MEASURES", "MEASURES_FILE", "MeasuresOption", "chosen_measures", "form_measures",
+           "measure_values"]
 
 MEASURES_FILE = "measures.json"
 DEFAULT_MEASURES = ("cka",)
@@ -74,10 +75,13 @@ class MeasuresOption(Option):
         return list(DEFAULT_MEASURES)
 
 
-def _form_measures(form: Mapping[str, str], data: dict) -> dict:
-    """The compare form's measures field: keys separated by commas outside parentheses (default: cka)."""
-    measures = [m.strip() for m in re.split(r",(?![^(]*\))", form.get("measures") or "") if m.strip()]
-    return {"measures": measures or list(DEFAULT_MEASURES)}
+def form_measures(form: Mapping[str, str]) -> list[str]:
+    """The compare form's measures field: keys separated by commas outside parentheses."""
+    return [m.strip() for m in re.split(r",(?![^(]*\))", form.get("measures") or "") if m.strip()]
+
+
+def _form_options(form: Mapping[str, str], data: dict) -> dict:
+    return {"measures": form_measures(form) or list(DEFAULT_MEASURES)}
 
 
 def chosen_measures(req: ComparisonRequest) -> list[Measure]:
@@ -138,7 +142,7 @@ class _CompareKind:
         name="compare", summary="several similarity measures between every layer of two or more models, in one pass",
         refs=(2, MAX_MODELS), estimator=True, sized=True,
         options=(MeasuresOption(name="measures", doc="the measures' keys (default: cka)", max_len=MAX_MEASURES),),
-        files={"document": MEASURES_FILE, "figure": "measures*.{fmt}"}, form_options=_form_measures)
+        files={"document": MEASURES_FILE, "figure": "measures*.{fmt}"}, form_options=_form_options)
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:

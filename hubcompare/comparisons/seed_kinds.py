@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
@@ -32,8 +32,10 @@ from ..similarity.blocks import DEFAULT_BLOCK_LAYERS, Block, BlockCriteria
 from ..similarity.engine import CompareModel, comparison_dataset
 from ..similarity.engine import compare as local_compare
 from ..similarity.labels import default_label
+from ..similarity.measures import measure_from_key
 from .cka_kinds import copy_file, device_text, model_identity, model_records, plan_warnings, tapped_layers
 from .kindspec import FloatOption, IntOption, KindSpec, Prepared
+from .measure_kinds import MAX_MEASURES, MeasuresOption, form_measures
 
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
@@ -103,6 +105,15 @@ def _sanitise(obj):
     return obj
 
 
+def _form_options(form: Mapping[str, str], data: dict) -> dict:
+    measures = form_measures(form)
+    return {"measures": measures} if measures else {}
+
+
+def _measures(req: ComparisonRequest) -> list:
+    return [measure_from_key(k) for k in req.options.get("measures") or ()]
+
+
 class _AcrossSeedsKind:
     """Two sides of seeds (each one architecture) in one pass: within and across sides, inside vs outside the blocks."""
 
@@ -111,8 +122,10 @@ class _AcrossSeedsKind:
         refs=(2, 2), sides=True, estimator=True, sized=True,
         options=(IntOption(name="pc_examples", doc="examples for the PC1 analysis", low=2, high=1_000_000, server_cap="examples"),
                  FloatOption(name="max_memory_gb", doc="refuse a pass over this memory before any work", low=0.01, high=1e6,
-                             in_key=False)),
-        files={"document": FILES[0], "table": FILES[1], "figure": "across_seeds.{fmt}"})
+                             in_key=False),
+                 MeasuresOption(name="measures", doc="other similarity measures in the same pass, each with the same pair "
+                                "sets and classes (default: none; CKA always)", max_len=MAX_MEASURES)),
+        files={"document": FILES[0], "table": FILES[1], "figure": "across_seeds.{fmt}"}, form_options=_form_options)
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:
@@ -145,7 +158,8 @@ class _AcrossSeedsKind:
             "dataset": {"name": ds.name, "split": ds.split, "fingerprint": ds.fingerprint, "size": len(ds)},
             "layers": [tapped_layers(_block_layers(m), ds) for m in (*models_a, *models_b)],
             "settings": {"num_examples": n, "batch_plan": plan.to_json(), "passes": req.passes, "seed": req.seed,
-                         "pc_examples": min(pc, len(ds)), "criteria": asdict(BlockCriteria())},
+                         "pc_examples": min(pc, len(ds)), "criteria": asdict(BlockCriteria())}
+            | ({"measures": [m.key for m in _measures(req)]} if req.options.get("measures") else {}),
             "hubcompare": package_versions().get("hubcompare"),
         }
         title = f"across-seeds: {labels[0]} ({_models(len(models_a))}) vs {labels[1]} ({_models(len(models_b))})"
@@ -155,14 +169,15 @@ class _AcrossSeedsKind:
     def compute(self, req: ComparisonRequest, prepared: Prepared, staging: Path, on_progress, compare):
         st: SeedsState = prepared.state
         k = len(st.models_a) + len(st.models_b)
-        stage = f"CKA, {k} models in one pass on {st.dataset.name} {req.split} ({device_text(st.device)})"
+        extra = "".join(f" + {m.key}" for m in _measures(req) if m.key != "cka")
+        stage = f"CKA{extra}, {k} models in one pass on {st.dataset.name} {req.split} ({device_text(st.device)})"
         pcs = "PC1 shares per model (its block)"
         on_progress(stage, 0, st.plan.num_batches)
         max_gb = float(req.options.get("max_memory_gb", DEFAULT_MAX_MEMORY_GB))
         r = across_seeds(st.models_a, st.models_b, st.dataset, st.plan.batch_size, req.passes, req.seed, req.examples,
                          label_a=st.labels[0], label_b=st.labels[1], spec_a=req.refs[0], spec_b=req.refs[1],
                          pc_examples=int(req.options.get("pc_examples", DEFAULT_PC_EXAMPLES)), device=st.device,
-                         compare_fn=compare or local_compare, max_bytes=int(max_gb * 2**30),
+                         compare_fn=compare or local_compare, max_bytes=int(max_gb * 2**30), measures=_measures(req),
                          on_batch=lambda d, n: on_progress(stage, d, n), on_model=lambda i, n, ref: on_progress(pcs, i, n))
         on_progress(pcs, k, k)
         r.provenance["batch_plan"] = st.plan.to_json()
@@ -172,6 +187,8 @@ class _AcrossSeedsKind:
                  "b": model_records(st.models_b, [default_label(m.provenance, m.ref) for m in st.models_b])}
         summary = {"labels": list(st.labels), "sides": sides, "batch_plan": st.plan.to_json(),
                    "dataset": st.dataset.describe(), "across_seeds": _sanitise(r.summary())}
+        if r.measures:
+            summary["measures"] = _sanitise({key: m["summary"] for key, m in r.measures.items()})
         return summary, r.warnings + plan_warnings(st.plan)
 
     def export(self, stored: StoredResult, req: ComparisonRequest, out: Path) -> list[Path]:
@@ -224,7 +241,7 @@ def seeds_result_from_json(d: dict) -> SeedsResult:
         shape = (len(ps["pairs"]), len(match))
         sets[name] = PairSet(name, [tuple(p) for p in ps["pairs"]], match, _floats(ps["cka"], shape), _floats(ps["se"], shape),
                              np.array(ps["class"], dtype=int).reshape(shape))
-    return SeedsResult(sides[0], sides[1], sets, list(d["warnings"]), d["provenance"])
+    return SeedsResult(sides[0], sides[1], sets, list(d["warnings"]), d["provenance"], d.get("measures") or {})
 
 
 def relabel(r: SeedsResult, labels: tuple[str, str]) -> SeedsResult:

@@ -26,7 +26,7 @@ from ..similarity.capture import LayerCapture
 from ..similarity.cka import flat_features
 from ..similarity.engine import CompareModel
 from ..similarity.measures import LayerInputs, Measure
-from ..similarity.measures.base import ROW_STATS, double_centre, example_stats
+from ..similarity.measures.base import FEATURES, ROW_STATS, centred_features, double_centre, example_stats
 
 __all__ = ["PCRemoval", "keep_components", "layer_features", "measure_between", "probe_accuracy", "rank_of",
            "remove_components", "pc_removal"]
@@ -86,15 +86,17 @@ def rank_of(s: torch.Tensor) -> int:
     return int((s > s[0] * len(s) * torch.finfo(s.dtype).eps).sum()) if len(s) and s[0] > 0 else 0
 
 
-def _inputs(x: torch.Tensor, row_stats: bool) -> LayerInputs:
-    return LayerInputs(double_centre(x @ x.T), example_stats(x) if row_stats else None)
+def _inputs(x: torch.Tensor, row_stats: bool, features: bool) -> LayerInputs:
+    return LayerInputs(double_centre(x @ x.T), example_stats(x) if row_stats else None,
+                       centred_features(x) if features else None)
 
 
 def measure_between(measures: Sequence[Measure], x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Every measure's full-data value between features ``x`` and ``y`` (n, p) of the same examples (one batch; an
     asymmetric measure's two directions averaged, as the other tests average them)."""
     row_stats = any(ROW_STATS in m.needs for m in measures)
-    layers = [_inputs(x, row_stats), _inputs(y, row_stats)]
+    features = any(FEATURES in m.needs for m in measures)
+    layers = [_inputs(x, row_stats, features), _inputs(y, row_stats, features)]
     out = {}
     for m in measures:
         acc = m.accumulator(2)

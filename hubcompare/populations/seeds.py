@@ -13,6 +13,9 @@ one product per batch gives every layer pair of every model pair, the within-mod
   its within-model CKA of the same pass and its exact PC1 shares on a fixed sample, so every (pair, layer)
   value is classed **outside** (neither model's layer in its block), **partly** (one) or **inside** (both).
 
+Other similarity measures (``measures``) ride the same pass and get the same four pair sets and classes (the blocks
+stay CKA's: the paper's criterion), in ``SeedsResult.measures``.
+
 Per layer: mean, sd and number of pairs; per class: the same over (pair, layer) values. The paper's finding
 reads: outside > inside within a side and across. A side with one model has no seed pairs: its within-side
 values are NaN with n = 0 (and a warning), never invented.
@@ -37,6 +40,7 @@ from ..errors import ComparisonTooLargeError, OverlappingSidesError, SideArchite
 from ..provenance import atomic_write_json, atomic_write_text
 from ..similarity.blocks import DEFAULT_BLOCK_LAYERS, Block, BlockCriteria, detect_blocks, pc_analysis
 from ..similarity.engine import CompareModel, Comparison, ComparisonPass, PassSettings, compare
+from ..similarity.measures import Measure
 from ..similarity.results import relative_depth_match
 
 __all__ = ["CLASSES", "DEFAULT_MAX_BYTES", "SeedSide", "SeedsResult", "Stat", "across_seeds", "class_stats", "pass_bytes"]
@@ -112,9 +116,12 @@ class PairSet:
     def by_class(self) -> dict[str, Stat]:
         return {c: Stat.of(self.values[self.klass == k]) for k, c in enumerate(CLASSES)}
 
-    def to_json(self) -> dict:
+    def to_json(self, value_name: str = "cka") -> dict:
         return {"pairs": [list(p) for p in self.pairs], "matched_layer": self.match.tolist(),
-                "cka": self.values.tolist(), "se": self.se.tolist(), "class": self.klass.tolist()}
+                value_name: self.values.tolist(), "se": self.se.tolist(), "class": self.klass.tolist()}
+
+    def summary(self) -> dict:
+        return {c: asdict(s) for c, s in self.by_class().items()} | {"all": asdict(Stat.of(self.values))}
 
 
 def class_stats(values: np.ndarray, first_inside: np.ndarray, second_inside: np.ndarray, pairs: Sequence[tuple[int, int]],
@@ -137,10 +144,12 @@ class SeedsResult:
     sets: dict[str, PairSet]  # within_a, within_b, across_on_a, across_on_b
     warnings: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    # other measures of the same pass, as JSON: key -> {"measure": describe(), "summary": {set: {class: stat}},
+    # "pair_sets": {set: PairSet.to_json("value")}} (no side labels in it: relabelling leaves it as it is)
+    measures: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        out = {name: {c: asdict(s) for c, s in ps.by_class().items()} | {"all": asdict(Stat.of(ps.values))}
-               for name, ps in self.sets.items()}
+        out = {name: ps.summary() for name, ps in self.sets.items()}
         out["models"] = {"a": len(self.a.models), "b": len(self.b.models)}
         out["pairs"] = {name: len(ps.pairs) for name, ps in self.sets.items()}
         out["models_with_a_block"] = {"a": sum(bool(b) for b in self.a.blocks), "b": sum(bool(b) for b in self.b.blocks)}
@@ -169,9 +178,10 @@ class SeedsResult:
                     "blocks": {r: [asdict(b) | {"size": b.size} for b in bl] for r, bl in zip(s.refs, s.blocks)},
                     "pc1_fraction": {r: p.tolist() for r, p in zip(s.refs, s.pc1)}}
 
-        return {"summary": self.summary(), "layers": self.layer_rows(), "sides": {"a": side(self.a), "b": side(self.b)},
-                "pair_sets": {k: v.to_json() for k, v in self.sets.items()}, "warnings": self.warnings,
-                "provenance": self.provenance}
+        doc = {"summary": self.summary(), "layers": self.layer_rows(), "sides": {"a": side(self.a), "b": side(self.b)},
+               "pair_sets": {k: v.to_json() for k, v in self.sets.items()}, "warnings": self.warnings,
+               "provenance": self.provenance}
+        return doc | ({"measures": self.measures} if self.measures else {})
 
     def csv_text(self) -> str:
         rows = self.layer_rows()
@@ -231,14 +241,18 @@ def _check_architecture(names: list[list[str]], refs: list[str], label: str) -> 
 
 
 def _pair_set(name: str, comp: Comparison, first: list[int], second: list[int], pairs: list[tuple[int, int]],
-              match: np.ndarray, inside_1: np.ndarray, inside_2: np.ndarray, refs: list[str]) -> PairSet:
-    """Values of ``pairs`` (indices into ``first`` and ``second``, positions of models in the pass)."""
+              match: np.ndarray, inside_1: np.ndarray, inside_2: np.ndarray, refs: list[str],
+              matrices: tuple[np.ndarray, np.ndarray] | None = None) -> PairSet:
+    """Values of ``pairs`` (indices into ``first`` and ``second``, positions of models in the pass) from the pass's
+    (value, se) matrices over every layer of every model (default: linear CKA's; an asymmetric measure's rows are the
+    first model's layers)."""
+    value, se_all = matrices if matrices is not None else (comp.value, comp.se)
     L = len(match)
     values, se = np.full((len(pairs), L), np.nan), np.full((len(pairs), L), np.nan)
     for p, (i, j) in enumerate(pairs):
         oi, oj = comp.offsets[first[i]], comp.offsets[second[j]]
         rows, cols = oi + np.arange(L), oj + match
-        values[p], se[p] = comp.value[rows, cols], comp.se[rows, cols]
+        values[p], se[p] = value[rows, cols], se_all[rows, cols]
     klass = class_stats(values, inside_1, inside_2, pairs, match)
     names = [(refs[first[i]], refs[second[j]]) for i, j in pairs]
     return PairSet(name, names, match, values, se, klass)
@@ -264,12 +278,14 @@ def across_seeds(
     device="cpu",
     compare_fn: Callable[..., Comparison] = compare,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    measures: Sequence[Measure] = (),
 ) -> SeedsResult:
     """Cross-model CKA between every pair of seeds of two sides at matching layers, and each model's block (see the
     module doc). All models run in one pass (``compare_fn``: :func:`~hubcompare.similarity.engine.compare`, or a
     :class:`~hubcompare.similarity.distributed.RayShards`' ``compare`` to shard it); the PC analysis for the blocks
     runs here, one model at a time (``on_model(k, total, ref)`` before each). Default layers of hubcompare ResNets:
-    stem + every block output (what the block criteria were set on)."""
+    stem + every block output (what the block criteria were set on). ``measures``: other similarity measures computed
+    in the same pass, each with the same pair sets and classes (``SeedsResult.measures``)."""
     _check_sides(models_a, models_b, label_a, label_b)
     models = [_with_block_layers(m) for m in (*models_a, *models_b)]
     ma = len(models_a)
@@ -277,7 +293,8 @@ def across_seeds(
     refs = [m.ref for m in models]
     if len(set(refs)) != len(refs):
         raise OverlappingSidesError(f"two models share the name {next(r for r in refs if refs.count(r) > 1)}: name each once.")
-    settings = PassSettings(batch_size=batch_size, passes=passes, seed=seed, num_examples=num_examples, device=device)
+    settings = PassSettings(batch_size=batch_size, passes=passes, seed=seed, num_examples=num_examples, device=device,
+                            measures=tuple(measures))
     with ComparisonPass(models, dataset, settings) as run:  # checks, layers
         names, num_batches, batch_size = run.layer_names, len(run.plan), run.batch_size  # None: the plan's choice
     _check_architecture([names[i] for i in idx_a], refs[:ma], label_a)
@@ -312,13 +329,25 @@ def across_seeds(
     ia, ib = a.inside, b.inside
     within_pairs = lambda m: [(i, j) for i in range(m) for j in range(i + 1, m)]  # noqa: E731
     cross = [(i, j) for i in range(len(idx_a)) for j in range(len(idx_b))]
-    sets = {
-        "within_a": _pair_set("within_a", comp, idx_a, idx_a, within_pairs(len(idx_a)), np.arange(la), ia, ia, refs),
-        "within_b": _pair_set("within_b", comp, idx_b, idx_b, within_pairs(len(idx_b)), np.arange(lb), ib, ib, refs),
-        "across_on_a": _pair_set("across_on_a", comp, idx_a, idx_b, cross, relative_depth_match(la, lb), ia, ib, refs),
-        "across_on_b": _pair_set("across_on_b", comp, idx_b, idx_a, [(j, i) for i, j in cross], relative_depth_match(lb, la),
-                                 ib, ia, refs),
-    }
+    def pair_sets(matrices=None) -> dict[str, PairSet]:
+        return {
+            "within_a": _pair_set("within_a", comp, idx_a, idx_a, within_pairs(len(idx_a)), np.arange(la), ia, ia, refs, matrices),
+            "within_b": _pair_set("within_b", comp, idx_b, idx_b, within_pairs(len(idx_b)), np.arange(lb), ib, ib, refs, matrices),
+            "across_on_a": _pair_set("across_on_a", comp, idx_a, idx_b, cross, relative_depth_match(la, lb), ia, ib, refs,
+                                     matrices),
+            "across_on_b": _pair_set("across_on_b", comp, idx_b, idx_a, [(j, i) for i, j in cross],
+                                     relative_depth_match(lb, la), ib, ia, refs, matrices),
+        }
+
+    sets = pair_sets()
+    extra = {}
+    for m in measures:
+        if m.key == "cka":
+            continue  # the main result
+        est = comp.measures[m.key]
+        by_set = pair_sets((est.value.numpy(), est.se.numpy()))
+        extra[m.key] = {"measure": m.describe(), "summary": {k: ps.summary() for k, ps in by_set.items()},
+                        "pair_sets": {k: ps.to_json("value") for k, ps in by_set.items()}}
     warnings = list(comp.warnings)
     for side in (a, b):
         if len(side.models) == 1:
@@ -332,4 +361,4 @@ def across_seeds(
                                                "within_model_cka": "from the same pass"},
         "pass": {"models": len(models), "layers": total, "estimated_bytes": need, "max_bytes": max_bytes},
     }
-    return SeedsResult(a, b, sets, warnings, provenance)
+    return SeedsResult(a, b, sets, warnings, provenance, extra)

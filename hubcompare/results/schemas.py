@@ -224,9 +224,12 @@ _CLASS_ROW = obj({"class": one_of(_str, _int, what="a class name"), "index": _in
 def document_spec(kind: str, limits: PullLimits) -> dict[str, Check] | None:
     """``{file name pattern: check}`` of the JSON documents a kind writes; None for a kind this version does not know."""
     cka = _cka_document(limits)
+    seed_pairs = obj({"pairs": list_of(_STRS), "matched_layer": _INTS, "value": list_of(_NUMS), "se": list_of(_NUMS),
+                      "class": list_of(_INTS)})
     seeds = obj({"summary": _dict, "layers": list_of(obj({"side": _str, "label": _str, "index": _int, "layer": _str})),
                  "sides": obj({"a": _seed_side(limits), "b": _seed_side(limits)}), "pair_sets": _dict, "warnings": _STRS,
-                 "provenance": _dict})
+                 "provenance": _dict},
+                {"measures": dict_of(obj({"measure": _dict, "summary": _dict, "pair_sets": dict_of(seed_pairs)}))})
     return {
         "cross-cka": {"cka.json": cka, "cka-*-vs-*.json": cka},
         "compare": {"measures.json": _measures_document(limits)},

@@ -184,7 +184,8 @@ def _compare_context(request: Request, values: dict, error: str | None = None) -
             "populations": pops, "kinds": kind_names(),
             "one_model_kinds": [s.name for s in specs() if s.one_model], "sized_kinds": [s.name for s in specs() if s.sized],
             "layer_kinds": [s.name for s in specs() if s.layers],
-            "measures_kinds": [s.name for s in specs() if s.option("measures")], "datasets": list(DATASETS),
+            "measures_kinds": [s.name for s in specs() if s.option("measures")],
+            "kind_summaries": [(s.name, s.summary) for s in specs()], "datasets": list(DATASETS),
             "max_examples": config.max_examples, "measure_names": measure_names()}
 
 

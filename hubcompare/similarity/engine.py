@@ -55,7 +55,8 @@ from .capture import LayerCapture
 from .latecheck import LateCheck
 from .cka import HSIC_PRODUCTS, MIN_BATCH, MinibatchCKA, gram, gram_dense, onednn_products, u_center
 from .measures import LinearCKA
-from .measures.base import FLOAT64_GRAM, ROW_STATS, LayerInputs, Measure, MeasureEstimate, double_centre, example_stats
+from .measures.base import (FEATURES, FLOAT64_GRAM, ROW_STATS, LayerInputs, Measure, MeasureEstimate, centred_features,
+                            double_centre, example_stats)
 from .results import CKAResult
 from .settings import PassSettings
 
@@ -267,6 +268,7 @@ class ComparisonPass:
                                    "more examples)", params=e.params) from None
         self.row_stats = any(ROW_STATS in m.needs for m in self.measures)
         self.float64_grams = any(FLOAT64_GRAM in m.needs for m in self.measures)
+        self.features = any(FEATURES in m.needs for m in self.measures)  # (n, p) per layer held until the batch's end
         self.warnings: list[str] = []
         self._context = None
 
@@ -387,7 +389,8 @@ class ComparisonPass:
                     u_center(k, out=u_all[offsets[mi] + li])
                     if inputs:  # the other measures: the centred Gram in float64 (and per-example statistics)
                         g = gram(act, torch.float64).to(at64) if self.float64_grams else double_centre(k.to(at64))
-                        inputs[offsets[mi] + li] = LayerInputs(g, example_stats(act) if self.row_stats else None)
+                        inputs[offsets[mi] + li] = LayerInputs(g, example_stats(act) if self.row_stats else None,
+                                                               centred_features(act, at64) if self.features else None)
                     if remove_pc1:
                         pc_grams.append(u_center(remove_top_pc(k.to(at64))))
 

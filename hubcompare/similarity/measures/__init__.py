@@ -7,10 +7,10 @@ from __future__ import annotations
 from .base import (LayerInputs, Measure, MeasureEstimate, Param, make_measure, measure_class, measure_from_key, measure_info,
                    measure_names, parse_measures)
 from .kernels import RBFCKA, LinearCKA
-from .cca import SVCCA, LinearRegression
+from .cca import PWCCA, SVCCA, LinearRegression
 from .neighbours import MutualKNN
 from .procrustes import Procrustes
 from .rsa import RSA
 
-__all__ = ["LayerInputs", "LinearCKA", "LinearRegression", "SVCCA", "Measure", "MeasureEstimate", "MutualKNN", "Param", "Procrustes", "RBFCKA", "RSA",
+__all__ = ["LayerInputs", "LinearCKA", "LinearRegression", "SVCCA", "Measure", "MeasureEstimate", "MutualKNN", "PWCCA", "Param", "Procrustes", "RBFCKA", "RSA",
            "make_measure", "measure_class", "measure_from_key", "measure_info", "measure_names", "parse_measures"]

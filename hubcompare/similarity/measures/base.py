@@ -26,11 +26,12 @@ import torch
 from ...errors import MeasureError, short_repr
 from ..cka import GRAM_CHUNK_ELEMENTS, flat_features
 
-__all__ = ["BatchMean", "LayerInputs", "double_centre", "example_stats", "symmetric_pairs", "Measure", "MeasureEstimate", "Param", "measure_names", "make_measure",
+__all__ = ["BatchMean", "FEATURES", "LayerInputs", "centred_features", "double_centre", "example_stats", "symmetric_pairs", "Measure", "MeasureEstimate", "Param", "measure_names", "make_measure",
            "measure_class", "measure_from_key", "measure_info", "parse_measures", "FLOAT64_GRAM", "ROW_STATS"]
 
 ROW_STATS = "row_stats"  # what a measure may declare in ``needs`` beyond the centred Gram
 FLOAT64_GRAM = "float64_gram"  # the Gram's products in float64 (a float32 Gram's rounding swamps small eigenvalues)
+FEATURES = "features"  # the features themselves (n, p), centred, float64: for measures that weigh single neurons
 _REGISTRY: dict[str, type[Measure]] = {}
 
 
@@ -78,6 +79,13 @@ def example_stats(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float,
     return a, b - a * mean, float(((mu - mean) ** 2).sum()), p
 
 
+def centred_features(act: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """:attr:`LayerInputs.features` of an activation (n, ...): a float64 copy, each feature centred over the examples
+    (a copy: the model may overwrite its activation in place after the tap)."""
+    x = flat_features(act).to(device=device or act.device, dtype=torch.float64, copy=True)
+    return x.sub_(x.mean(0))
+
+
 def symmetric_pairs(items: list, value) -> torch.Tensor:
     """``value(a, b)`` for every pair i <= j of ``items`` into a symmetric float64 (L, L) matrix, NaN where either item
     is None (a layer on which the measure is undefined)."""
@@ -102,6 +110,7 @@ class LayerInputs:
 
     gram: torch.Tensor
     row_stats: tuple[torch.Tensor, torch.Tensor, float, int] | None = None
+    features: torch.Tensor | None = None  # only when a chosen measure declares FEATURES: (n, p) centred, float64
     _spectrum: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +124,13 @@ class LayerInputs:
             keep = evals > top * self.gram.shape[0] * torch.finfo(torch.float64).eps if top > 0 else evals < 0
             self._spectrum = evals[keep], evecs[:, keep]
         return self._spectrum
+
+    def centred(self) -> torch.Tensor:
+        """The layer's features (n, p), centred over the examples, float64 (measures that declare :data:`FEATURES`)."""
+        if self.features is None:
+            raise MeasureError(f"this measure needs the layer's features, which the engine did not keep (declare "
+                               f"{FEATURES!r} in its needs)")
+        return self.features
 
     def example_centred_gram(self) -> torch.Tensor:
         """``Xr Xr^T`` (float64): the inner products of the examples' feature vectors each centred on its own mean."""
@@ -198,7 +214,7 @@ class Measure(ABC):
     value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     symmetric: ClassVar[bool] = True
     params: ClassVar[tuple[Param, ...]] = ()
-    needs: ClassVar[frozenset[str]] = frozenset()  # beyond the centred Gram: ROW_STATS, FLOAT64_GRAM
+    needs: ClassVar[frozenset[str]] = frozenset()  # beyond the centred Gram: ROW_STATS, FLOAT64_GRAM, FEATURES
     estimator: ClassVar[str] = "per-minibatch value, batch-size-weighted mean"
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""Subspace measures through the Grams: SVCCA and linear regression R^2.
+"""Subspace measures through the Grams: SVCCA, PWCCA and linear regression R^2.
 
 Both read each layer's principal directions from its centred Gram (:meth:`~.base.LayerInputs.spectrum`, computed in
 float64 products): the span of the centred features' columns, as seen by the examples, is the span of the Gram's
@@ -6,15 +6,19 @@ eigenvectors. Where a layer has as many features as examples or more, that span 
 minibatch has, so CCA-type and regression measures approach 1 whatever the layers compute: with p >= n - 1 the
 centred features span every centred direction and a least-squares fit is exact. Read them with batches well larger
 than the layers' ranks (or on layers narrower than the batch), as the literature does.
+
+PWCCA weighs each canonical correlation by how much of the row layer's neurons its canonical variate accounts for,
+which needs the neurons themselves: it declares :data:`~.base.FEATURES` (each layer's centred features kept until the
+minibatch's end: O(layers x batch x features) memory, and one (features x rank) product per layer pair).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import FLOAT64_GRAM, LayerInputs, Measure, Param, symmetric_pairs
+from .base import FEATURES, FLOAT64_GRAM, LayerInputs, Measure, Param, symmetric_pairs
 
-__all__ = ["LinearRegression", "SVCCA", "principal_basis"]
+__all__ = ["LinearRegression", "PWCCA", "SVCCA", "principal_basis"]
 
 
 def principal_basis(x: LayerInputs, variance: float = 1.0) -> torch.Tensor | None:
@@ -48,11 +52,40 @@ class SVCCA(Measure):
         return symmetric_pairs(bases, lambda bi, bj: torch.linalg.svdvals(bi.T @ bj).clamp(max=1.0).mean()) * n
 
 
+class PWCCA(Measure):
+    """Projection-weighted CCA (Morcos, Raghu & Bengio 2018): the canonical correlations between two layers, each
+    weighted by how strongly its canonical variate projects onto the row layer's neurons (asymmetric)."""
+
+    name = "pwcca"
+    listing = 6
+    definition = ("PWCCA: CCA between the two layers (every direction of their numerical rank), each canonical "
+                  "correlation weighted by sum_j |<h_i, x_j>| (h_i the row layer's canonical variate, x_j its neurons), "
+                  "the weights normalised to sum to 1 (asymmetric: weights from the row layer)")
+    citation = "Morcos, Raghu & Bengio 2018 (NeurIPS)"
+    symmetric = False
+    needs = frozenset({FLOAT64_GRAM, FEATURES})
+
+    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+        n = layers[0].gram.shape[0]
+        bases = [principal_basis(x) for x in layers]  # U (n, r): the centred features' column space, orthonormal
+        # X^T U (p, r): each neuron's inner products with the basis; X^T h = (X^T U) a for a variate h = U a
+        loads = [None if b is None else x.centred().T @ b for x, b in zip(layers, bases)]
+        out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
+        for i, (bi, li) in enumerate(zip(bases, loads)):
+            for j, bj in enumerate(bases):
+                if bi is None or bj is None:
+                    continue
+                a, rho, _ = torch.linalg.svd(bi.T @ bj, full_matrices=False)  # a: the row layer's canonical weights
+                weights = (li @ a).abs().sum(0)
+                out[i, j] = (weights * rho.clamp(max=1.0)).sum() / weights.sum()
+        return out * n
+
+
 class LinearRegression(Measure):
     """R^2 of predicting one layer's features from another's by least squares (asymmetric)."""
 
     name = "linreg"
-    listing = 6
+    listing = 7
     definition = ("linear regression R^2: the share of the column layer's centred feature variance that a least-squares "
                   "fit from the row layer's features explains (asymmetric: row predicts column)")
     citation = "Kornblith, Norouzi, Lee & Hinton 2019 (ICML), as a baseline; Klabunde et al. 2025 (ICLR, ReSi)"
