@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +17,8 @@ from typer.testing import CliRunner
 
 from hubcompare.cli import app
 from hubcompare.comparisons.requests import ComparisonRequest
-from hubcompare.comparisons.run import export, run_request
+from hubcompare.comparisons.kinds import kind_for
+from hubcompare.comparisons.run import export, files_of, run_request
 from hubcompare.errors import InvalidRequestError
 from hubcompare.results.store import ResultStore
 from hubcompare.similarity.results import CKAResult
@@ -54,20 +54,18 @@ def test_same_request_twice_is_answered_from_the_store(trained_run, tmp_path, ho
     assert printed["pairs"][0]["cka"] == json.loads((tmp_path / "a" / "cka.json").read_text())["cka"]
 
 
-def test_a_stored_result_is_returned_without_computing_and_much_faster(trained_run, tmp_path):
+def test_a_stored_result_is_returned_without_computing(trained_run, tmp_path, monkeypatch):
+    """The second request is answered from the store: the kind's compute and the pass are both patched to fail (a
+    wall-clock comparison was this test's proof once; it failed on a loaded machine, and proved less)."""
     store = ResultStore(tmp_path / "store")
     req = ComparisonRequest("cka", (str(trained_run),), batch_size=64, passes=2)
-    started = time.perf_counter()
     fresh = run_request(req, store=store, device="cpu")
-    computing = time.perf_counter() - started
-    started = time.perf_counter()
+    monkeypatch.setattr(type(kind_for("cka")), "compute", computed_anyway)
     hit = run_request(req, store=store, device="cpu", compare=computed_anyway)  # would raise if it computed
-    answering = time.perf_counter() - started
     assert not fresh.from_store and hit.from_store and hit.key == fresh.key and hit.warnings == fresh.warnings
-    assert answering < computing / 2, (answering, computing)
     assert hit.stored.seconds == pytest.approx(fresh.stored.seconds) and len(store.list()) == 1
     a = CKAResult.load(fresh.stored.file("cka.json"))
-    b = CKAResult.load(export(hit, req, tmp_path / "out")[1])
+    b = CKAResult.load(files_of(req, export(hit, req, tmp_path / "out"), "document")[0])
     assert np.array_equal(a.value, b.value, equal_nan=True) and np.array_equal(a.se, b.se, equal_nan=True)
 
 

@@ -7,7 +7,8 @@ declares in its :class:`KindSpec` is what the request checks, the service, the A
   is a valid request; a value of the wrong JSON type is refused by both;
 * asked twice: the second answer comes from the store (computing again fails the test) with the same files;
 * files by role: every exported file plays a role the spec names, the document role is one JSON file per pair that
-  the pull schema (``results/schemas.py``) accepts, and the figures are in the asked format.
+  the pull schema (``results/schemas.py``) accepts, and the figures are in the asked format;
+* served: the service's result page and ``GET /api/results/{key}`` show the stored result, every file listed.
 
 The models are the session's small digits checkpoint and copies of it (side kinds: members with their stored
 predictions perturbed, as tests/test_population_store.py makes them).
@@ -153,6 +154,8 @@ def _request(kind: str, members: list[str]) -> ComparisonRequest:
         "across-seeds": sides | pass_settings | {"options": {"pc_examples": 64}},
         "probes": one | {"examples": 64, "options": {"train_examples": 128, "max_iter": 20, "l2": [1e-3]}},
         "delete-blocks": one | {"examples": 64},
+        "grounding": {"refs": ("+".join(members[:5]), members[5]), "examples": 64,
+                      "options": {"measures": ["cka", "rsa"], "pc_steps": 2, "pc_layers": 1}},
     }
     if kind not in by_kind:
         pytest.fail(f"the contract has no small request for the kind {kind!r}: add one to _request")
@@ -182,3 +185,15 @@ def test_asked_twice_comes_from_the_store_with_every_file_in_a_role(kind, member
         check_document(kind, doc.name, json.loads(doc.read_text()), "test", PullLimits())
     again = export(second, req, tmp_path / "again")
     assert [p.name for p in files_of(req, again, "document")] == [p.name for p in documents]
+
+    from fastapi.testclient import TestClient
+
+    from hubcompare.service.app import create_app
+
+    config = ServiceConfig(registry_path=tmp_path / "registry.sqlite", results_dir=tmp_path / "store")
+    with TestClient(create_app(config), base_url="http://127.0.0.1:8765") as client:
+        page = client.get(f"/results/{second.key}")
+        assert page.status_code == 200, page.text[:500]
+        assert all(f"/results/{second.key}/files/{name}" in page.text for name in second.stored.files), kind
+        listed = client.get(f"/api/results/{second.key}").json()
+        assert listed["kind"] == kind and sorted(listed["files"]) == sorted(second.stored.files)

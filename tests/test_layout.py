@@ -35,11 +35,11 @@ LEVELS = {
     "populations": 5,  # many models: per-example statistics and CKA across seeds (uses similarity)
     "probes": 5,  # what a block does: linear probes, block deletion (uses similarity's blocks)
     "report": 6,  # one model's figures on one page
-    "comparisons": 6,  # a comparison request run (or found in the store): what the CLI and the service both call
     "grounding": 6,  # which measure to trust: sanity tests scored on a population of seeds (uses populations' sides)
-    "service": 7,  # `hubcompare serve`: web pages, JSON API, job queue
-    "cli": 8,
-    "hubcompare": 9,
+    "comparisons": 7,  # a comparison request run (or found in the store): what the CLI and the service both call
+    "service": 8,  # `hubcompare serve`: web pages, JSON API, job queue
+    "cli": 9,
+    "hubcompare": 10,
 }
 UI_PACKAGES = ("typer", "rich")
 

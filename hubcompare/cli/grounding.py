@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,18 +11,15 @@ from rich.markup import escape
 
 from ..grounding.defaults import DEFAULT_EXAMPLES, MIN_SEEDS
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
-from ..provenance import atomic_write_json, atomic_write_text
 from .compare import Layers
-from .passes import MeasureNames, MeasureParams, measure_params
-from .options import (DataDir, Device, FigureFormat, MaxParams, Threads, pick_device, progress_console, set_threads, slug,
-                      warn, writable_folder, wrote)
+from .options import DataDir, Device, FigureFormat, MaxParams, Threads, progress_console, slug, warn, writable_folder, wrote
 from .output import Json, print_json, table
-from .passes import Dataset, Seed
-from .stored import Live
+from .passes import Dataset, MeasureNames, MeasureParams, Seed, measure_params
+from .stored import Recompute, TrustPulled, default_out, run_stored, stored_json
 
 Out = Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for grounding.json, "
-                                             "grounding.md and the figure (default: results/grounding-<first seed>-<N>seeds-<TAG>, "
-                                             "TAG a digest of the request: another request never writes there).")]
+                                             "grounding.md and the figure (default: results/grounding-<first seed>-<N>seeds-<KEY8>, "
+                                             "KEY8 the start of the result's key: another request never writes there).")]
 
 
 def grounding(
@@ -50,54 +46,38 @@ def grounding(
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     device: Device = "auto",
     fmt: FigureFormat = "png",
+    recompute: Recompute = False,
+    trust_pulled: TrustPulled = False,
     json_out: Json = False,
 ) -> None:
     """Score every similarity measure on sanity tests (specificity, layer order, principal-component removal,
-    function, shuffled-label control) on your own seeds: a measure x test table, a figure and JSON."""
-    from ..grounding.plots import plot_grounding  # torch loads for the commands that run a model, not at start
-    from ..grounding.run import ground
+    function, shuffled-label control) on your own seeds: a measure x test table, a figure and JSON. Stored like every
+    result (asked again, it comes from the store)."""
+    from ..comparisons.grounding_kind import caption  # torch loads for the commands that run a model, not at start
+    from ..comparisons.requests import ComparisonRequest
+    from ..comparisons.run import export, files_of
+    from ..grounding.run import Grounding
     from ..similarity.measures import parse_measures
 
     chosen = parse_measures(measure, measure_params(param))
-    set_threads(threads)
-    dev = pick_device(device)
+    req = ComparisonRequest("grounding", (real,) if control is None else (real, control), dataset, "test",
+                            tuple(layers) if layers else None, batch_size, 1, seed, examples,
+                            {"measures": [m.key for m in chosen], "pc_steps": pc_steps, "pc_layers": pc_layers}, fmt=fmt)
     con = progress_console(json_out)
-    with Live(con) as live:
-        result = ground(real, control, dataset=dataset, data_dir=data_dir, measures=chosen, layers=layers,
-                        examples=examples, batch_size=batch_size, pc_steps=pc_steps, pc_layers=pc_layers, seed=seed,
-                        device=dev, max_params=max_params, on_progress=live)
-    warn(result.warnings)
-    out = out or _default_out(result)
-    out.mkdir(parents=True, exist_ok=True)
-    d = result.settings["dataset"]
-    caption = (f"{len(result.real)} seeds ({_side(real, result.real)})"
-               + (f" vs {len(result.control)} control ({_side(control, result.control)})" if control else "")
-               + f", {d['name']} {d['split']}, {result.settings['num_examples']} examples")
-    files = [atomic_write_json(out / "grounding.json", result.to_json()),
-             atomic_write_text(out / "grounding.md", f"# Grounding: {caption}\n\n" + result.markdown()),
-             plot_grounding(result, out / f"grounding.{fmt}", caption)]
+    outcome = run_stored(req, con, recompute=recompute, trust_pulled=trust_pulled, data_dir=data_dir, threads=threads,
+                         max_params=max_params, device=device)
+    warn(outcome.warnings)
+    if out is None:
+        first = real.split("+")[0].rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]  # a folder's or a side's own name
+        out = default_out(f"grounding-{slug(first)}-{outcome.stored.summary['models']['real']}seeds", outcome, req)
+    files = export(outcome, req, out)
+    doc = json.loads(files_of(req, files, "document")[0].read_text())
+    result = Grounding.from_json(doc)
     if json_out:
-        print_json(result.to_json() | {"files": [str(f) for f in files]})
+        print_json(doc | {"files": [str(f) for f in files]} | stored_json(outcome))
     else:
-        _summary(con, result, caption)
+        _summary(con, result, caption(result))
     wrote(files, json_out)
-
-
-def _side(spec: str, models: list[dict]) -> str:
-    """A side as a caption names it: as given when short, else its first and last model."""
-    return spec if len(spec) <= 40 else f"{models[0]['ref']} .. {models[-1]['ref']}"
-
-
-def _default_out(result) -> Path:
-    """``results/grounding-FIRST-Nseeds-TAG``: FIRST the first seed, TAG a digest of what the result depends on (so no
-    other request writes here)."""
-    s = result.settings
-    what = {"real": [m["ref"] for m in result.real], "control": [m["ref"] for m in result.control],
-            "measures": [m["key"] for m in result.measures], "dataset": s["dataset"], "examples": s["num_examples"],
-            "batch": s["batch_size"], "seed": s["seed"], "layers": s["layers"], "pc": [s["pc_layers"], s["pc_steps"]]}
-    tag = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    first = result.real[0]["ref"].rstrip("/").rsplit("/", 1)[-1]  # a folder's or repository's own name
-    return Path("results") / f"grounding-{slug(first)}-{len(result.real)}seeds-{tag}"
 
 
 def _summary(con, result, caption: str) -> None:

@@ -5,13 +5,13 @@ is then what the requests, the service, the API and the CLI check and read."""
 from __future__ import annotations
 
 from ..errors import InvalidRequestError, short_repr
-from . import cka_kinds, measure_kinds, population_kinds, probe_kinds, seed_kinds
+from . import cka_kinds, grounding_kind, measure_kinds, population_kinds, probe_kinds, seed_kinds
 from .kindspec import Kind, KindSpec
 
 __all__ = ["kind_for", "kind_names", "spec_for", "specs"]
 
 _REGISTERED: dict[str, Kind] = {}
-for _module in (cka_kinds, measure_kinds, population_kinds, seed_kinds, probe_kinds):
+for _module in (cka_kinds, measure_kinds, population_kinds, seed_kinds, probe_kinds, grounding_kind):
     for _kind in _module.KINDS:
         if _kind.spec.name in _REGISTERED:
             raise RuntimeError(f"the comparison kind {_kind.spec.name!r} is declared twice")

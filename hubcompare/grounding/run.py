@@ -111,6 +111,19 @@ class Grounding:
                 "control": self.control, "pairs": self.pairs, "pc_removal": [p.to_json() for p in self.pc],
                 "settings": self.settings, "warnings": self.warnings}
 
+    @classmethod
+    def from_json(cls, d: dict) -> Grounding:
+        """A result back from its ``to_json`` (``grounding.json``): what a stored result's figure is drawn again from."""
+        def num(v) -> float:
+            return float("nan") if v is None else float(v)
+
+        found = [scores.Score(t["test"], t["measure"], num(t["score"]), float(t["chance"]), int(t["count"]))
+                 for row in d["table"] for t in row["tests"].values()]
+        pc = [PCRemoval(r["layer"], r["end"], list(r["removed"]), list(r["kept"]), [num(a) for a in r["accuracy"]],
+                        {k: [num(v) for v in vals] for k, vals in r["values"].items()}) for r in d["pc_removal"]]
+        return cls(list(d["measures"]), found, list(d["layers"]), list(d["real"]), list(d["control"]), list(d["pairs"]), pc,
+                   dict(d["settings"]), list(d["warnings"]))
+
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
@@ -142,7 +155,38 @@ def _check_models(real: list[str], control: list[str], spec: str) -> None:
                                     "with shuffled labels); list each model once.", params=("control",))
 
 
-def ground(real: str, control: str | None = None, *, dataset: str | ImageDataset | None = None,
+@dataclass
+class Population:
+    """The models a grounding run compares: the real seeds' references, the control's, and every model loaded (real
+    first), with the side specs as given."""
+
+    real: str
+    control: str | None
+    real_refs: list[str]
+    control_refs: list[str]
+    models: list[CompareModel]
+    resolved: list[Any]  # each model's ResolvedModel (its identity for a result key)
+
+
+def load_population(real: str, control: str | None = None, *, layers: Sequence[str] | None = None, registry=None,
+                    api=None, max_params: int = DEFAULT_MAX_PARAMS,
+                    on_progress: Callable[[str, int, int | None], None] | None = None) -> Population:
+    """Expand the sides (as ``agreement`` takes them), check their sizes, and load every model (the cheap part)."""
+    progress = on_progress or (lambda stage, done, total: None)
+    real_refs = expand_side(real, registry, api)
+    control_refs = expand_side(control, registry, api) if control else []
+    _check_models(real_refs, control_refs, real)
+    refs = real_refs + control_refs
+    models, resolved = [], []
+    for i, ref in enumerate(refs):
+        progress(f"loading {ref}", i, len(refs))
+        r = resolve_reference(ref, registry, api, max_params=max_params)
+        resolved.append(r)
+        models.append(_with_default_layers(CompareModel.from_resolved(r, layers, ref=ref)))
+    return Population(real, control, real_refs, control_refs, models, resolved)
+
+
+def ground(real: str | Population, control: str | None = None, *, dataset: str | ImageDataset | None = None,
            data_dir: Any = None, measures: Sequence[str | Measure] = ("all",), layers: Sequence[str] | None = None,
            examples: int = DEFAULT_EXAMPLES, batch_size: int | None = None, pc_steps: int = 10, pc_layers: int = 5,
            seed: int = 0, device: Any = "auto", registry=None, api=None, max_params: int = DEFAULT_MAX_PARAMS,
@@ -153,20 +197,16 @@ def ground(real: str, control: str | None = None, *, dataset: str | ImageDataset
     examples of ``dataset``'s test split (default: the models' training dataset). ``batch_size`` None: every example
     in one batch (exact values). ``pc_layers`` layers of the first model, evenly spaced, lose their top 0..``pc_steps``
     principal components for the pc-removal test, and all but the top r / 2^j (j = 0..``pc_steps``) for the
-    low-variance one."""
+    low-variance one. ``real`` may be a :class:`Population` already loaded (``control`` and the loading options are
+    then its own)."""
     progress = on_progress or (lambda stage, done, total: None)
     chosen = [m if isinstance(m, Measure) else parse_measures([m])[0] for m in measures] if measures else parse_measures(["all"])
     keys = list(dict.fromkeys(m.key for m in chosen))
     chosen = [next(m for m in chosen if m.key == k) for k in keys]
-    real_refs = expand_side(real, registry, api)
-    control_refs = expand_side(control, registry, api) if control else []
-    _check_models(real_refs, control_refs, real)
+    pop = real if isinstance(real, Population) else load_population(
+        real, control, layers=layers, registry=registry, api=api, max_params=max_params, on_progress=on_progress)
+    real, control, real_refs, control_refs, models = pop.real, pop.control, pop.real_refs, pop.control_refs, pop.models
     refs = real_refs + control_refs
-    models = []
-    for i, ref in enumerate(refs):
-        progress(f"loading {ref}", i, len(refs))
-        resolved = resolve_reference(ref, registry, api, max_params=max_params)
-        models.append(_with_default_layers(CompareModel.from_resolved(resolved, layers, ref=ref)))
     dev = resolve_device(device)
     ds = dataset if isinstance(dataset, ImageDataset) else comparison_dataset(models, dataset, "test", data_dir)
     n = min(examples, len(ds))

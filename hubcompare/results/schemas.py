@@ -216,6 +216,24 @@ def _measures_document(limits: PullLimits) -> Check:
     return check
 
 
+def _grounding_document(limits: PullLimits) -> Check:
+    score = obj({"test": _str, "measure": _str, "score": _num, "chance": _num, "passed": _bool, "count": _int})
+    ladder = obj({"layer": _str, "end": _str, "removed": _INTS, "kept": _INTS, "accuracy": _NUMS,
+                  "values": dict_of(_NUMS)})
+    fields = obj({"command": literal("grounding"), "tests": _STRS, "rules": dict_of(_str),
+                  "table": list_of(obj({"measure": _str, "orientation": _str, "passed": _int, "tests": dict_of(score)})),
+                  "measures": list_of(obj({"name": _str, "key": _str, "params": _dict, "orientation": _str})),
+                  "layers": _STRS, "real": list_of(obj({"ref": _str})), "control": list_of(obj({"ref": _str})),
+                  "pairs": list_of(obj({"a": _str, "b": _str, "kind": _str, "agreement": _num, "values": dict_of(_num)})),
+                  "pc_removal": list_of(ladder), "settings": obj({"dataset": _dict, "num_examples": _int}),
+                  "warnings": _STRS})
+
+    def check(value: Any, path: str) -> None:
+        fields(value, path)
+        over(limits, "max_layers", len(value["layers"]), f"{path}.layers" if path else "layers", unit="layers")
+    return check
+
+
 _POPULATION = {"side_a": _str, "side_b": _str, "summary": _dict, "warnings": _STRS, "provenance": _dict}
 _CLASS_ROW = obj({"class": one_of(_str, _int, what="a class name"), "index": _int, "mean_a": _num, "mean_b": _num,
                   "difference": _num, "p": _num, "q": _num, "significant": _bool})
@@ -240,14 +258,16 @@ def document_spec(kind: str, limits: PullLimits) -> dict[str, Check] | None:
                                                "classes": list_of(_CLASS_ROW)})},
         "across-seeds": {"across_seeds.json": seeds},
         "probes": {"probes.json": _probes_document(limits)},
+        "grounding": {"grounding.json": _grounding_document(limits)},
         "delete-blocks": {"deletion.json": obj({"kind": literal("block-deletion"), "ref": _str, "model": _dict,
                                                 "full_accuracy": _num, "stages": list_of(_any),
                                                 "detected_blocks": _OPT_LIST_OR_NONE, "settings": _dict})},
     }.get(kind)
 
 
-KIND_DOCUMENTS = ("cross-cka", "compare", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks")
-REQUIRED = {"compare": ("measures.json",), "cka": ("cka.json",), "blocks": ("blocks.json",), "agreement": ("agreement.json",),
+KIND_DOCUMENTS = ("cross-cka", "compare", "cka", "blocks", "agreement", "class-diff", "across-seeds", "probes", "delete-blocks",
+                  "grounding")
+REQUIRED = {"grounding": ("grounding.json",), "compare": ("measures.json",), "cka": ("cka.json",), "blocks": ("blocks.json",), "agreement": ("agreement.json",),
             "class-diff": ("class_diff.json",), "across-seeds": ("across_seeds.json",), "probes": ("probes.json",),
             "delete-blocks": ("deletion.json",)}
 

@@ -71,13 +71,21 @@ class PWCCA(Measure):
         # X^T U (p, r): each neuron's inner products with the basis; X^T h = (X^T U) a for a variate h = U a
         loads = [None if b is None else x.centred().T @ b for x, b in zip(layers, bases)]
         out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
+
+        def weighted(load: torch.Tensor, weights_in_basis: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+            alpha = (load @ weights_in_basis).abs().sum(0)  # sum_j |<h_i, x_j>| for each canonical variate h_i
+            return (alpha * rho.clamp(max=1.0)).sum() / alpha.sum()
+
         for i, (bi, li) in enumerate(zip(bases, loads)):
-            for j, bj in enumerate(bases):
+            for j in range(i, len(bases)):
+                bj, lj = bases[j], loads[j]
                 if bi is None or bj is None:
                     continue
-                a, rho, _ = torch.linalg.svd(bi.T @ bj, full_matrices=False)  # a: the row layer's canonical weights
-                weights = (li @ a).abs().sum(0)
-                out[i, j] = (weights * rho.clamp(max=1.0)).sum() / weights.sum()
+                # one SVD per pair serves both directions: U_i^T U_j = A diag(rho) B^T, A the row layer's canonical
+                # weights when i is the row, B when j is
+                a, rho, bt = torch.linalg.svd(bi.T @ bj, full_matrices=False)
+                out[i, j] = weighted(li, a, rho)
+                out[j, i] = weighted(lj, bt.T, rho)
         return out * n
 
 
