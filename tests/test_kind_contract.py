@@ -111,6 +111,25 @@ def test_the_api_schema_and_the_request_agree(kind):
         assert e.value.field == name and spec.fixed_why in str(e.value)
 
 
+def test_the_form_takes_each_kinds_arity_from_its_spec():
+    from hubcompare.service.checks import form_request
+
+    config = ServiceConfig()
+    alone = form_request({"kind": "grounding", "model_a": "population:seeds", "examples": "100"}, config)
+    assert alone.refs == ("population:seeds",)  # the control side is optional
+    both = form_request({"kind": "grounding", "model_a": "population:seeds", "model_b": "population:shuffled",
+                         "examples": "100", "measures": "rsa, rbf-cka(frac=0.5)"}, config)
+    assert both.refs == ("population:seeds", "population:shuffled")
+    assert both.options["measures"] == ["rsa", "rbf-cka(frac=0.5)"]
+    assert form_request({"kind": "cka", "model_a": "timm:resnet18", "model_b": "ignored", "examples": "100"},
+                        config).refs == ("timm:resnet18",)
+    with pytest.raises(ServiceRequestError, match="model B is empty"):
+        form_request({"kind": "agreement", "model_a": "population:seeds"}, config)
+    sides = form_request({"kind": "cross-cka", "model_a": "population:a", "model_b": "population:b", "examples": "100"},
+                         config)
+    assert sides.kind == spec_for("cross-cka").many_sides_kind == "across-seeds"
+
+
 # --- every kind run twice, on small digits models ------------------------------------------------------------------
 def _perturb(folder: Path, seed: int) -> None:
     """Other stored predictions for a copy of the model (another member, as far as the population kinds go)."""

@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 import hubcompare  # noqa: F401
 from hubcompare.errors import CompareError, MeasureError
 from hubcompare.models.resnet import CifarResNet
+from hubcompare.similarity.batchplan import choose_batch_plan
 from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
 from hubcompare.similarity.measures import LayerInputs, make_measure, measure_names, parse_measures
 from hubcompare.similarity.measures.base import example_stats
@@ -267,8 +268,14 @@ def test_mknn_refuses_minibatches_no_larger_than_k():
     with pytest.raises(CompareError, match="needs minibatches of more than k examples"):
         compare([CompareModel("A", make_resnet(0), layers=LAYERS)], ds, batch_size=8,
                 measures=parse_measures(["mknn"]))
-    with pytest.raises(CompareError, match="last minibatch holds the 8 examples left over from batches of 16"):
-        compare([CompareModel("A", make_resnet(0), layers=LAYERS)], ds, batch_size=16,  # 16 + 16 + 8
+    # 16 + 16 + 8: the last 8 are too few for k = 10, so they join the minibatch before (16 + 24), and the plan the
+    # CLI records counts the same two
+    comp = compare([CompareModel("A", make_resnet(0), layers=LAYERS)], ds, batch_size=16, measures=parse_measures(["mknn"]))
+    assert comp.settings["num_batches"] == 2 == choose_batch_plan(40, 16, 1, make_measure("mknn").smallest_batch()).num_batches
+    assert [len(mb.indices) for mb in minibatch_plan(40, 16, 1, 0, 11)] == [16, 24]
+    assert choose_batch_plan(40, 16).num_batches == 3  # linear CKA alone keeps the 8
+    with pytest.raises(CompareError, match="the pass has only 8 examples"):
+        compare([CompareModel("A", make_resnet(0), layers=LAYERS)], toy_dataset(8), batch_size=16,
                 measures=parse_measures(["mknn"]))
 
 

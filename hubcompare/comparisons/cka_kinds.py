@@ -27,9 +27,11 @@ from ..results.store import StoredResult
 from ..similarity.batchplan import BatchPlan, choose_batch_plan
 from ..similarity.blocks import DEFAULT_BLOCK_LAYERS, Block, BlockCriteria, BlockReport, PCAnalysis, analyze_blocks
 from ..similarity.capture import LayerCapture
+from ..similarity.cka import MIN_BATCH
 from ..similarity.engine import CompareModel, PassSettings, comparison_dataset
 from ..similarity.engine import compare as local_compare
 from ..similarity.labels import file_slugs, unique_labels
+from ..similarity.measures import measure_from_key
 from ..similarity.plots import plot_block_report, plot_cka, plot_cka_grid
 from ..similarity.results import CKAResult
 from .kindspec import MAX_MODELS, FloatOption, IntOption, KindSpec, Prepared
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
 
 __all__ = ["BLOCKS", "CKA", "CROSS_CKA", "KINDS", "PassState", "batch_plan_from_json", "block_report_from_json",
            "cka_result_from_json", "copy_file", "device_text", "finish_pair", "labels_for", "model_identity", "model_records",
-           "pass_state", "prepare_pass", "plan_warnings", "run_pass", "tapped_layers"]
+           "pass_state", "prepare_pass", "plan_warnings", "run_pass", "smallest_batch", "tapped_layers"]
 
 LABEL_KEYS = ("architecture", "depth", "width", "seed", "data_fraction", "dataset")  # what default labels are made of
 
@@ -125,7 +127,13 @@ def _pass_state(models: list[CompareModel], req: ComparisonRequest, ds: ImageDat
     names) of a pass: one definition for the CLI, the service and the Python API (:mod:`.library`)."""
     n = len(ds) if req.examples is None else min(req.examples, len(ds))
     names = unique_labels([m.provenance for m in models], list(req.refs), list(req.labels) if req.labels else None)
-    return PassState(models, ds, choose_batch_plan(n, req.batch_size, req.passes), dev, names)
+    return PassState(models, ds, choose_batch_plan(n, req.batch_size, req.passes, smallest_batch(req)), dev, names)
+
+
+def smallest_batch(req: ComparisonRequest) -> int:
+    """The fewest examples a minibatch of ``req``'s pass may hold: the estimator's minimum, or more for a measure it
+    names (``options.measures``: mknn needs k + 1)."""
+    return max([MIN_BATCH] + [measure_from_key(k).smallest_batch() for k in req.options.get("measures") or ()])
 
 
 def _run_pass(req: ComparisonRequest, st: PassState, on_progress, compare: Callable | None, **extra):

@@ -33,7 +33,7 @@ from ..similarity.engine import CompareModel, comparison_dataset
 from ..similarity.engine import compare as local_compare
 from ..similarity.labels import default_label
 from ..similarity.measures import measure_from_key
-from .cka_kinds import copy_file, device_text, model_identity, model_records, plan_warnings, tapped_layers
+from .cka_kinds import copy_file, device_text, model_identity, model_records, plan_warnings, smallest_batch, tapped_layers
 from .kindspec import FloatOption, IntOption, KindSpec, Prepared
 from .measure_kinds import MAX_MEASURES, MeasuresOption, form_measures
 
@@ -151,7 +151,7 @@ class _AcrossSeedsKind:
         labels = side_labels(infos, (req.refs[0], req.refs[1]), given)  # type: ignore[arg-type]
         ds = comparison_dataset([*models_a, *models_b], req.dataset, req.split, ctx.data_dir)
         n = len(ds) if req.examples is None else min(req.examples, len(ds))
-        plan = choose_batch_plan(n, req.batch_size, req.passes)
+        plan = choose_batch_plan(n, req.batch_size, req.passes, smallest_batch(req))
         pc = int(req.options.get("pc_examples", DEFAULT_PC_EXAMPLES))
         key_inputs = {
             "sides": identities,

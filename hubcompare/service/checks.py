@@ -207,9 +207,9 @@ def form_request(form: dict, config: ServiceConfig, registry=None) -> Comparison
     a, b = (form.get("model_a") or "").strip(), (form.get("model_b") or "").strip()
     if not a:
         raise ServiceRequestError("model A is empty: name a registered model (or a side, e.g. population:NAME)")
-    one = spec.one_model
-    if not one and not b:
+    if spec.refs[0] >= 2 and not b:
         raise ServiceRequestError(f"model B is empty: {kind} compares two {'sides' if spec.sides else 'models'}")
+    one = spec.one_model or not b  # B is optional where the kind takes one or two (grounding's control side)
     if spec.many_sides_kind and (names_a_side(a) or names_a_side(b)):
         kind = spec.many_sides_kind  # before the fields below, which differ by kind
         spec = spec_for(kind)

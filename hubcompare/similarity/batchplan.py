@@ -70,20 +70,22 @@ class BatchPlan:
         return asdict(self) | {"num_batches": self.num_batches, "standard_error": self.standard_error}
 
 
-def choose_batch_plan(num_examples: int, batch_size: int | None = None, passes: int = 1) -> BatchPlan:
+def choose_batch_plan(num_examples: int, batch_size: int | None = None, passes: int = 1,
+                      min_batch: int = MIN_BATCH) -> BatchPlan:
     """The plan for ``num_examples`` examples: ``batch_size`` when given, else the paper's 256 where that leaves
-    ``TARGET_BATCHES`` minibatches per pass, else a smaller batch that does (never below ``MIN_AUTO_BATCH``)."""
+    ``TARGET_BATCHES`` minibatches per pass, else a smaller batch that does (never below ``MIN_AUTO_BATCH``).
+    ``min_batch``: the smallest minibatch the chosen measures take (a short last slice is merged into the one before)."""
     chosen = "given" if batch_size is not None else "auto"
     size = batch_size if batch_size is not None else _batch_for(num_examples)
-    per_pass = _batches_per_pass(num_examples, size) if num_examples > 0 and size > 0 else 0
+    per_pass = _batches_per_pass(num_examples, size, min_batch) if num_examples > 0 and size > 0 else 0
     return BatchPlan(size, chosen, num_examples, passes, per_pass)
 
 
-def _batches_per_pass(num_examples: int, batch_size: int) -> int:
-    """How many minibatches :func:`~.engine.minibatch_plan` cuts a pass into: a short last slice below the estimator's
-    minimum is merged into the one before it (here without importing the engine, which chooses plans with this)."""
+def _batches_per_pass(num_examples: int, batch_size: int, min_batch: int = MIN_BATCH) -> int:
+    """How many minibatches :func:`minibatch_plan` cuts a pass into: a short last slice below ``min_batch`` (the
+    estimator's minimum, or a chosen measure's) is merged into the one before it."""
     starts = math.ceil(num_examples / batch_size)
-    return starts - 1 if starts > 1 and num_examples - (starts - 1) * batch_size < MIN_BATCH else starts
+    return starts - 1 if starts > 1 and num_examples - (starts - 1) * batch_size < min_batch else starts
 
 
 def _batch_for(num_examples: int) -> int:
@@ -100,12 +102,13 @@ class Minibatch:
     indices: torch.Tensor  # example indices into the dataset
 
 
-def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: int = 0) -> list[Minibatch]:
+def minibatch_plan(num_examples: int, batch_size: int, passes: int = 1, seed: int = 0,
+                   min_batch: int = MIN_BATCH) -> list[Minibatch]:
     """The minibatches :func:`compare` feeds, in order: each pass a fresh shuffle from one generator
-    seeded with ``seed``, cut into ``batch_size`` slices; a short final slice below the estimator's
-    minimum (``MIN_BATCH``) is merged into the one before it."""
+    seeded with ``seed``, cut into ``batch_size`` slices; a short final slice below ``min_batch`` (the estimator's
+    minimum ``MIN_BATCH``, or what a chosen measure needs: mknn's k + 1) is merged into the one before it."""
     starts = list(range(0, num_examples, batch_size))
-    if len(starts) > 1 and num_examples - starts[-1] < MIN_BATCH:
+    if len(starts) > 1 and num_examples - starts[-1] < min_batch:
         starts.pop()
     bounds = list(zip(starts, starts[1:] + [num_examples]))
     generator = torch.Generator().manual_seed(seed)

@@ -239,8 +239,9 @@ class ComparisonPass:
         if passes < 1:
             raise CompareError(f"passes must be >= 1, got {passes}", params=("passes",))
         self.n_total = len(dataset) if st.num_examples is None else min(st.num_examples, len(dataset))
+        min_batch = max([MIN_BATCH] + [m.smallest_batch() for m in st.measures])
         if batch_size is None:  # the CLI's plan: the paper's 256, or smaller for enough minibatches for the SE
-            batch_size = choose_batch_plan(self.n_total, None, passes).batch_size
+            batch_size = choose_batch_plan(self.n_total, None, passes, min_batch).batch_size
         if batch_size < MIN_BATCH:
             raise CompareError(
                 f"batch_size {batch_size} is too small: the unbiased HSIC estimator needs n > 3 examples per batch "
@@ -252,7 +253,7 @@ class ComparisonPass:
                                params=("num_examples",))
         self.models, self.dataset, self.remove_pc1 = list(models), dataset, st.remove_pc1
         self.batch_size, self.passes, self.seed = batch_size, passes, seed
-        self.plan = minibatch_plan(self.n_total, batch_size, passes, seed)
+        self.plan = minibatch_plan(self.n_total, batch_size, passes, seed, min_batch)
         self.measures = [m for m in st.measures if m.name != "cka"]  # linear CKA is always computed (its own fast path)
         if len({m.key for m in self.measures}) != len(self.measures):
             raise CompareError("a measure was given twice with the same parameters", params=("measures",))
@@ -263,9 +264,9 @@ class ComparisonPass:
             except MeasureError as e:
                 if smallest == batch_size:
                     raise
-                raise MeasureError(f"{e} (the plan's last minibatch holds the {smallest} examples left over from batches "
-                                   f"of {batch_size}: choose a batch size that divides the {self.n_total} examples, or "
-                                   "more examples)", params=e.params) from None
+                # a short last slice is merged into the one before (min_batch): only a pass of fewer examples is left
+                raise MeasureError(f"{e} (the pass has only {self.n_total} examples: compare more examples)",
+                                   params=e.params) from None
         self.row_stats = any(ROW_STATS in m.needs for m in self.measures)
         self.float64_grams = any(FLOAT64_GRAM in m.needs for m in self.measures)
         self.features = any(FEATURES in m.needs for m in self.measures)  # (n, p) per layer held until the batch's end

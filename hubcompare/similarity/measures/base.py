@@ -24,7 +24,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from ...errors import MeasureError, short_repr
-from ..cka import GRAM_CHUNK_ELEMENTS, flat_features
+from ..cka import GRAM_CHUNK_ELEMENTS, MIN_BATCH, flat_features
 
 __all__ = ["BatchMean", "FEATURES", "LayerInputs", "centred_features", "double_centre", "example_stats", "symmetric_pairs", "Measure", "MeasureEstimate", "Param", "measure_names", "make_measure",
            "measure_class", "measure_from_key", "measure_info", "parse_measures", "FLOAT64_GRAM", "ROW_STATS"]
@@ -238,6 +238,10 @@ class Measure(ABC):
     def key(self) -> str:
         """The measure with its parameters, as results and store keys name it: ``rbf-cka(frac=0.8)``."""
         return self.name + ("(" + ",".join(f"{k}={v:g}" for k, v in self.values.items()) + ")" if self.values else "")
+
+    def smallest_batch(self) -> int:
+        """The fewest examples a minibatch may hold for this measure (the plan merges a shorter last slice)."""
+        return MIN_BATCH
 
     def check_batch(self, n: int) -> None:
         """Raise :class:`MeasureError` when a minibatch of ``n`` examples is too small for this measure."""

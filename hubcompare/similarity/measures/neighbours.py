@@ -32,6 +32,9 @@ class MutualKNN(Measure):
     citation = "Huh, Cheung, Wang & Isola 2024 (ICML, 'The Platonic Representation Hypothesis')"
     params = (Param("k", 10, 1, 1000, "neighbours per example", integer=True),)
 
+    def smallest_batch(self) -> int:
+        return self.values["k"] + 1
+
     def check_batch(self, n: int) -> None:
         if n <= self.values["k"]:
             raise MeasureError(f"mknn with k = {self.values['k']} needs minibatches of more than k examples (got {n}): "
