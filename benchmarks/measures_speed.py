@@ -10,7 +10,7 @@ time, then one more run for the peak-RSS growth):
 
 - ``cka``            ``compare(...)`` as the CLI runs it: linear CKA only;
 - ``all``            the Gram-derived measures together: cka, rbf-cka, rsa, mknn, procrustes (goal: <= 1.5x ``cka``);
-- ``every``          every measure there is (``all`` + svcca, linreg);
+- ``every``          every measure there is (``all`` + svcca, pwcca, linreg);
 - ``+NAME``          cka plus one measure (what that measure adds);
 - ``rsatoolbox``     RSA with rsatoolbox (correlation RDMs, Spearman) on the same minibatches' activations: each
                      layer's RDM once per minibatch, then the cross-model layer pairs (10 x 10) compared (the
