@@ -762,7 +762,9 @@ def test_every_kind_hubcompare_computes_is_pushed_and_pulled_back_whole(hub, tra
                 ["across-seeds", f"{m[0]}+{m[1]}", str(m[2]), *pass_args],
                 ["probes", run, "--layers", "pool", "--train-examples", "100", "--examples", "64", "--l2", "0.01",
                  "--blocks", "none"],
-                ["delete-blocks", run, "--examples", "64", "--blocks", "none"]]
+                ["delete-blocks", run, "--examples", "64", "--blocks", "none"],
+                ["grounding", "+".join([run, *map(str, m)]), "--examples", "64", "--measure", "cka", "--measure", "rsa",
+                 "--pc-steps", "2", "--pc-layers", "1"]]
     env = {"HUBCOMPARE_HOME": str(tmp_path / "home")}
     for command in commands:
         r = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "out" / command[0])], env=env)
