@@ -254,8 +254,9 @@ class KindSpec:
     ``estimator``: minibatches feed the unbiased HSIC estimator (batch and examples >= its minimum). ``sized``: a pass
     over examples (the service requires ``examples`` and caps it). ``layers``: layer globs apply. ``fixed``: request
     fields that do not apply, with the value they must keep, and ``fixed_why`` (why). ``options``: the kind's typed
-    settings. ``files``: role -> file name glob of what it writes (``{fmt}``: the figure format); ``documents``:
-    the roles that are JSON documents a reader parses. ``form_options``: the options a compare form's fields give.
+    settings. ``files``: role -> file name glob of what it writes (``{fmt}``: the figure format; ``document``: the
+    JSON a reader parses, one per pair where there are several). ``form_options``: the options a compare form's
+    fields give.
     ``many_sides_kind``: the kind a request of this kind becomes when a reference names many models (cross-cka ->
     across-seeds, as the CLI and the service both do)."""
 
@@ -270,7 +271,6 @@ class KindSpec:
     fixed_why: str = ""
     options: tuple[Option, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
-    documents: tuple[str, ...] = ("document",)
     form_options: FormOptions | None = None
     many_sides_kind: str | None = None
 
