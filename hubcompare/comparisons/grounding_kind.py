@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..grounding.defaults import DEFAULT_EXAMPLES
 from ..grounding.plots import plot_grounding
@@ -24,7 +24,7 @@ from ..similarity.engine import comparison_dataset
 from ..similarity.measures import measure_from_key, measure_names
 from .cka_kinds import copy_file, device_text, model_identity, tapped_layers
 from .kindspec import IntOption, KindSpec, Prepared
-from .measure_kinds import MAX_MEASURES, MeasuresOption, form_measures
+from .measure_kinds import MAX_MEASURES, MeasuresOption, optional_measures
 
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
@@ -59,11 +59,6 @@ def caption(g: Grounding) -> str:
             + f", {d['name']} {d['split']}, {s['num_examples']} examples")
 
 
-def _form_options(form: Mapping[str, str], data: dict) -> dict:
-    measures = form_measures(form)
-    return {"measures": measures} if measures else {}
-
-
 class _GroundingKind:
     """Every chosen measure scored on the grounding tests over a population of seeds (and a control)."""
 
@@ -78,7 +73,7 @@ class _GroundingKind:
                  IntOption(name="pc_layers", doc="layers of the first model probed in the pc-removal test", low=1,
                            high=100)),
         files={"document": "grounding.json", "table": "grounding.md", "figure": "grounding.{fmt}"},
-        form_options=_form_options)
+        form_options=optional_measures)
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -45,7 +46,7 @@ def _is_number(v: Any) -> bool:
 
 # --- options: each one typed, with its range, its JSON schema and the values it refuses ---------------------------
 @dataclass(frozen=True, kw_only=True)
-class Option:
+class Option(ABC):
     """A kind-specific setting. ``doc``: one line for the API and the docs. ``server_cap``: on the service, at most
     ``"examples"`` (the server's examples cap) or this many. ``server_required``: the service needs it given.
     ``in_key``: whether it changes the numbers (False: a guard such as a memory budget, never in the result key)."""
@@ -56,19 +57,21 @@ class Option:
     server_required: bool = False
     in_key: bool = True
 
+    @abstractmethod
     def check(self, where: str, v: Any) -> None:
-        raise NotImplementedError
+        """Refuse ``v`` with a typed error naming ``where`` (``options.NAME``) unless the option takes it."""
 
+    @abstractmethod
     def schema(self) -> dict:
-        raise NotImplementedError
+        """The option's JSON schema (type, range or choices, description)."""
 
     def hostile(self) -> list:
         """Values :meth:`check` must refuse (for the contract test over every registered kind)."""
         return [None, "1e3", [1, 2], {"a": 1}]
 
+    @abstractmethod
     def example(self) -> Any:
         """A value :meth:`check` takes (the API schema's example)."""
-        raise NotImplementedError
 
     def names_a_file(self, v: Any) -> bool:
         return False

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
 
 __all__ = ["COMPARE", "KINDS", "MAX_MEASURES", "MEASURES_FILE", "MeasuresOption", "chosen_measures", "form_measures",
-           "measure_values"]
+           "measure_values", "optional_measures"]
 
 MEASURES_FILE = "measures.json"
 DEFAULT_MEASURES = ("cka",)
@@ -82,6 +82,12 @@ def form_measures(form: Mapping[str, str]) -> list[str]:
 
 def _form_options(form: Mapping[str, str], data: dict) -> dict:
     return {"measures": form_measures(form) or list(DEFAULT_MEASURES)}
+
+
+def optional_measures(form: Mapping[str, str], data: dict) -> dict:
+    """The form options of a kind whose measures are extra (across-seeds, grounding): none unless the field lists some."""
+    measures = form_measures(form)
+    return {"measures": measures} if measures else {}
 
 
 def chosen_measures(req: ComparisonRequest) -> list[Measure]:

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..similarity.labels import default_label
 from ..similarity.measures import measure_from_key
 from .cka_kinds import copy_file, device_text, model_identity, model_records, plan_warnings, smallest_batch, tapped_layers
 from .kindspec import FloatOption, IntOption, KindSpec, Prepared
-from .measure_kinds import MAX_MEASURES, MeasuresOption, form_measures
+from .measure_kinds import MAX_MEASURES, MeasuresOption, optional_measures
 
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
@@ -105,11 +105,6 @@ def _sanitise(obj):
     return obj
 
 
-def _form_options(form: Mapping[str, str], data: dict) -> dict:
-    measures = form_measures(form)
-    return {"measures": measures} if measures else {}
-
-
 def _measures(req: ComparisonRequest) -> list:
     return [measure_from_key(k) for k in req.options.get("measures") or ()]
 
@@ -125,7 +120,7 @@ class _AcrossSeedsKind:
                              in_key=False),
                  MeasuresOption(name="measures", doc="other similarity measures in the same pass, each with the same pair "
                                 "sets and classes (default: none; CKA always)", max_len=MAX_MEASURES)),
-        files={"document": FILES[0], "table": FILES[1], "figure": "across_seeds.{fmt}"}, form_options=_form_options)
+        files={"document": FILES[0], "table": FILES[1], "figure": "across_seeds.{fmt}"}, form_options=optional_measures)
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:
