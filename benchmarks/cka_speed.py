@@ -51,6 +51,7 @@ takes tens of minutes on 2 cores, most of it the width-8 ResNet-56 pair and torc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fnmatch
 import gc
@@ -73,6 +74,8 @@ from torch.utils.data import DataLoader
 
 import hubcompare  # noqa: F401  (registers cifar_resnet with timm)
 from hubcompare.data.datasets import ImageDataset
+from hubcompare.models.devices import exact_float32, memory_format
+from hubcompare.models.fusion import fused_inference
 from hubcompare.similarity import cka as cka_module
 from hubcompare.similarity.engine import CompareModel, compare, minibatch_plan
 
@@ -173,6 +176,23 @@ def run_floor(models, images, batches, batch_size):
     return {}
 
 
+def run_floor_fast(models, images, batches, batch_size):
+    """The fastest exact forward of the models alone (issue #24's yardstick for CKA's cost): channels-last,
+    conv + BatchNorm (+ ReLU) folded as ``compare`` folds them, inference mode, full float32, no taps, no hooks,
+    no Grams."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(exact_float32())
+        stack.enter_context(memory_format(models, torch.channels_last))
+        for m in models:
+            stack.enter_context(fused_inference(m))
+        with torch.inference_mode():
+            for idx in batches:
+                x = images[idx].to(torch.float32).div_(255.0).contiguous(memory_format=torch.channels_last)
+                for m in models:
+                    m(x)
+    return {}
+
+
 def run_hubcompare(models, images, batches, batch_size, previous: bool = False):
     """One compare() call; ``previous``: with the forward it had before (NCHW, no fusion, BLAS Gram products)."""
     ds = ImageDataset("synthetic-cifar", "test", images, torch.zeros(len(images), dtype=torch.int64),
@@ -247,6 +267,8 @@ def child(args) -> None:
     def run(imgs, plan, batch_size):
         if args.variant == "floor":
             return run_floor(models, imgs, plan, batch_size)
+        if args.variant == "floor-fast":
+            return run_floor_fast(models, imgs, plan, batch_size)
         if args.variant in ("hubcompare", "hubcompare-nchw"):
             return run_hubcompare(models, imgs, plan, batch_size, previous=args.variant == "hubcompare-nchw")
         loader = DataLoader(Batches(imgs), batch_size=None, sampler=plan)
@@ -407,6 +429,7 @@ def main() -> None:
     ap.add_argument("--skip-tools", action="store_true")
     ap.add_argument("--skip-big", action="store_true", help="leave out the width-8 ResNet-56 memory run")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    ap.add_argument("--main-only", action="store_true", help="only the R20 1x vs 2x group")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--models", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -429,7 +452,7 @@ def main() -> None:
     if not args.skip_tools:
         ensure_tools()
     rows = []  # (group, result, reference or None, floor result)
-    hubs = ["floor", "hubcompare", "hubcompare-nchw"]
+    hubs = ["floor", "floor-fast", "hubcompare", "hubcompare-nchw"]
 
     def group(name, keys, variants, ex, repeats, ref, size=32):
         res = run_group(variants, keys, ex, args, repeats, size)
@@ -437,20 +460,23 @@ def main() -> None:
         return {r["variant"]: r for r in res}
 
     print("float64 reference ...", flush=True)
-    ref3 = reference(trio, n, b, args.threads)
-    ref2 = {(0, 1): ref3[0, 1]}
+    ref2 = {(0, 1): reference(pair, n, b, args.threads)[0, 1]}
     tools = [] if args.skip_tools else list(TOOLS)
     main_res = group("R20 1x vs 2x", pair, [*hubs, *tools], n, args.repeats, ref2)
     ok_tools = [t for t in tools if "median" in main_res[t]]
     fastest = min(ok_tools, key=lambda t: main_res[t]["median"]) if ok_tools else None
-    trio_res = group("3 models", trio, hubs + ([fastest] if fastest else []), n, args.repeats, ref3)
-    ref56 = reference(r56, n, b, args.threads)
-    r56_res = group("R56 1x pair", r56, hubs, n, args.repeats, ref56)
-    ref_timm = reference(timm_pair, n, b, args.threads, args.timm_size)
+    trio_res = r56_res = timm_res = big_res = {}
+    ref3 = ref56 = ref_timm = None
     timm_name = f"timm {args.timm_model}"
-    timm_res = group(timm_name, timm_pair, hubs, n, args.repeats, ref_timm, args.timm_size)
-    big_res = {} if args.skip_big else group(f"R56 {args.big_width}x pair", big, ["floor", "hubcompare"], args.big_examples,
-                                             0, None)
+    if not args.main_only:
+        ref3 = reference(trio, n, b, args.threads)
+        trio_res = group("3 models", trio, hubs + ([fastest] if fastest else []), n, args.repeats, ref3)
+        ref56 = reference(r56, n, b, args.threads)
+        r56_res = group("R56 1x pair", r56, hubs, n, args.repeats, ref56)
+        ref_timm = reference(timm_pair, n, b, args.threads, args.timm_size)
+        timm_res = group(timm_name, timm_pair, hubs, n, args.repeats, ref_timm, args.timm_size)
+        big_res = {} if args.skip_big else group(f"R56 {args.big_width}x pair", big, ["floor", "hubcompare"],
+                                                 args.big_examples, 0, None)
     print_table(rows, args, tools)
 
     print("\ngoals")
@@ -460,11 +486,17 @@ def main() -> None:
 
     for name, res, ref in (("R20 1x vs 2x", main_res, ref2), ("3 models", trio_res, ref3), ("R56 1x pair", r56_res, ref56),
                            (timm_name, timm_res, ref_timm)):
+        if not res:
+            continue
         hub, floor = res["hubcompare"], res["floor"]
         if "median" in hub and "median" in floor:
             e, wall, cpu = max_err(hub, ref), hub["median"] / floor["median"], hub["cpu_median"] / floor["cpu_median"]
             goal(f"{name}: <= 1.0x floor (cpu time), err <= 1e-6", f"{cpu:.2f}x cpu, {wall:.2f}x wall, err {e:.1e}",
                  cpu <= 1.0 and e <= 1e-6)
+        fast = res.get("floor-fast", {})
+        if "median" in hub and "median" in fast:
+            wall, cpu = hub["median"] / fast["median"], hub["cpu_median"] / fast["cpu_median"]
+            goal(f"{name}: <= 1.3x floor-fast (cpu time)", f"{cpu:.2f}x cpu, {wall:.2f}x wall", cpu <= 1.3)
     hub, floor = main_res["hubcompare"], main_res["floor"]
     if "median" in hub and "median" in floor:
         grams_mb = (10 + 10) * b * b * 8 / 2**20  # La + Lb = 10 + 10 layers, float64
@@ -509,6 +541,8 @@ def print_table(rows, args, tools) -> None:
           "minibatches (same seeded order and boundaries), so this is against a reference with its batching.")
     for t in tools:
         print(f"{t}: {TOOL_NOTES[t]}.")
+    if args.main_only:
+        return
     print(f"timm {args.timm_model}: random weights, {args.timm_size}x{args.timm_size} inputs, layers act1 + every block "
           "(module hooks).")
     if args.big_examples != args.examples and not args.skip_big:

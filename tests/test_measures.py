@@ -203,6 +203,23 @@ def test_compare_computes_every_measure_in_one_pass_as_defined():
                                                               "pwcca", "linreg"]
 
 
+def test_layer_pairs_give_the_same_bits_on_one_thread_or_several(rng):
+    layers = [inputs(features(rng, 70, p)) for p in (5, 40, 90, 90)]
+    layers.insert(2, inputs(np.ones((70, 3))))  # a constant layer: NaN row and column
+    threads = torch.get_num_threads()
+    got = {}
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got[t] = [make_measure(name).contribution(layers) for name in ("procrustes", "svcca", "linreg")]
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(got[1], got[2]):
+        assert torch.equal(one.isnan(), two.isnan()) and torch.equal(one.nan_to_num(), two.nan_to_num())
+    procrustes = got[2][0] / 70
+    assert procrustes.diagonal()[[0, 1, 3, 4]].tolist() == [1.0] * 4 and procrustes[2].isnan().all()
+
+
 def test_linear_cka_is_bit_identical_with_or_without_other_measures():
     ds = toy_dataset(96)
     a, b = make_resnet(0), make_resnet(1)

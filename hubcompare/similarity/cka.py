@@ -55,6 +55,7 @@ def _check_n(n: int) -> None:
 
 
 GRAM_CHUNK_ELEMENTS = 1 << 18  # centred copy made per feature chunk: 1 MiB of float32, small enough to stay in cache
+GRAM_CONVERTED_CHUNK_ELEMENTS = 1 << 19  # a float64 Gram's chunk buffer: 4 MiB (longer products, fewer of them)
 GRAM_ROW_BLOCKS = 4  # the Gram is symmetric: only row blocks on and below the diagonal are multiplied
 GRAM_MIN_BLOCK_ROWS = 64  # below this, smaller products cost more than the saved FLOPs
 # gram(centred=False) keeps the raw product while ||X||^2 <= this x ||X_c||^2: float32 then loses at most
@@ -149,9 +150,17 @@ def gram(x: torch.Tensor, dtype: torch.dtype = torch.float32, centred: bool = Tr
                 return k
         k.zero_()
     step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
-    for j in range(0, p, step):
-        c = x[:, j : j + step].to(dtype)
-        _blocked_product(c - c.mean(0, keepdim=True), k, blocks)
+    if dtype == x.dtype:
+        for j in range(0, p, step):
+            c = x[:, j : j + step]
+            _blocked_product(c - c.mean(0, keepdim=True), k, blocks)
+    else:  # each chunk converted into one reused buffer (fresh copies cost more in page faults than the products)
+        step = max(1, GRAM_CONVERTED_CHUNK_ELEMENTS // max(n, 1))
+        buffer = torch.empty(n, min(step, p), dtype=dtype, device=x.device)
+        for j in range(0, p, step):
+            c = buffer[:, : min(step, p - j)]
+            c.copy_(x[:, j : j + step])
+            _blocked_product(c.sub_(c.mean(0, keepdim=True)), k, blocks)
     _mirror(k, blocks)
     return k
 

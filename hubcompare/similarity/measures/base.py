@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -66,15 +67,24 @@ def double_centre(gram: torch.Tensor) -> torch.Tensor:
 
 def example_stats(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """:attr:`LayerInputs.row_stats` of an activation (n, ...): O(n p) work in float64 over feature chunks, against the
-    Gram's O(n^2 p)."""
+    Gram's O(n^2 p). One pass: each chunk is copied into one reused float64 buffer (a fresh float64 copy per chunk
+    costs more in page faults than the arithmetic), centred there, and summed; float32 values sum exactly in float64
+    over a minibatch, so the features' means are exact."""
     x = flat_features(act)
     n, p = x.shape
-    mu = x.sum(0, dtype=torch.float64) / n
-    a = x.sum(1, dtype=torch.float64) - mu.sum()
-    b = torch.zeros(n, dtype=torch.float64, device=x.device)
     step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
+    buffer = torch.empty(n, min(step, p), dtype=torch.float64, device=x.device)
+    mu = torch.empty(p, dtype=torch.float64, device=x.device)
+    a = torch.zeros(n, dtype=torch.float64, device=x.device)
+    b = torch.zeros(n, dtype=torch.float64, device=x.device)
     for j in range(0, p, step):
-        b += (x[:, j : j + step].to(torch.float64) - mu[j : j + step]) @ mu[j : j + step]
+        chunk = buffer[:, : min(step, p - j)]
+        chunk.copy_(x[:, j : j + step])
+        means = mu[j : j + step]
+        torch.mean(chunk, 0, out=means)
+        chunk.sub_(means)
+        a += chunk.sum(1)  # a = Xc 1
+        b.addmv_(chunk, means)  # Xc mu
     mean = mu.mean()
     return a, b - a * mean, float(((mu - mean) ** 2).sum()), p
 
@@ -86,14 +96,29 @@ def centred_features(act: torch.Tensor, device: torch.device | str | None = None
     return x.sub_(x.mean(0))
 
 
-def symmetric_pairs(items: list, value) -> torch.Tensor:
+def symmetric_pairs(items: list, value, diagonal: float | None = None) -> torch.Tensor:
     """``value(a, b)`` for every pair i <= j of ``items`` into a symmetric float64 (L, L) matrix, NaN where either item
-    is None (a layer on which the measure is undefined)."""
+    is None (a layer on which the measure is undefined); ``diagonal``: the value of an item against itself where the
+    measure fixes it (then not computed).
+
+    The pairs run on a pool of ``torch.get_num_threads()`` threads: a small dense factorisation (an SVD of a
+    255 x 255 matrix) gains nothing from LAPACK's own threads, but pairs side by side keep every core busy. Each
+    pair's value is the same, bit for bit, whichever thread computes it."""
     out = torch.full((len(items), len(items)), float("nan"), dtype=torch.float64)
-    for i, a in enumerate(items):
-        for j in range(i, len(items)):
-            if a is not None and items[j] is not None:
-                out[i, j] = out[j, i] = value(a, items[j])
+    todo = [(i, j) for i, a in enumerate(items) if a is not None for j in range(i, len(items)) if items[j] is not None]
+    if diagonal is not None:
+        for i, j in todo:
+            if i == j:
+                out[i, i] = diagonal
+        todo = [(i, j) for i, j in todo if i != j]
+    workers = min(torch.get_num_threads(), len(todo))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            values = list(pool.map(lambda ij: value(items[ij[0]], items[ij[1]]), todo))
+    else:
+        values = [value(items[i], items[j]) for i, j in todo]
+    for (i, j), v in zip(todo, values):
+        out[i, j] = out[j, i] = v
     return out
 
 

@@ -49,7 +49,9 @@ class SVCCA(Measure):
         n = layers[0].gram.shape[0]
         bases = [principal_basis(x, self.values["keep"]) for x in layers]
         # canonical correlations: the singular values of Q_x^T Q_y
-        return symmetric_pairs(bases, lambda bi, bj: torch.linalg.svdvals(bi.T @ bj).clamp(max=1.0).mean()) * n
+        # a layer against itself: every canonical correlation is 1
+        return symmetric_pairs(bases, lambda bi, bj: torch.linalg.svdvals(bi.T @ bj).clamp(max=1.0).mean(),
+                               diagonal=1.0) * n
 
 
 class PWCCA(Measure):
@@ -104,11 +106,12 @@ class LinearRegression(Measure):
         n = layers[0].gram.shape[0]
         bases = [principal_basis(x) for x in layers]
         out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
-        for j, y in enumerate(layers):
-            total = float(y.gram.diagonal().sum())
-            if not total > 0:
-                continue
-            for i, bi in enumerate(bases):
-                if bi is not None:  # ||P_X Yc||_F^2 / ||Yc||_F^2 = tr(U^T K_y U) / tr(K_y)
-                    out[i, j] = (bi * (y.gram @ bi)).sum() / total
+        rows = [i for i, b in enumerate(bases) if b is not None]
+        totals = torch.stack([y.gram.diagonal().sum() for y in layers])
+        cols = [j for j in range(len(layers)) if totals[j] > 0]
+        if rows and cols:
+            # ||P_X Yc||_F^2 / ||Yc||_F^2 = tr(U^T K_y U) / tr(K_y) = <U U^T, K_y>_F / tr(K_y): every pair in one product
+            projectors = torch.stack([bases[i] @ bases[i].T for i in rows]).flatten(1)
+            grams = torch.stack([layers[j].gram for j in cols]).flatten(1)
+            out[torch.tensor(rows).unsqueeze(1), torch.tensor(cols)] = (projectors @ grams.T) / totals[cols]
         return out * n

@@ -32,7 +32,8 @@ class Procrustes(Measure):
     def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
         n = layers[0].gram.shape[0]
         roots = [gram_root(x) for x in layers]
-        return symmetric_pairs(roots, lambda gi, gj: torch.linalg.svdvals(gi.T @ gj).sum()) * n
+        # a layer against itself: ||G^T G||_* = tr(G^T G) = 1
+        return symmetric_pairs(roots, lambda gi, gj: torch.linalg.svdvals(gi.T @ gj).sum(), diagonal=1.0) * n
 
     def derived(self, value: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"angular_distance": torch.arccos(value.clamp(-1.0, 1.0))}
