@@ -9,6 +9,9 @@ The main figure: linear minibatch CKA between a ResNet-20 (1x) and a ResNet-20 (
 block output (10 layers each), on 2,048 CIFAR-shaped synthetic images, batch 256, 2 threads:
 
 - ``floor``        the bare forward passes of both models under ``torch.no_grad``, NCHW float32 (no CKA at all);
+- ``floor-fast``   the fastest exact forward of both models alone (issue #24's yardstick: CKA <= 1.3x it):
+                   channels-last, conv + BatchNorm (+ ReLU) folded as ``compare`` folds them, inference mode, full
+                   float32, no taps, no hooks, no Grams;
 - ``hubcompare``   one ``hubcompare.similarity.compare`` call (its default, fast forward: channels-last,
                    conv + BatchNorm + ReLU fused, oneDNN Gram products; the settings record it);
 - ``hubcompare-nchw``  the same call with the previous forward: ``memory_format="contiguous"``,
@@ -46,6 +49,7 @@ takes tens of minutes on 2 cores, most of it the width-8 ResNet-56 pair and torc
     .venv/bin/python benchmarks/cka_speed.py                 # full size
     .venv/bin/python benchmarks/cka_speed.py --quick         # tiny smoke run
     .venv/bin/python benchmarks/cka_speed.py --skip-tools    # hubcompare and floors only
+    .venv/bin/python benchmarks/cka_speed.py --skip-tools --main-only   # only R20 1x vs 2x (a few minutes)
 """
 
 from __future__ import annotations

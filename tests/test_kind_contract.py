@@ -216,3 +216,8 @@ def test_asked_twice_comes_from_the_store_with_every_file_in_a_role(kind, member
         assert all(f"/results/{second.key}/files/{name}" in page.text for name in second.stored.files), kind
         listed = client.get(f"/api/results/{second.key}").json()
         assert listed["kind"] == kind and sorted(listed["files"]) == sorted(second.stored.files)
+        # what the spec says the page draws: a heatmap (SVG) for a kind that keeps them, the document's row tables
+        assert ('<svg id="heatmap"' in page.text) == (spec.heatmaps is not None), kind
+        document = json.loads(documents[0].read_text())
+        for table in spec.tables:
+            assert (f'<table id="{table}"' in page.text) == bool(document.get(table)), (kind, table)

@@ -9,7 +9,6 @@ import torch
 from helpers import ref_hsic1, toy_dataset
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.distance import pdist, squareform
-from scipy.stats import spearmanr
 
 import hubcompare  # noqa: F401
 from hubcompare.errors import CompareError, MeasureError

@@ -34,7 +34,7 @@ from ..similarity.labels import file_slugs, unique_labels
 from ..similarity.measures import measure_from_key
 from ..similarity.plots import plot_block_report, plot_cka, plot_cka_grid
 from ..similarity.results import CKAResult
-from .kindspec import MAX_MODELS, FloatOption, IntOption, KindSpec, Prepared
+from .kindspec import MAX_MODELS, FloatOption, Heatmaps, IntOption, KindSpec, Prepared
 
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
@@ -278,7 +278,8 @@ class _BlocksKind:
                  IntOption(name="min_size", doc="a block's fewest layers", low=1, high=10_000),
                  IntOption(name="max_gap", doc="layers below threshold a block may span", low=0, high=10_000),
                  FloatOption(name="min_mean_pc1", doc="a block's least mean PC1 share", low=0.0, high=1.0)),
-        files={"document": "blocks.json", "figure": "blocks.{fmt}", "cka_figure": "cka.{fmt}"})
+        files={"document": "blocks.json", "figure": "blocks.{fmt}", "cka_figure": "cka.{fmt}"},
+        heatmaps=Heatmaps(key="cka", within=True, figure_role="cka_figure"), tables=("blocks",))
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx):
@@ -331,10 +332,10 @@ class _BlocksKind:
 CROSS_CKA = _CKAKind(KindSpec(
     name="cross-cka", summary="linear CKA between every layer of two or more models, every pair from one pass",
     refs=(2, MAX_MODELS), estimator=True, sized=True, many_sides_kind="across-seeds",
-    files={"document": "cka*.json", "arrays": "cka*.npz", "figure": "cka*.{fmt}"}))
+    files={"document": "cka*.json", "arrays": "cka*.npz", "figure": "cka*.{fmt}"}, heatmaps=Heatmaps()))
 CKA = _CKAKind(KindSpec(
     name="cka", summary="linear CKA between one model's layers", refs=(1, 1), estimator=True, sized=True,
-    files={"document": "cka.json", "arrays": "cka.npz", "figure": "cka.{fmt}"}))
+    files={"document": "cka.json", "arrays": "cka.npz", "figure": "cka.{fmt}"}, heatmaps=Heatmaps(within=True)))
 BLOCKS = _BlocksKind()
 KINDS = (CROSS_CKA, CKA, BLOCKS)
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from ..errors import InvalidRequestError, short_repr
 from ..models.checkpoint import DEFAULT_MAX_PARAMS
 
-__all__ = ["MAX_EXAMPLES", "MAX_MODELS", "BoolOption", "ChoiceOption", "Context", "FileOption", "FloatOption", "IntOption",
-           "Kind", "KindSpec", "NumbersOption", "Option", "Prepared", "Progress", "bad_field"]
+__all__ = ["MAX_EXAMPLES", "MAX_MODELS", "BoolOption", "ChoiceOption", "Context", "FileOption", "FloatOption", "Heatmaps",
+           "IntOption", "Kind", "KindSpec", "NumbersOption", "Option", "Prepared", "Progress", "bad_field"]
 
 MAX_MODELS = 32  # models in one pass (cross-cka, compare)
 MAX_EXAMPLES = 10_000_000  # examples a request may name
@@ -249,6 +249,21 @@ class Prepared:
 FormOptions = Callable[[Mapping[str, str], dict], dict]  # (the form's fields, the request so far) -> options
 
 
+@dataclass(frozen=True)
+class Heatmaps:
+    """Where a kind's results keep the layer-by-layer matrices a result page draws as heatmaps: each JSON file in
+    ``role`` is one (the matrix under ``key`` of it, or the document itself, with ``layers_a`` / ``layers_b`` /
+    ``cka`` / ``se``), or with ``per_measure`` the ``role`` document holds one per pair and measure (compare's
+    ``measures.json``), named ``STEM:MEASURE.json`` on the page. ``within``: one model's layers against its own.
+    ``figure_role``: the files that draw the same matrices (the page draws them as SVG instead)."""
+
+    role: str = "document"
+    key: str | None = None
+    per_measure: bool = False
+    within: bool = False
+    figure_role: str = "figure"
+
+
 @dataclass(frozen=True, kw_only=True)
 class KindSpec:
     """Everything the front ends need to know of a kind, without running it.
@@ -258,8 +273,9 @@ class KindSpec:
     over examples (the service requires ``examples`` and caps it). ``layers``: layer globs apply. ``fixed``: request
     fields that do not apply, with the value they must keep, and ``fixed_why`` (why). ``options``: the kind's typed
     settings. ``files``: role -> file name glob of what it writes (``{fmt}``: the figure format; ``document``: the
-    JSON a reader parses, one per pair where there are several). ``form_options``: the options a compare form's
-    fields give.
+    JSON a reader parses, one per pair where there are several). ``heatmaps``: which of them a result page draws
+    (:class:`Heatmaps`; None: no layer-by-layer matrix). ``tables``: fields of the document that hold rows a result
+    page shows as paged tables (``blocks``, ``classes``). ``form_options``: the options a compare form's fields give.
     ``many_sides_kind``: the kind a request of this kind becomes when a reference names many models (cross-cka ->
     across-seeds, as the CLI and the service both do)."""
 
@@ -274,6 +290,8 @@ class KindSpec:
     fixed_why: str = ""
     options: tuple[Option, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
+    heatmaps: Heatmaps | None = None
+    tables: tuple[str, ...] = ()
     form_options: FormOptions | None = None
     many_sides_kind: str | None = None
 

@@ -27,7 +27,7 @@ from ..errors import MeasureError, short_repr
 from ..similarity.measures import Measure, measure_from_key, measure_names
 from ..similarity.plots import plot_measures
 from .cka_kinds import copy_file, labels_for, model_records, plan_warnings, prepare_pass, run_pass
-from .kindspec import MAX_MODELS, KindSpec, Option, Prepared, bad_field
+from .kindspec import MAX_MODELS, Heatmaps, KindSpec, Option, Prepared, bad_field
 
 if TYPE_CHECKING:  # annotations only: requests.py reads the kinds' specs
     from .requests import ComparisonRequest
@@ -148,7 +148,8 @@ class _CompareKind:
         name="compare", summary="several similarity measures between every layer of two or more models, in one pass",
         refs=(2, MAX_MODELS), estimator=True, sized=True,
         options=(MeasuresOption(name="measures", doc="the measures' keys (default: cka)", max_len=MAX_MEASURES),),
-        files={"document": MEASURES_FILE, "figure": "measures*.{fmt}"}, form_options=_form_options)
+        files={"document": MEASURES_FILE, "figure": "measures*.{fmt}"}, heatmaps=Heatmaps(per_measure=True),
+        form_options=_form_options)
     name = spec.name
 
     def prepare(self, req: ComparisonRequest, ctx) -> Prepared:

@@ -365,7 +365,7 @@ AGREEMENT = PopulationKind(KindSpec(
                                 server_cap=MAX_SPLITS), _NULL_SIDE)), "agreement", need=2)
 CLASS_DIFF = PopulationKind(KindSpec(
     name="class-diff", summary="per-class accuracy differences between two sides (Welch tests, FDR-controlled)",
-    refs=(2, 2), sides=True, layers=False, fixed=_FIXED, fixed_why=_WHY, files=_files("class_diff"),
+    refs=(2, 2), sides=True, layers=False, fixed=_FIXED, fixed_why=_WHY, files=_files("class_diff"), tables=("classes",),
     options=(FloatOption(name="alpha", doc="the false discovery rate", low=1e-6, high=0.5), _SPLITS, _NULL_SIDE)),
     "class_diff", need=2 * MIN_MODELS)  # MIN_MODELS per half
 KINDS = (AGREEMENT, CLASS_DIFF)

@@ -31,9 +31,12 @@ from .views import (
     card_text,
     check_same_origin,
     cka_pairs,
+    document_tables,
+    drawn_figures,
     entry_json,
     headline_rows,
     heatmap_for,
+    heatmaps_of,
     list_tables,
     model_layers,
     model_results,
@@ -135,15 +138,13 @@ def _result_response(request: Request, key: str, *, status: int = 200, share: di
     heatmap = heatmap_for(service, stored, pair) if pair else None
     number = page_number(request.query_params.get("page"))
     blocks, classes, cut = page_of([], 1), page_of([], 1), []
-    if stored.kind == "blocks" and "blocks.json" in stored.files:
-        digest = service.digest(stored, "blocks.json")
-        blocks = page_of(digest.get("blocks") or [], number)
-        cut += _cut_rows("blocks.json: blocks", digest, "blocks")
-    if stored.kind == "class-diff" and "class_diff.json" in stored.files:
-        digest = service.digest(stored, "class_diff.json")
-        classes = page_of(digest.get("classes") or [], number)
-        cut += _cut_rows("class_diff.json: classes", digest, "classes")
-    drawn = {"cka.png" if p == "blocks.json" else p[:-len(".json")] + ".png" for p in pairs} if heatmap is not None else set()
+    rows, digests = document_tables(service, stored)
+    blocks = page_of(rows.get("blocks") or [], number) if "blocks" in rows else blocks
+    classes = page_of(rows.get("classes") or [], number) if "classes" in rows else classes
+    for (what, digest), field_name in zip(digests, rows):
+        cut += _cut_rows(what, digest, field_name)
+    drawn = drawn_figures(stored, pairs) if heatmap is not None else set()
+    per_measure = bool((shown := heatmaps_of(stored)) and shown.per_measure)  # compare: its pairs are per measure
     figures = [n for n in stored.files if n.endswith(".png") and n not in drawn]  # the heatmap is drawn once, as SVG
     summary, cut_summary = bounded(stored.summary, ONE_RESULT_BUDGET, "summary")
     key_inputs, cut_inputs = bounded(stored.key_inputs, ONE_RESULT_BUDGET, "key_inputs")
@@ -158,7 +159,7 @@ def _result_response(request: Request, key: str, *, status: int = 200, share: di
         headline = headline[:MAX_HEADLINE_ROWS]
     tables = [t | {"page": page_of(t["rows"], number)} for t in list_tables(summary, skip=skip)]
     return render(request, "result.html", status=status, share=share or {}, result=stored, title=result_title(stored), headline=headline,
-                  settings=settings, pair_table=page_of(pair_rows(summary) if stored.kind != "compare" else [], number), pairs=pairs, pair=pair, heatmap=heatmap,
+                  settings=settings, pair_table=page_of([] if per_measure else pair_rows(summary), number), pairs=pairs, pair=pair, heatmap=heatmap,
                   blocks=blocks, classes=classes, list_tables=tables, seed_table=seed_rows(summary), figures=figures,
                   warnings=[str(w)[:2000] for w in warnings[:50]],
                   key_inputs=key_inputs, asked=asked, truncated=cut + cut_summary + cut_inputs + cut_request, page=number)

@@ -19,7 +19,8 @@ from huggingface_hub import try_to_load_from_cache
 
 from ..errors import CrossSiteWriteError, ResultNotFoundError, ServiceRequestError, short_repr
 from ..hub.names import parse_reference
-from ..comparisons.measure_kinds import MEASURES_FILE
+from ..comparisons.kinds import kind_names, spec_for
+from ..comparisons.kindspec import Heatmaps
 from ..hub.registry import Entry, Registry
 from ..results.store import ResultStore, StoredResult, check_key
 from .config import ServiceConfig
@@ -114,17 +115,19 @@ def file_digest(s: StoredResult, name: str, data) -> dict:
     out: dict = {}
     if not isinstance(data, dict):
         return out
-    if s.kind == "compare" and name == MEASURES_FILE:
+    shown = heatmaps_of(s)
+    if shown is not None and shown.per_measure and name in s.files and shown_role(s, name) == shown.role:
         out["heatmaps"] = _measure_heatmaps(data)
         return out
-    cka = data.get("cka") if name == "blocks.json" else data
-    if isinstance(cka, dict) and name in cka_pairs(s):
-        blocks = [b for b in data.get("blocks") or [] if isinstance(b, dict)] if name == "blocks.json" else []
-        title = (f"within-model CKA of {cka.get('label_a') or data.get('ref')}" if name == "blocks.json"
-                 else f"{cka.get('label_a')} vs {cka.get('label_b')}")
-        out["heatmap"] = build_heatmap(cka, title=title, blocks=blocks)
-        layers = {side: [str(x) for x in cka.get(f"layers_{side}") or []] for side in ("a", "b")}
-        out["layers"] = layers | {k: str(cka.get(k) or "") for k in ("ref_a", "ref_b", "label_a", "label_b")}
+    if shown is not None and not shown.per_measure and name in cka_pairs(s):
+        cka = data.get(shown.key) if shown.key else data
+        if isinstance(cka, dict):
+            blocks = [b for b in data.get("blocks") or [] if isinstance(b, dict)] if shown.key else []
+            title = (f"within-model CKA of {cka.get('label_a') or data.get('ref')}" if shown.within
+                     else f"{cka.get('label_a')} vs {cka.get('label_b')}")
+            out["heatmap"] = build_heatmap(cka, title=title, blocks=blocks)
+            layers = {side: [str(x) for x in cka.get(f"layers_{side}") or []] for side in ("a", "b")}
+            out["layers"] = layers | {k: str(cka.get(k) or "") for k in ("ref_a", "ref_b", "label_a", "label_b")}
     for field_name in ("blocks", "classes"):
         rows = data.get(field_name)
         if isinstance(rows, list):
@@ -272,24 +275,60 @@ def result_json(s: StoredResult, budget: int = ONE_RESULT_BUDGET) -> dict:
     return d
 
 
+def heatmaps_of(s: StoredResult) -> Heatmaps | None:
+    """Where a stored result's kind keeps its heatmaps (its :class:`Heatmaps`; None for a kind without any, or one
+    this version does not know)."""
+    return spec_for(s.kind).heatmaps if s.kind in kind_names() else None
+
+
+def shown_role(s: StoredResult, name: str) -> str | None:
+    return spec_for(s.kind).role_of(name) if s.kind in kind_names() else None
+
+
 def cka_pairs(s: StoredResult) -> list[str]:
-    """The heatmaps the page can show, in order, by name: a result's CKA JSON files; for a compare result, each pair's
-    each measure from ``measures.json``, named ``STEM:MEASURE.json``."""
-    if s.kind == "compare":
-        stems = [p.get("stem") for p in s.summary.get("pairs") or [] if isinstance(p, dict)]
-        names = [str(k).split("(")[0] for k in s.summary.get("measures") or []]
-        found = [f"{stem}:{name}.json" for stem in stems for name in names] if MEASURES_FILE in s.files else []
-        return found[:MAX_MEASURE_HEATMAPS]
-    if s.kind == "blocks":
-        return ["blocks.json"] if "blocks.json" in s.files else []
-    if "cka.json" in s.files:
-        return ["cka.json"]
-    return sorted(n for n in s.files if n.startswith("cka-") and n.endswith(".json"))
+    """The heatmaps the page can show, in order, by name: the JSON files of the role the kind's :class:`Heatmaps`
+    names (a cross-cka result's per-pair files, a blocks result's document); with ``per_measure``, each pair's each
+    measure of the document, named ``STEM:MEASURE.json``."""
+    shown = heatmaps_of(s)
+    if shown is None:
+        return []
+    files = sorted(n for n in s.files if n.endswith(".json") and shown_role(s, n) == shown.role)
+    if not shown.per_measure:
+        return files
+    stems = [p.get("stem") for p in s.summary.get("pairs") or [] if isinstance(p, dict)]
+    names = [str(k).split("(")[0] for k in s.summary.get("measures") or []]
+    found = [f"{stem}:{name}.json" for stem in stems for name in names] if files else []
+    return found[:MAX_MEASURE_HEATMAPS]
+
+
+def drawn_figures(s: StoredResult, pairs: list[str]) -> set[str]:
+    """The PNG figures of ``pairs``' heatmaps, which the page draws as SVG instead (a pair's own figure, or the one
+    figure of a single-document kind)."""
+    shown = heatmaps_of(s)
+    if shown is None or shown.per_measure:
+        return set()
+    figures = [n for n in s.files if n.endswith(".png") and shown_role(s, n) == shown.figure_role]
+    stems = {p[: -len(".json")] for p in pairs}
+    own = {f for f in figures if f[: -len(".png")] in stems}
+    return own or (set(figures) if len(pairs) == 1 else set())
+
+
+def document_tables(service: Service, s: StoredResult) -> tuple[dict[str, list], list[tuple[str, dict]]]:
+    """The row tables the kind's document holds (its ``tables`` fields, at most ``MAX_DIGEST_ROWS`` rows each) by
+    field, and (what, digest) for the notes on rows left out."""
+    spec = spec_for(s.kind) if s.kind in kind_names() else None
+    documents = [n for n in s.files if n.endswith(".json") and shown_role(s, n) == "document"] if spec else []
+    if not spec or not spec.tables or len(documents) != 1:
+        return {}, []
+    digest = service.digest(s, documents[0])
+    return ({f: digest.get(f) or [] for f in spec.tables}, [(f"{documents[0]}: {f}", digest) for f in spec.tables])
 
 
 def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap | None:
-    if s.kind == "compare":
-        return service.digest(s, MEASURES_FILE).get("heatmaps", {}).get(name)
+    shown = heatmaps_of(s)
+    if shown is not None and shown.per_measure:
+        documents = [n for n in s.files if n.endswith(".json") and shown_role(s, n) == shown.role]
+        return service.digest(s, documents[0]).get("heatmaps", {}).get(name) if documents else None
     return service.digest(s, name).get("heatmap")
 
 
