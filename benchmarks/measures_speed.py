@@ -20,8 +20,10 @@ time, then one more run for the peak-RSS growth):
                      matrix A^T B exceeds 64 MiB (every conv stage: 16,384 x 32,768 features is 4 GiB per pair, and its SVD minutes),
                      which it cannot do here; the table says how many it skipped.
 
-hubcompare computes every within- and cross-model pair of the 20 layers (210 pairs) in the same time; the tools
-do the 100 cross pairs. Run from the repository root:
+hubcompare computes what ``hubcompare compare`` reports (``--pairs across``, the default): the 100 cross-model layer
+pairs and each layer with itself (the costly measures skip the 90 within-model pairs; the cheap ones compute every
+pair in one product anyway); ``--pairs all`` adds the within-model pairs (210 in all), as grounding needs them. The
+tools do the 100 cross pairs. Run from the repository root:
 
     .venv/bin/python benchmarks/measures_speed.py               # full size (minutes on 2 cores)
     .venv/bin/python benchmarks/measures_speed.py --quick       # smoke run
@@ -59,14 +61,14 @@ def dataset(n: int) -> ImageDataset:
                         [f"x{i}" for i in range(n)])
 
 
-def run_hubcompare(names: list[str], n: int, batch: int) -> dict:
+def run_hubcompare(names: list[str], n: int, batch: int, pairs: str = "across") -> dict:
     ds = dataset(n)
     models = [make_model(k, ds.images) for k in MODELS]
     compare([CompareModel(k, m, layers=hub_layers(m)) for k, m in zip(MODELS, models)], ds, batch_size=batch,
             num_examples=batch)  # warm-up: one minibatch
     t0, c0 = time.perf_counter(), time.process_time()
     comp = compare([CompareModel(k, m, layers=hub_layers(m)) for k, m in zip(MODELS, models)], ds, batch_size=batch,
-                   measures=parse_measures(names))
+                   measures=parse_measures(names), measure_pairs=pairs)
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "layers": int(comp.offsets[-1]),
             "measures": list(comp.measures)}
 
@@ -118,14 +120,14 @@ def child(args) -> None:
     else:
         names = {"all": list(GRAM_MEASURES), "every": measure_names()}.get(args.variant)
         names = names or ["cka"] + ([args.variant[1:]] if args.variant != "cka" else [])
-        got = run_hubcompare(names, args.examples, args.batch)
+        got = run_hubcompare(names, args.examples, args.batch, args.pairs)
     got["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(got))
 
 
 def spawn(variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--examples", str(args.examples), "--batch", str(args.batch),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--pairs", args.pairs]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -138,6 +140,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="256 examples, batch 64, one round")
     ap.add_argument("--skip-tools", action="store_true")
+    ap.add_argument("--pairs", choices=("across", "all"), default="across",
+                    help="the layer pairs the other measures compute: across the two models (what `hubcompare compare` "
+                         "reports, the default) or all, within each model too (what grounding needs)")
     ap.add_argument("--variants", help="comma-separated variants to run (default: all of them), e.g. cka,all,+pwcca")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -161,7 +166,7 @@ def main() -> None:
             runs[v].append(spawn(v, args))
             print(f"  {v}: {runs[v][-1]}", file=sys.stderr, flush=True)  # as it goes: a long run's figures survive
     print(f"ResNet-20 1x vs 2x, {args.examples} CIFAR-shaped inputs, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.repeats}; x cka = time / linear CKA alone's (wall and CPU)")
+          f"median of {args.repeats}, measure pairs: {args.pairs}; x cka = time / linear CKA alone's (wall and CPU)")
     base = statistics.median(r["wall"] for r in runs["cka"]), statistics.median(r["cpu"] for r in runs["cka"])
     print(f"{'variant':<18} {'wall s':>8} {'cpu s':>8} {'x cka':>7} {'x cka cpu':>9} {'peak RSS MB':>11}")
     for v, rs in runs.items():

@@ -219,6 +219,25 @@ def test_layer_pairs_give_the_same_bits_on_one_thread_or_several(rng):
     assert procrustes.diagonal()[[0, 1, 3, 4]].tolist() == [1.0] * 4 and procrustes[2].isnan().all()
 
 
+def test_measures_across_models_only_skip_no_reported_pair():
+    ds = toy_dataset(96)
+    models = [CompareModel("A", make_resnet(0), layers=LAYERS), CompareModel("B", make_resnet(1, width=2), layers=LAYERS)]
+    chosen = parse_measures(["procrustes", "mknn", "pwcca", "rbf-cka"])
+    full = compare(models, ds, batch_size=48, seed=3, measures=chosen)
+    across = compare(models, ds, batch_size=48, seed=3, measures=chosen, measure_pairs="across")
+    assert across.settings["measure_pairs"] == "across"
+    for key in full.measures:
+        for got, want in zip(across.measure_pair(key, 0, 1), full.measure_pair(key, 0, 1)):
+            assert np.array_equal(got, want, equal_nan=True), key  # the same bits where both compute
+        if key != "cka":
+            assert np.array_equal(across.measures[key].value.diagonal(), full.measures[key].value.diagonal()), key
+            assert across.measures[key].value[0, 1].isnan() and not full.measures[key].value[0, 1].isnan(), key
+            with pytest.raises(CompareError, match="across models only.*measure_pairs='all'"):
+                across.measure_pair(key, 1, 1)
+    with pytest.raises(CompareError, match="measure_pairs must be one of"):
+        compare(models, ds, batch_size=48, measures=chosen, measure_pairs="within")
+
+
 def test_linear_cka_is_bit_identical_with_or_without_other_measures():
     ds = toy_dataset(96)
     a, b = make_resnet(0), make_resnet(1)

@@ -162,7 +162,8 @@ class _CompareKind:
     def compute(self, req: ComparisonRequest, prepared: Prepared, staging: Path, on_progress, compare):
         st = prepared.state
         chosen = chosen_measures(req)
-        comp = run_pass(req, st, on_progress, compare, measures=tuple(chosen))
+        # the document reports model pairs only: no measure is spent on a model's layers against its own
+        comp = run_pass(req, st, on_progress, compare, measures=tuple(chosen), measure_pairs="across")
         warnings = list(dict.fromkeys(comp.warnings + plan_warnings(st.plan)))
         settings = dict(comp.settings) | {"batch_plan": st.plan.to_json()}
         n, slugs = len(st.models), file_slugs(st.names)

@@ -294,7 +294,7 @@ def across_seeds(
     if len(set(refs)) != len(refs):
         raise OverlappingSidesError(f"two models share the name {next(r for r in refs if refs.count(r) > 1)}: name each once.")
     settings = PassSettings(batch_size=batch_size, passes=passes, seed=seed, num_examples=num_examples, device=device,
-                            measures=tuple(measures))
+                            measures=tuple(measures), measure_pairs="across")  # the pair sets are all across models
     with ComparisonPass(models, dataset, settings) as run:  # checks, layers
         names, num_batches, batch_size = run.layer_names, len(run.plan), run.batch_size  # None: the plan's choice
     _check_architecture([names[i] for i in idx_a], refs[:ma], label_a)

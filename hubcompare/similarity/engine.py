@@ -58,7 +58,7 @@ from .measures import LinearCKA
 from .measures.base import (FEATURES, FLOAT64_GRAM, ROW_STATS, LayerInputs, Measure, MeasureEstimate, centred_features,
                             double_centre, example_stats)
 from .results import CKAResult
-from .settings import PassSettings
+from .settings import MEASURE_PAIRS, PassSettings
 
 if TYPE_CHECKING:
     from ..hub.references import ResolvedModel
@@ -137,6 +137,9 @@ class Comparison:
 
     def measure_pair(self, key: str, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Measure ``key``'s value and SE between model i's layers (rows) and model j's."""
+        if i == j and key != "cka" and self.settings.get("measure_pairs") == "across":
+            raise CompareError(f"{key} was computed across models only (measure_pairs='across'): model {i}'s layers "
+                               "against its own need measure_pairs='all'", params=("measure_pairs",))
         a, b = slice(self.offsets[i], self.offsets[i + 1]), slice(self.offsets[j], self.offsets[j + 1])
         est = self.measures[key]
         return est.value.numpy()[a, b].copy(), est.se.numpy()[a, b].copy()
@@ -205,6 +208,9 @@ def compare(models: Sequence[CompareModel], dataset: ImageDataset, settings: Pas
     float64 where it is fast (CPUs, data-centre GPUs), float32 elsewhere. ``memory_format``: ``auto`` (channels-last
     for models with convolutions where that is faster: the CPU), ``channels_last`` or ``contiguous`` (NCHW).
     ``fuse_batchnorm``: run conv + BatchNorm (+ ReLU) chains as one convolution for the pass (module doc).
+    ``measure_pairs``: ``all`` (default) or ``across``: the other measures only between two models' layers (and each
+    layer with itself), NaN within a model; what ``compare`` and ``across-seeds`` report, for about half the cost of
+    the costly measures with two models.
     All of it is recorded in the settings. ``batch_size`` None: the CLI's choice (:func:`~.batchplan.choose_batch_plan`).
     The settings come as a :class:`~.settings.PassSettings` (``settings``) and/or as its fields (``options``, which
     replace the record's). The same numbers from several processes: :mod:`hubcompare.similarity.distributed`.
@@ -229,6 +235,9 @@ class ComparisonPass:
         self.dev = dev = resolve_device(st.device)
         if pipeline not in PIPELINES:
             raise CompareError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+        if st.measure_pairs not in MEASURE_PAIRS:
+            raise CompareError(f"measure_pairs must be one of {MEASURE_PAIRS}, not {st.measure_pairs!r}",
+                               params=("measure_pairs",))
         if memory_format not in LAYOUTS:
             raise CompareError(f"memory_format must be one of {LAYOUTS}, not {memory_format!r}", params=("memory_format",))
         self.memory_format, self.fuse_batchnorm = memory_format, st.fuse_batchnorm
@@ -330,6 +339,10 @@ class ComparisonPass:
             self.specs.append(spec)
         self.sizes = [len(c.layers) for c in self.captures]
         self.offsets = [0, *np.cumsum(self.sizes).tolist()]
+        self.pair_mask = None  # the layer pairs the other measures compute (None: every pair)
+        if self.settings.measure_pairs == "across":
+            model_of = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+            self.pair_mask = (model_of.unsqueeze(1) != model_of.unsqueeze(0)) | torch.eye(len(model_of), dtype=torch.bool)
 
     @property
     def layer_names(self) -> list[list[str]]:
@@ -401,11 +414,15 @@ class ComparisonPass:
                     pc_hsic.append(MinibatchCKA.contribution(torch.stack(pc_grams), products))
             if not check_each:
                 late.push(torch.isfinite(u_all).flatten(1).all(1), mb)
-            extra = {m.key: m.contribution(inputs) for m in self.measures}
+            extra = {m.key: self._masked(m.contribution(inputs, self.pair_mask)) for m in self.measures}
             yield BatchContribution(index, n, MinibatchCKA.contribution(u_all, products), pc_hsic, extra)
             if on_batch:
                 on_batch(done, len(todo))
         late.finish()
+
+    def _masked(self, h: torch.Tensor) -> torch.Tensor:
+        """A measure's contribution with every pair outside the pass's ``measure_pairs`` NaN (computed or not)."""
+        return h if self.pair_mask is None else h.masked_fill(~self.pair_mask.to(h.device), float("nan"))
 
     def result(self, acc: tuple[MinibatchCKA, list[MinibatchCKA]], backend: dict) -> Comparison:
         """The comparison the accumulated contributions (every minibatch of the plan, in plan order) give;
@@ -464,6 +481,8 @@ class ComparisonPass:
                     warnings.append(f"{models[mi].ref}: layer {captures[mi].names[i - offsets[mi]]}: {m.name} is "
                                     "undefined on it (shown as NaN).")
         settings["measures"] = [m.describe() for m in specs.values()]
+        if self.measures:
+            settings["measure_pairs"] = self.settings.measure_pairs
         comp = Comparison(list(models), captures, offsets, est.value.numpy(), est.se.numpy(), settings, warnings, [],
                           estimates, specs)
         for mi in range(len(models)):

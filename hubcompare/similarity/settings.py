@@ -15,7 +15,11 @@ from ..errors import CompareError
 if TYPE_CHECKING:
     from .measures import Measure
 
-__all__ = ["PassSettings"]
+__all__ = ["MEASURE_PAIRS", "PassSettings"]
+
+# the layer pairs the other measures compute: every pair, or only those between two models' layers (and each layer
+# with itself): what compare and across-seeds report, about half the pairs of two models and fewer with more
+MEASURE_PAIRS = ("all", "across")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class PassSettings:
     memory_format: str = "auto"
     fuse_batchnorm: bool = True
     measures: tuple[Measure, ...] = ()  # computed beside linear CKA (similarity.measures)
+    measure_pairs: str = "all"  # which layer pairs those measures compute: "all", or "across" (MEASURE_PAIRS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measures", tuple(self.measures))

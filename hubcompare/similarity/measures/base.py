@@ -96,16 +96,17 @@ def centred_features(act: torch.Tensor, device: torch.device | str | None = None
     return x.sub_(x.mean(0))
 
 
-def symmetric_pairs(items: list, value, diagonal: float | None = None) -> torch.Tensor:
+def symmetric_pairs(items: list, value, diagonal: float | None = None, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """``value(a, b)`` for every pair i <= j of ``items`` into a symmetric float64 (L, L) matrix, NaN where either item
-    is None (a layer on which the measure is undefined); ``diagonal``: the value of an item against itself where the
-    measure fixes it (then not computed).
+    is None (a layer on which the measure is undefined) or outside the boolean mask ``pairs``; ``diagonal``: the value
+    of an item against itself where the measure fixes it (then not computed).
 
     The pairs run on a pool of ``torch.get_num_threads()`` threads: a small dense factorisation (an SVD of a
     255 x 255 matrix) gains nothing from LAPACK's own threads, but pairs side by side keep every core busy. Each
     pair's value is the same, bit for bit, whichever thread computes it."""
     out = torch.full((len(items), len(items)), float("nan"), dtype=torch.float64)
-    todo = [(i, j) for i, a in enumerate(items) if a is not None for j in range(i, len(items)) if items[j] is not None]
+    todo = [(i, j) for i, a in enumerate(items) if a is not None for j in range(i, len(items))
+            if items[j] is not None and (pairs is None or pairs[i, j])]
     if diagonal is not None:
         for i, j in todo:
             if i == j:
@@ -272,8 +273,10 @@ class Measure(ABC):
         """Raise :class:`MeasureError` when a minibatch of ``n`` examples is too small for this measure."""
 
     @abstractmethod
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
-        """What one minibatch adds to :meth:`accumulator`: a float64 (L, L) matrix over the L layers given."""
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """What one minibatch adds to :meth:`accumulator`: a float64 (L, L) matrix over the L layers given.
+        ``pairs``: an (L, L) boolean mask of the layer pairs asked for (None: all); a measure whose pairs are costly
+        skips the others (the engine sets every pair outside the mask to NaN, computed or not)."""
 
     def accumulator(self, num_layers: int) -> Accumulator:
         return BatchMean(num_layers)

@@ -45,13 +45,13 @@ class SVCCA(Measure):
     params = (Param("keep", 0.99, 0.01, 1.0, "the share of each layer's variance its kept directions explain"),)
     needs = frozenset({FLOAT64_GRAM})
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = layers[0].gram.shape[0]
         bases = [principal_basis(x, self.values["keep"]) for x in layers]
         # canonical correlations: the singular values of Q_x^T Q_y
         # a layer against itself: every canonical correlation is 1
         return symmetric_pairs(bases, lambda bi, bj: torch.linalg.svdvals(bi.T @ bj).clamp(max=1.0).mean(),
-                               diagonal=1.0) * n
+                               diagonal=1.0, pairs=pairs) * n
 
 
 class PWCCA(Measure):
@@ -67,7 +67,7 @@ class PWCCA(Measure):
     symmetric = False
     needs = frozenset({FLOAT64_GRAM, FEATURES})
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = layers[0].gram.shape[0]
         bases = [principal_basis(x) for x in layers]  # U (n, r): the centred features' column space, orthonormal
         # X^T U (p, r): each neuron's inner products with the basis; X^T h = (X^T U) a for a variate h = U a
@@ -81,7 +81,7 @@ class PWCCA(Measure):
         for i, (bi, li) in enumerate(zip(bases, loads)):
             for j in range(i, len(bases)):
                 bj, lj = bases[j], loads[j]
-                if bi is None or bj is None:
+                if bi is None or bj is None or (pairs is not None and not pairs[i, j]):
                     continue
                 # one SVD per pair serves both directions: U_i^T U_j = A diag(rho) B^T, A the row layer's canonical
                 # weights when i is the row, B when j is
@@ -102,9 +102,9 @@ class LinearRegression(Measure):
     symmetric = False
     needs = frozenset({FLOAT64_GRAM})
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = layers[0].gram.shape[0]
-        bases = [principal_basis(x) for x in layers]
+        bases = [principal_basis(x) for x in layers]  # every pair in one product: the mask saves nothing
         out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
         rows = [i for i, b in enumerate(bases) if b is not None]
         totals = torch.stack([y.gram.diagonal().sum() for y in layers])

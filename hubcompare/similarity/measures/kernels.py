@@ -45,8 +45,8 @@ class LinearCKA(Measure):
     def check_batch(self, n: int) -> None:
         u_center(torch.zeros(n, n, dtype=torch.float64))  # n > 3 (the estimator divides by n (n - 3))
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
-        return MinibatchCKA.contribution(torch.stack([u_center(x.gram) for x in layers]))
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return MinibatchCKA.contribution(torch.stack([u_center(x.gram) for x in layers]))  # every pair: one product
 
     def accumulator(self, num_layers: int) -> MinibatchCKA:
         return MinibatchCKA(num_layers)
@@ -71,5 +71,5 @@ class RBFCKA(LinearCKA):
             return torch.ones_like(sq)
         return torch.exp(sq / (-2.0 * sigma * sigma))
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
-        return MinibatchCKA.contribution(torch.stack([u_center(self.kernel(x)) for x in layers]))
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return MinibatchCKA.contribution(torch.stack([u_center(self.kernel(x)) for x in layers]))  # one product

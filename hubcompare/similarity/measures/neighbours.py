@@ -40,12 +40,14 @@ class MutualKNN(Measure):
             raise MeasureError(f"mknn with k = {self.values['k']} needs minibatches of more than k examples (got {n}): "
                                "lower k or raise batch_size", params=("batch_size", "measures"))
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         k = self.values["k"]
         found = [nearest(x, k) for x in layers]
-        out = torch.empty(len(layers), len(layers), dtype=torch.float64)
+        out = torch.full((len(layers), len(layers)), float("nan"), dtype=torch.float64)
         for i, (idx, _) in enumerate(found):
             for j in range(i, len(found)):
+                if pairs is not None and not pairs[i, j]:
+                    continue
                 shared = int(found[j][1].gather(1, idx).sum())  # neighbours of i's lists that j's lists hold too
                 out[i, j] = out[j, i] = shared / k  # n * (mean over examples of the shared share)
         return out

@@ -29,11 +29,12 @@ class Procrustes(Measure):
     citation = "Schoenemann 1966; Williams, Kunz, Kornblith & Linderman 2021 (NeurIPS, shape metrics)"
     needs = frozenset({FLOAT64_GRAM})  # a sum of square roots of eigenvalues: float32 rounding would add ~1e-4
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = layers[0].gram.shape[0]
         roots = [gram_root(x) for x in layers]
         # a layer against itself: ||G^T G||_* = tr(G^T G) = 1
-        return symmetric_pairs(roots, lambda gi, gj: torch.linalg.svdvals(gi.T @ gj).sum(), diagonal=1.0) * n
+        return symmetric_pairs(roots, lambda gi, gj: torch.linalg.svdvals(gi.T @ gj).sum(), diagonal=1.0,
+                               pairs=pairs) * n
 
     def derived(self, value: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"angular_distance": torch.arccos(value.clamp(-1.0, 1.0))}

@@ -44,7 +44,7 @@ class RSA(Measure):
     value_range = (-1.0, 1.0)
     needs = frozenset({ROW_STATS})
 
-    def contribution(self, layers: list[LayerInputs]) -> torch.Tensor:
+    def contribution(self, layers: list[LayerInputs], pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = layers[0].gram.shape[0]
         iu = torch.triu_indices(n, n, 1)
         z = []
@@ -58,4 +58,4 @@ class RSA(Measure):
             norm = r.norm()
             z.append(r / norm if norm > 0 else torch.full_like(r, float("nan")))
         zs = torch.stack(z)
-        return (zs @ zs.T) * n
+        return (zs @ zs.T) * n  # every pair in one product: the mask saves nothing
