@@ -333,8 +333,9 @@ class KindSpec:
         except KeyError:
             raise KeyError(f"{self.name} writes no {role!r} file (its roles: {', '.join(self.files)})") from None
 
-    def paths(self, paths: Sequence[Path], role: str, fmt: str = "png") -> list[Path]:
-        """The files among ``paths`` (what export wrote) that play ``role``, in their order."""
+    def paths(self, paths: Sequence[str | Path], role: str, fmt: str = "png") -> list:
+        """The files among ``paths`` (what export wrote, or a stored result's names) that play ``role``, in their
+        order, as given."""
         glob = self.pattern(role, fmt)
         return [p for p in paths if fnmatch.fnmatchcase(Path(p).name, glob)]
 

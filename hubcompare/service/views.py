@@ -20,7 +20,7 @@ from huggingface_hub import try_to_load_from_cache
 from ..errors import CrossSiteWriteError, ResultNotFoundError, ServiceRequestError, short_repr
 from ..hub.names import parse_reference
 from ..comparisons.kinds import kind_names, spec_for
-from ..comparisons.kindspec import Heatmaps
+from ..comparisons.kindspec import Heatmaps, KindSpec
 from ..hub.registry import Entry, Registry
 from ..results.store import ResultStore, StoredResult, check_key
 from .config import ServiceConfig
@@ -116,7 +116,7 @@ def file_digest(s: StoredResult, name: str, data) -> dict:
     if not isinstance(data, dict):
         return out
     shown = heatmaps_of(s)
-    if shown is not None and shown.per_measure and name in s.files and shown_role(s, name) == shown.role:
+    if shown is not None and shown.per_measure and name in role_files(s, shown.role):
         out["heatmaps"] = _measure_heatmaps(data)
         return out
     if shown is not None and not shown.per_measure and name in cka_pairs(s):
@@ -275,14 +275,22 @@ def result_json(s: StoredResult, budget: int = ONE_RESULT_BUDGET) -> dict:
     return d
 
 
+def _spec(s: StoredResult) -> KindSpec | None:
+    """The stored result's kind's spec (None for a kind this version does not know)."""
+    return spec_for(s.kind) if s.kind in kind_names() else None
+
+
 def heatmaps_of(s: StoredResult) -> Heatmaps | None:
     """Where a stored result's kind keeps its heatmaps (its :class:`Heatmaps`; None for a kind without any, or one
     this version does not know)."""
-    return spec_for(s.kind).heatmaps if s.kind in kind_names() else None
+    spec = _spec(s)
+    return spec.heatmaps if spec else None
 
 
-def shown_role(s: StoredResult, name: str) -> str | None:
-    return spec_for(s.kind).role_of(name) if s.kind in kind_names() else None
+def role_files(s: StoredResult, role: str) -> list[str]:
+    """The stored result's files that play ``role`` for its kind (figures as stored: PNG), sorted by name."""
+    spec = _spec(s)
+    return spec.paths(sorted(s.files), role) if spec else []
 
 
 def cka_pairs(s: StoredResult) -> list[str]:
@@ -292,7 +300,7 @@ def cka_pairs(s: StoredResult) -> list[str]:
     shown = heatmaps_of(s)
     if shown is None:
         return []
-    files = sorted(n for n in s.files if n.endswith(".json") and shown_role(s, n) == shown.role)
+    files = role_files(s, shown.role)
     if not shown.per_measure:
         return files
     stems = [p.get("stem") for p in s.summary.get("pairs") or [] if isinstance(p, dict)]
@@ -307,7 +315,7 @@ def drawn_figures(s: StoredResult, pairs: list[str]) -> set[str]:
     shown = heatmaps_of(s)
     if shown is None or shown.per_measure:
         return set()
-    figures = [n for n in s.files if n.endswith(".png") and shown_role(s, n) == shown.figure_role]
+    figures = role_files(s, shown.figure_role)
     stems = {p[: -len(".json")] for p in pairs}
     own = {f for f in figures if f[: -len(".png")] in stems}
     return own or (set(figures) if len(pairs) == 1 else set())
@@ -316,8 +324,8 @@ def drawn_figures(s: StoredResult, pairs: list[str]) -> set[str]:
 def document_tables(service: Service, s: StoredResult) -> tuple[dict[str, list], list[tuple[str, dict]]]:
     """The row tables the kind's document holds (its ``tables`` fields, at most ``MAX_DIGEST_ROWS`` rows each) by
     field, and (what, digest) for the notes on rows left out."""
-    spec = spec_for(s.kind) if s.kind in kind_names() else None
-    documents = [n for n in s.files if n.endswith(".json") and shown_role(s, n) == "document"] if spec else []
+    spec = _spec(s)
+    documents = role_files(s, "document")
     if not spec or not spec.tables or len(documents) != 1:
         return {}, []
     digest = service.digest(s, documents[0])
@@ -327,7 +335,7 @@ def document_tables(service: Service, s: StoredResult) -> tuple[dict[str, list],
 def heatmap_for(service: Service, s: StoredResult, name: str) -> Heatmap | None:
     shown = heatmaps_of(s)
     if shown is not None and shown.per_measure:
-        documents = [n for n in s.files if n.endswith(".json") and shown_role(s, n) == shown.role]
+        documents = role_files(s, shown.role)
         return service.digest(s, documents[0]).get("heatmaps", {}).get(name) if documents else None
     return service.digest(s, name).get("heatmap")
 
